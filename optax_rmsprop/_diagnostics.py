@@ -1,0 +1,81 @@
+"""``effective_step_size``: how RMSProp rescales each parameter's step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _scale_by_rms
+
+Tree = Any
+
+
+def find_rms_states(opt_state: Any) -> list[_scale_by_rms.ScaleByRmsState]:
+    """Every :class:`ScaleByRmsState` inside an optimizer state, in tree order."""
+    is_rms = lambda x: isinstance(x, _scale_by_rms.ScaleByRmsState)  # noqa: E731
+    return [x for x in jax.tree.leaves(opt_state, is_leaf=is_rms) if is_rms(x)]
+
+
+def effective_step_size(
+    opt_state: Any, learning_rate: optax.ScalarOrSchedule | None = None
+) -> Tree:
+    """The per-parameter step size ``lr / denom`` that RMSProp last applied.
+
+    ``denom`` is ``sqrt(var) + eps`` (or ``sqrt(var + eps)``), from the state
+    after the last update. Log its quantiles per layer to see how RMSProp
+    rescales each one. The RMSProp state is found inside any ``optax.chain``,
+    ``optax.inject_hyperparams``, ``optax.masked`` or ``optax.multi_transform``
+    state (masked-out leaves stay ``optax.MaskedNode``).
+
+    Args:
+      opt_state: a state holding exactly one :class:`ScaleByRmsState`
+        (from :func:`rmsprop` or :func:`scale_by_rms`).
+      learning_rate: ``None`` gives ``1 / denom``; a number or array gives
+        ``lr / denom``; a schedule is evaluated at the last update's step.
+
+    Returns:
+      A tree shaped like the params, of the real dtype of ``nu``. Without
+      momentum this times ``|g|`` is the size of the last step.
+
+    Raises:
+      ValueError: if the state holds no RMSProp state or more than one.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax_rmsprop
+      >>> tx = optax_rmsprop.rmsprop(0.01)
+      >>> params = {'w': jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> _, state = tx.update({'w': jnp.full(3, 2.0)}, state, params)
+      >>> optax_rmsprop.effective_step_size(state, 0.01)['w']  # 0.01 / sqrt(0.1 * 4)
+      Array([0.01581139, 0.01581139, 0.01581139], dtype=float32)
+    """
+    states = find_rms_states(opt_state)
+    if len(states) != 1:
+        raise ValueError(
+            f"effective_step_size: expected exactly one optax_rmsprop state in "
+            f"opt_state, found {len(states)}. Pass the part of the state that "
+            f"belongs to one rmsprop / scale_by_rms transform."
+        )
+    (state,) = states
+    if callable(learning_rate):
+        lr = learning_rate(jnp.maximum(state.count - 1, 0))
+    else:
+        lr = 1.0 if learning_rate is None else learning_rate
+    mu_tree = state.mu if state.mu is not None else jax.tree.map(lambda _: None, state.nu)
+
+    def leaf(nu, mu):
+        dtype = nu.dtype
+        denom = _scale_by_rms.denominator(
+            nu,
+            mu,
+            state.correction.astype(dtype),
+            state.eps.astype(dtype),
+            state.eps_in_sqrt,
+        )
+        return (jnp.asarray(lr, dtype) / denom).astype(dtype)
+
+    return jax.tree.map(leaf, state.nu, mu_tree)

@@ -1,0 +1,221 @@
+"""``rmsprop``: the complete optimizer, learning rate, momentum and weight decay included."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _dtypes, _momentum, _scale_by_rms, _validation, _weight_decay
+
+Tree = Any
+
+
+class RMSPropState(NamedTuple):
+    """State of :func:`rmsprop`.
+
+    Attributes:
+      rms: the :class:`ScaleByRmsState` (step count, ``nu``, centered ``mu``).
+      momentum: the momentum buffer, one array per parameter, when
+        ``momentum`` is set (and not the Python number 0), else ``None``.
+    """
+
+    rms: _scale_by_rms.ScaleByRmsState
+    momentum: Tree | None
+
+
+def rmsprop(
+    learning_rate: optax.ScalarOrSchedule,
+    decay: Any = 0.9,
+    eps: Any = 1e-8,
+    *,
+    initial_scale: Any = 0.0,
+    eps_in_sqrt: bool = False,
+    centered: bool = False,
+    momentum: Any | None = None,
+    nesterov: bool = False,
+    lr_in_momentum: bool = True,
+    bias_correction: bool = False,
+    weight_decay: Any = 0.0,
+    decoupled_weight_decay: bool = False,
+    weight_decay_mask: Tree | Callable[[Tree], Tree] | None = None,
+    maximize: bool = False,
+    state_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""RMSProp, with every variant the major frameworks use.
+
+    Per parameter, with ``t`` counting updates from 0 and :math:`\eta_t` the
+    learning rate (a schedule is called with ``t``):
+
+    .. math::
+
+      \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g_t|^2, \qquad \nu_{-1} = \text{initial\_scale} \\
+      s_t &= g_t / (\sqrt{\nu_t} + \epsilon) \\
+      p_{t+1} &= p_t - \eta_t\, s_t
+
+    Options, in the order they act: ``maximize`` negates ``g``; coupled
+    weight decay adds ``weight_decay * p`` to ``g``; ``centered`` uses
+    :math:`\max(\hat\nu_t - |\hat m_t|^2, 0)` with
+    :math:`m_t = \rho m_{t-1} + (1-\rho) g_t`; ``bias_correction`` divides
+    the moments by :math:`1-\rho^{t+1}`; ``eps_in_sqrt`` uses
+    :math:`\sqrt{\hat\nu_t + \epsilon}`; ``momentum`` :math:`\mu` keeps a
+    buffer :math:`b_t = \mu b_{t-1} + \eta_t s_t` (step :math:`b_t`) or, with
+    ``lr_in_momentum=False`` (PyTorch), :math:`b_t = \mu b_{t-1} + s_t` (step
+    :math:`\eta_t b_t`); ``nesterov`` looks ahead one step; decoupled weight
+    decay adds :math:`\eta_t \cdot \text{wd} \cdot p` to the step.
+
+    Args:
+      learning_rate: a float ``>= 0`` or an optax schedule of the step count.
+      decay: decay ``rho`` of the moving averages, in ``[0, 1)``.
+      eps: ``epsilon`` in the denominator, ``>= 0``. Not negligible: DQN
+        used 0.01, Inception 1.0.
+      initial_scale: initial value of ``nu``, ``>= 0``. PyTorch and Keras use
+        0, TF1 and timm 1.
+      eps_in_sqrt: ``sqrt(nu + eps)`` (TF, Keras, optax's default) instead of
+        ``sqrt(nu) + eps`` (PyTorch, and this function's default).
+      centered: divide by the estimated standard deviation (Graves 2013).
+      momentum: ``None`` (or 0) for no momentum, else a float in ``[0, 1)``.
+      nesterov: Nesterov momentum; needs ``momentum``.
+      lr_in_momentum: the buffer accumulates ``lr``-scaled steps (optax, TF,
+        Keras) if True, raw steps scaled by the current ``lr`` (PyTorch) if
+        False. Identical at constant ``lr``.
+      bias_correction: divide the moments by ``1 - decay**(t+1)``. With
+        ``eps_in_sqrt=False`` this is Adam with ``b1=0``.
+      weight_decay: ``>= 0``.
+      decoupled_weight_decay: False: L2, ``g += wd * p`` before everything
+        (PyTorch, timm). True: ``p -= lr * wd * p`` after the step (AdamW).
+      weight_decay_mask: a tree of bools shaped like the params (or a prefix
+        of it), or a callable returning one; True where decay applies.
+      maximize: ascend the objective instead of descending it.
+      state_dtype: dtype of ``nu``, ``mu`` and the momentum buffer. ``None``
+        keeps each parameter's dtype but never below float32 (bf16/fp16
+        params get float32 accumulators); ``jnp.bfloat16`` halves the memory.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. Its state is an
+      :class:`RMSPropState`; updates come back in each parameter's dtype.
+
+    Raises:
+      ValueError: at construction, for a Python number out of range (JAX
+        arrays, as passed by ``optax.inject_hyperparams``, are not checked);
+        at update, for a gradient tree unlike the state, or weight decay
+        without ``params``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import optax, optax_rmsprop
+      >>> loss = lambda p: jnp.sum((p - 3.0) ** 2)
+      >>> tx = optax_rmsprop.rmsprop(learning_rate=0.1)
+      >>> params = jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> for _ in range(100):
+      ...   grads = jax.grad(loss)(params)
+      ...   updates, state = tx.update(grads, state, params)
+      ...   params = optax.apply_updates(params, updates)
+      >>> bool(jnp.allclose(params, 3.0, atol=0.1))
+      True
+
+    References:
+      Hinton, `Lecture 6e: rmsprop
+      <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
+      2012.
+      Graves, `Generating Sequences With Recurrent Neural Networks
+      <https://arxiv.org/abs/1308.0850>`_, 2013.
+      Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+      <https://arxiv.org/abs/1711.05101>`_, 2019.
+    """
+    if not callable(learning_rate):
+        _validation.check_range("learning_rate", learning_rate, 0.0)
+    _scale_by_rms._validate_rms_args(decay, eps, initial_scale)
+    if momentum is not None:
+        _validation.check_range("momentum", momentum, 0.0, 1.0)
+    _validation.check_range("weight_decay", weight_decay, 0.0)
+    state_dtype = _validation.check_state_dtype(state_dtype)
+    use_momentum = momentum is not None and not (
+        _validation.is_python_number(momentum) and momentum == 0
+    )
+    if nesterov and not use_momentum:
+        raise ValueError(
+            f"nesterov=True needs momentum in (0, 1), got momentum={momentum!r}."
+        )
+    use_weight_decay = not (
+        _validation.is_python_number(weight_decay) and weight_decay == 0
+    )
+
+    def init_fn(params):
+        rms = _scale_by_rms.init_rms_state(
+            params,
+            initial_scale=initial_scale,
+            centered=centered,
+            eps=eps,
+            eps_in_sqrt=eps_in_sqrt,
+            state_dtype=state_dtype,
+        )
+        buffer = None
+        if use_momentum:
+            buffer = jax.tree_util.tree_map_with_path(
+                lambda path, p: jnp.zeros(
+                    jnp.shape(p),
+                    _dtypes.moment_dtype(
+                        p.dtype, state_dtype, jax.tree_util.keystr(path)
+                    ),
+                ),
+                params,
+            )
+        return RMSPropState(rms=rms, momentum=buffer)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _validation.check_tree_matches_state(
+            updates, state.rms.nu, what="gradient", where="rmsprop.update"
+        )
+        if use_weight_decay:
+            if params is None:
+                raise ValueError(
+                    f"rmsprop.update: weight_decay={weight_decay!r} needs the "
+                    "parameters: call update(grads, opt_state, params). (Under "
+                    "optax.inject_hyperparams, weight_decay is an array even "
+                    "when 0: pass static_args=('weight_decay',) to keep it a "
+                    "Python number.)"
+                )
+            _validation.check_tree_matches_state(
+                params, state.rms.nu, what="params", where="rmsprop.update"
+            )
+        g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
+        if maximize:
+            g = jax.tree.map(lambda x: -x, g)
+        if use_weight_decay and not decoupled_weight_decay:
+            g = _weight_decay.add_l2_to_gradient(
+                g, params, weight_decay, weight_decay_mask
+            )
+        scaled, rms = _scale_by_rms.rms_step(
+            g,
+            state.rms,
+            decay=decay,
+            eps=eps,
+            eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction,
+        )
+        lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
+        if use_momentum:
+            step, buffer = _momentum.momentum_step(
+                scaled,
+                state.momentum,
+                lr,
+                momentum,
+                nesterov=nesterov,
+                lr_in_momentum=lr_in_momentum,
+            )
+        else:
+            step, buffer = _momentum.scale_by_lr(scaled, lr), None
+        if use_weight_decay and decoupled_weight_decay:
+            step = _weight_decay.add_decoupled_decay(
+                step, params, lr, weight_decay, weight_decay_mask
+            )
+        like = updates if params is None else params
+        new_updates = jax.tree.map(lambda s, p: (-s).astype(p.dtype), step, like)
+        return new_updates, RMSPropState(rms=rms, momentum=buffer)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,43 @@
+"""Small pytree helpers shared by the transforms."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+Tree = Any
+
+
+def unzip(like: Tree, tree_of_tuples: Tree, n: int) -> tuple[Tree, ...]:
+    """Splits a tree whose leaves are n-tuples into n trees shaped like ``like``."""
+    return tuple(
+        jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples)
+        for i in range(n)
+    )
+
+
+def resolve_mask(mask: Tree | Callable[[Tree], Tree] | None, params: Tree) -> Tree:
+    """The boolean mask tree (or prefix tree) for ``params``; all True if None."""
+    if mask is None:
+        return True
+    return mask(params) if callable(mask) else mask
+
+
+def map_masked(
+    fn: Callable[..., Any], mask: Tree, tree: Tree, *rest: Tree
+) -> Tree:
+    """``fn(leaf, *rest_leaves)`` where ``mask`` is True; the leaf unchanged elsewhere.
+
+    ``mask`` is a tree of bools with the structure of ``tree`` or a prefix of
+    it (a single bool masks a whole subtree), as in ``optax.masked``.
+    """
+
+    def apply(m, sub, *rest_sub):
+        if not m:
+            return sub
+        return jax.tree.map(fn, sub, *rest_sub)
+
+    return jax.tree.map(
+        apply, mask, tree, *rest, is_leaf=lambda x: x is None
+    )

@@ -1,0 +1,101 @@
+"""Checks of user input: hyperparameters at construction, trees at update.
+
+Every check raises early, names the argument, its value and the allowed range.
+Values that are JAX arrays or tracers (``optax.inject_hyperparams`` passes
+those) are not checked: their value is not known at construction time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_python_number(value: Any) -> bool:
+    """True for Python and NumPy real scalars (not bool), False for arrays."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    high_inclusive: bool = False,
+) -> None:
+    """Raises ValueError unless ``low <= value < high`` (or ``<= high``).
+
+    Only Python numbers are checked; JAX arrays and tracers pass through.
+    Non-finite values (nan, inf) are always rejected.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got the bool {value!r}.")
+    if not is_python_number(value):
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"{name} must be a number, got {value!r}.")
+        return
+    upper_ok = value <= high if high_inclusive else value < high
+    if not (math.isfinite(value) and low <= value and upper_ok):
+        closing = "]" if high_inclusive else ")"
+        upper = "inf" if math.isinf(high) else f"{high:g}"
+        raise ValueError(
+            f"{name} must be a finite number in [{low:g}, {upper}{closing}, "
+            f"got {value!r}."
+        )
+
+
+def check_state_dtype(state_dtype: Any) -> np.dtype | None:
+    """Returns ``state_dtype`` as a floating ``np.dtype``, or None for None."""
+    if state_dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(state_dtype)
+    except TypeError as err:
+        raise ValueError(
+            f"state_dtype must be a floating dtype such as jnp.float32 or "
+            f"jnp.bfloat16, got {state_dtype!r}."
+        ) from err
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"state_dtype must be a floating dtype (float16, bfloat16, "
+            f"float32, float64), got {dtype.name}. Complex parameters get "
+            f"complex momentum buffers of the matching precision automatically."
+        )
+    return dtype
+
+
+def check_tree_matches_state(
+    tree: Any, state_tree: Any, *, what: str, where: str
+) -> None:
+    """Raises ValueError, in words, when ``tree`` is not shaped like the state.
+
+    Args:
+      tree: the tree given to ``update`` (gradients or params).
+      state_tree: a per-parameter tree from the optimizer state (e.g. ``nu``).
+      what: how to call ``tree`` in the message ("gradient", "params").
+      where: the function that raises, for the message.
+    """
+    got = jax.tree.structure(tree)
+    want = jax.tree.structure(state_tree)
+    if got != want:
+        raise ValueError(
+            f"{where}: the {what} tree does not match the tree the optimizer "
+            f"state was initialised with. Pass {what} shaped like the params "
+            f"given to init().\n  {what}: {got}\n  state:  {want}"
+        )
+    for path_and_leaf, state_leaf in zip(
+        jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(state_tree)
+    ):
+        path, leaf = path_and_leaf
+        if jnp.shape(leaf) != jnp.shape(state_leaf):
+            raise ValueError(
+                f"{where}: {what} leaf {jax.tree_util.keystr(path)} has shape "
+                f"{jnp.shape(leaf)}, but the optimizer state was initialised "
+                f"for shape {jnp.shape(state_leaf)}."
+            )

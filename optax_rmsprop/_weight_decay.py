@@ -1,0 +1,32 @@
+"""Weight decay, coupled (L2 added to the gradient) or decoupled (AdamW style)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from optax_rmsprop import _tree
+
+Tree = Any
+Mask = Tree | Callable[[Tree], Tree] | None
+
+
+def add_l2_to_gradient(grads: Tree, params: Tree, weight_decay: Any, mask: Mask) -> Tree:
+    """Coupled weight decay: ``g + wd * p`` where the mask is True."""
+    return _tree.map_masked(
+        lambda g, p: g + weight_decay * p.astype(g.dtype),
+        _tree.resolve_mask(mask, params),
+        grads,
+        params,
+    )
+
+
+def add_decoupled_decay(
+    step: Tree, params: Tree, learning_rate: Any, weight_decay: Any, mask: Mask
+) -> Tree:
+    """Decoupled weight decay: ``step + lr * wd * p`` where the mask is True."""
+    return _tree.map_masked(
+        lambda s, p: s + learning_rate * weight_decay * p.astype(s.dtype),
+        _tree.resolve_mask(mask, params),
+        step,
+        params,
+    )
