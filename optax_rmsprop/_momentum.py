@@ -21,9 +21,7 @@ Tree = Any
 
 def scale_by_lr(scaled: Tree, learning_rate: Any) -> Tree:
     """``lr * s`` per leaf, with lr cast to the leaf's real dtype."""
-    return jax.tree.map(
-        lambda s: s * _as_real(learning_rate, s), scaled
-    )
+    return jax.tree.map(lambda s: s * _as_real(learning_rate, s), scaled)
 
 
 def momentum_step(

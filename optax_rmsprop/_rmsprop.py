@@ -1,8 +1,9 @@
-"""``rmsprop``: the complete optimizer, learning rate, momentum and weight decay included."""
+"""``rmsprop``: the complete optimizer: learning rate, momentum, weight decay."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,8 @@ def rmsprop(
 
     .. math::
 
-      \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g_t|^2, \qquad \nu_{-1} = \text{initial\_scale} \\
+      \nu_t &= \rho\,\nu_{t-1} + (1-\rho)\,|g_t|^2,
+      \qquad \nu_{-1} = \text{initial\_scale} \\
       s_t &= g_t / (\sqrt{\nu_t} + \epsilon) \\
       p_{t+1} &= p_t - \eta_t\, s_t
 
@@ -156,9 +158,9 @@ def rmsprop(
         buffer = None
         if use_momentum:
             buffer = jax.tree_util.tree_map_with_path(
-                lambda path, p: jnp.zeros(
-                    jnp.shape(p),
-                    _dtypes.moment_dtype(
+                lambda path, p: jnp.zeros_like(
+                    p,
+                    dtype=_dtypes.moment_dtype(
                         p.dtype, state_dtype, jax.tree_util.keystr(path)
                     ),
                 ),
@@ -198,7 +200,9 @@ def rmsprop(
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
         )
-        lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
+        lr = (
+            learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
+        )
         if use_momentum:
             step, buffer = _momentum.momentum_step(
                 scaled,

@@ -85,13 +85,11 @@ def init_rms_state(
 
     def nu_leaf(path, p):
         dtype = _dtypes.nu_dtype(p.dtype, state_dtype, jax.tree_util.keystr(path))
-        return jnp.full(jnp.shape(p), initial_scale, dtype=dtype)
+        return jnp.full_like(p, initial_scale, dtype=dtype)
 
     def mu_leaf(path, p):
-        dtype = _dtypes.moment_dtype(
-            p.dtype, state_dtype, jax.tree_util.keystr(path)
-        )
-        return jnp.zeros(jnp.shape(p), dtype=dtype)
+        dtype = _dtypes.moment_dtype(p.dtype, state_dtype, jax.tree_util.keystr(path))
+        return jnp.zeros_like(p, dtype=dtype)
 
     return ScaleByRmsState(
         count=jnp.zeros([], jnp.int32),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -12,8 +13,7 @@ Tree = Any
 def unzip(like: Tree, tree_of_tuples: Tree, n: int) -> tuple[Tree, ...]:
     """Splits a tree whose leaves are n-tuples into n trees shaped like ``like``."""
     return tuple(
-        jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples)
-        for i in range(n)
+        jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples) for i in range(n)
     )
 
 
@@ -24,9 +24,7 @@ def resolve_mask(mask: Tree | Callable[[Tree], Tree] | None, params: Tree) -> Tr
     return mask(params) if callable(mask) else mask
 
 
-def map_masked(
-    fn: Callable[..., Any], mask: Tree, tree: Tree, *rest: Tree
-) -> Tree:
+def map_masked(fn: Callable[..., Any], mask: Tree, tree: Tree, *rest: Tree) -> Tree:
     """``fn(leaf, *rest_leaves)`` where ``mask`` is True; the leaf unchanged elsewhere.
 
     ``mask`` is a tree of bools with the structure of ``tree`` or a prefix of
@@ -38,6 +36,4 @@ def map_masked(
             return sub
         return jax.tree.map(fn, sub, *rest_sub)
 
-    return jax.tree.map(
-        apply, mask, tree, *rest, is_leaf=lambda x: x is None
-    )
+    return jax.tree.map(apply, mask, tree, *rest, is_leaf=lambda x: x is None)

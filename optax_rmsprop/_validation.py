@@ -90,7 +90,9 @@ def check_tree_matches_state(
             f"given to init().\n  {what}: {got}\n  state:  {want}"
         )
     for path_and_leaf, state_leaf in zip(
-        jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(state_tree)
+        jax.tree_util.tree_leaves_with_path(tree),
+        jax.tree.leaves(state_tree),
+        strict=True,
     ):
         path, leaf = path_and_leaf
         if jnp.shape(leaf) != jnp.shape(state_leaf):

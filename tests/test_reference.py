@@ -1,4 +1,4 @@
-"""Every option against the independent float64 NumPy transcription (tests/reference.py)."""
+"""Every option against the float64 NumPy transcription in tests/reference.py."""
 
 from __future__ import annotations
 
@@ -104,7 +104,10 @@ def run_both(cfg: Config, dtype, mask_b: bool = True):
         "b": rng.normal(size=(7,)).astype(dtype),
     }
     if np.issubdtype(dtype, np.complexfloating):
-        init = {k: (v + 1j * rng.normal(size=v.shape)).astype(dtype) for k, v in init.items()}
+        init = {
+            k: (v + 1j * rng.normal(size=v.shape)).astype(dtype)
+            for k, v in init.items()
+        }
     grad_fn, flip = noisy_gradients(dtype)
     flip[0] = cfg.maximize  # so that maximize also converges
     mask = {"a": True, "b": mask_b}
@@ -114,9 +117,8 @@ def run_both(cfg: Config, dtype, mask_b: bool = True):
     update = jax.jit(tx.update)
     refs = {
         k: RMSPropReference(
-            dataclasses.replace(cfg, weight_decay_mask=mask[k]), init[k].astype(
-                np.complex128 if np.iscomplexobj(init[k]) else np.float64
-            )
+            dataclasses.replace(cfg, weight_decay_mask=mask[k]),
+            init[k].astype(np.complex128 if np.iscomplexobj(init[k]) else np.float64),
         )
         for k in init
     }
@@ -125,7 +127,9 @@ def run_both(cfg: Config, dtype, mask_b: bool = True):
         grads = {k: jnp.asarray(grad_fn(np.asarray(params[k]), t)) for k in params}
         updates, state = update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        ref = {k: refs[k].step(np.asarray(grads[k], refs[k].params.dtype)) for k in refs}
+        ref = {
+            k: refs[k].step(np.asarray(grads[k], refs[k].params.dtype)) for k in refs
+        }
         traj.append(params)
         ref_traj.append(ref)
     return traj, ref_traj, state
@@ -134,10 +138,13 @@ def run_both(cfg: Config, dtype, mask_b: bool = True):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_float64_matches_reference(name):
     traj, ref_traj, state = run_both(CASES[name], np.float64, mask_b=False)
-    for t, (got, want) in enumerate(zip(traj, ref_traj)):
+    for t, (got, want) in enumerate(zip(traj, ref_traj, strict=False)):
         for k in want:
             np.testing.assert_allclose(
-                np.asarray(got[k]), want[k], rtol=1e-12, atol=1e-13,
+                np.asarray(got[k]),
+                want[k],
+                rtol=1e-12,
+                atol=1e-13,
                 err_msg=f"step {t}, leaf {k}",
             )
     chex.assert_tree_all_finite(state)
@@ -146,9 +153,11 @@ def test_float64_matches_reference(name):
 @pytest.mark.parametrize("name", ["plain", "centered", "momentum", "everything"])
 def test_complex128_matches_reference(name):
     traj, ref_traj, _ = run_both(CASES[name], np.complex128)
-    for got, want in zip(traj, ref_traj):
+    for got, want in zip(traj, ref_traj, strict=False):
         for k in want:
-            np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(
+                np.asarray(got[k]), want[k], rtol=1e-12, atol=1e-13
+            )
 
 
 @pytest.mark.parametrize("name", ["plain", "centered", "nesterov", "everything"])
@@ -156,9 +165,11 @@ def test_float32_tracks_reference(name):
     """float32 runs track the float64 reference to float32 accuracy."""
     traj, ref_traj, state = run_both(CASES[name], np.float32)
     assert state.rms.nu["a"].dtype == jnp.float32
-    for got, want in zip(traj[:30], ref_traj[:30]):
+    for got, want in zip(traj[:30], ref_traj[:30], strict=False):
         for k in want:
-            np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-4, atol=2e-4)
+            np.testing.assert_allclose(
+                np.asarray(got[k]), want[k], rtol=2e-4, atol=2e-4
+            )
 
 
 def test_reference_detects_a_wrong_optimizer():

@@ -1,0 +1,103 @@
+"""Bad input gets a clear ValueError that names the argument and its range."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import optax_rmsprop
+
+BAD = [
+    (
+        "learning_rate",
+        -0.1,
+        r"learning_rate must be a finite number in \[0, inf\), got -0.1",
+    ),
+    ("learning_rate", math.inf, r"learning_rate .*got inf"),
+    ("learning_rate", math.nan, r"learning_rate .*got nan"),
+    ("decay", 1.0, r"decay must be a finite number in \[0, 1\), got 1.0"),
+    ("decay", -0.01, r"decay .*\[0, 1\)"),
+    ("decay", math.nan, r"decay .*got nan"),
+    ("eps", -1e-8, r"eps must be a finite number in \[0, inf\)"),
+    ("initial_scale", -1.0, r"initial_scale .*\[0, inf\)"),
+    ("momentum", 1.0, r"momentum must be a finite number in \[0, 1\), got 1.0"),
+    ("momentum", -0.5, r"momentum .*\[0, 1\)"),
+    ("weight_decay", -1e-4, r"weight_decay .*\[0, inf\)"),
+    ("decay", "0.9", r"decay must be a number, got '0.9'"),
+    ("eps", True, r"eps must be a number, got the bool True"),
+]
+
+
+@pytest.mark.parametrize("name,value,message", BAD)
+def test_rmsprop_rejects(name, value, message):
+    kwargs = {"learning_rate": 0.1, name: value}
+    with pytest.raises(ValueError, match=message):
+        optax_rmsprop.rmsprop(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "name,value,message", [b for b in BAD if b[0] in ("decay", "eps", "initial_scale")]
+)
+def test_scale_by_rms_rejects(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        optax_rmsprop.scale_by_rms(**{name: value})
+
+
+@pytest.mark.parametrize("momentum", [None, 0.0, 0])
+def test_nesterov_needs_momentum(momentum):
+    with pytest.raises(ValueError, match="nesterov=True needs momentum in \\(0, 1\\)"):
+        optax_rmsprop.rmsprop(0.1, momentum=momentum, nesterov=True)
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.int32, "int8", jnp.complex64, bool, "not-a-dtype"]
+)
+def test_state_dtype_must_be_floating(dtype):
+    with pytest.raises(ValueError, match="state_dtype must be a floating dtype"):
+        optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
+
+
+def test_boundaries_are_accepted():
+    optax_rmsprop.rmsprop(0.0, decay=0.0, eps=0.0, initial_scale=0.0, momentum=0.0)
+    optax_rmsprop.rmsprop(1e3, decay=0.999999, momentum=0.999, nesterov=True)
+
+
+def test_arrays_and_tracers_are_not_checked():
+    """inject_hyperparams passes arrays; their value is the user's business."""
+    optax_rmsprop.rmsprop(
+        jnp.asarray(-1.0), decay=jnp.asarray(2.0), momentum=jnp.asarray(0.5)
+    )
+    jax.jit(lambda lr: optax_rmsprop.rmsprop(lr).init(jnp.ones(2)))(0.1)
+
+
+def test_weight_decay_without_params():
+    tx = optax_rmsprop.rmsprop(0.1, weight_decay=1e-4)
+    g = jnp.ones(3)
+    with pytest.raises(ValueError, match=r"weight_decay=0.0001 needs the parameters"):
+        tx.update(g, tx.init(g))
+
+
+def test_gradient_tree_mismatch_is_explained():
+    tx = optax_rmsprop.rmsprop(0.1)
+    state = tx.init({"w": jnp.ones(3), "b": jnp.ones(1)})
+    with pytest.raises(
+        ValueError, match="gradient tree does not match the tree the optimizer state"
+    ):
+        tx.update({"w": jnp.ones(3)}, state)
+    with pytest.raises(
+        ValueError, match=r"gradient leaf \['w'\] has shape \(4,\).*shape \(3,\)"
+    ):
+        tx.update({"w": jnp.ones(4), "b": jnp.ones(1)}, state)
+    tx = optax_rmsprop.scale_by_rms()
+    with pytest.raises(ValueError, match="scale_by_rms.update: the gradient tree"):
+        tx.update([jnp.ones(3)], tx.init({"w": jnp.ones(3)}))
+
+
+def test_params_tree_mismatch_is_explained():
+    tx = optax_rmsprop.rmsprop(0.1, weight_decay=0.1)
+    state = tx.init({"w": jnp.ones(3)})
+    with pytest.raises(ValueError, match="the params tree does not match"):
+        tx.update({"w": jnp.ones(3)}, state, {"v": jnp.ones(3)})
