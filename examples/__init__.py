@@ -1,0 +1,1 @@
+"""Example applications of optax_rmsprop."""

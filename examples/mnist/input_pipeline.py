@@ -1,0 +1,153 @@
+"""Where the MNIST-format data comes from, and how it is put on the devices.
+
+Three sources, one result (a :class:`Dataset` of uint8 images and int32 labels):
+
+* tensorflow-datasets (``tfds.data_source``), the path a Colab user takes: any
+  28x28x1, 10-class dataset (mnist, fashion_mnist, kmnist).
+* ``--data-dir DIR``: the four standard IDX files in DIR.
+* the real-MNIST sample bundled in ``examples/mnist/data`` (10,000 train, 2,000
+  test), used when tfds cannot give MNIST within seconds (no network).
+
+The whole dataset then lives on the devices (replicated: MNIST is 47 MB) and
+each epoch is a permutation drawn from ``fold_in(key, epoch)``, so the data
+order is a function of the seed and the epoch alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from examples.mnist import idx
+
+BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "data")
+TFDS_HOST = ("storage.googleapis.com", 443)  # where tfds downloads MNIST from
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A 10-class dataset of 28x28x1 uint8 images."""
+
+    source: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_labels)
+
+
+class DataUnavailable(RuntimeError):
+    """The requested dataset cannot be loaded; the message says why and what to do."""
+
+
+def load_idx_dir(directory: str, source: str | None = None) -> Dataset:
+    """The four MNIST-format IDX files (optionally gzipped) in ``directory``."""
+    train = idx.load_split(directory, "train")
+    test = idx.load_split(directory, "test")
+    return Dataset(source or f"IDX files in {directory}", *train, *test)
+
+
+def load_bundled_sample() -> Dataset:
+    """The bundled real-MNIST sample: 10,000 train and 2,000 test images."""
+    return load_idx_dir(BUNDLED_DIR, "bundled MNIST sample (10k train / 2k test)")
+
+
+def network_reachable(address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0) -> bool:
+    """True if a TCP connection to ``address`` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _tfds_split(tfds, name: str, split: str, data_dir: str | None, download: bool):
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    examples = source.__getitems__(range(len(source)))
+    images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
+    labels = np.asarray([ex["label"] for ex in examples], np.int32)
+    if images.shape[1:] != (28, 28, 1) or (labels.size and labels.max() > 9):
+        raise DataUnavailable(
+            f"tfds dataset {name!r} has images of shape {images.shape[1:]} and "
+            f"labels up to {labels.max()}; this trainer needs 28x28x1 images with "
+            f"10 classes (mnist, fashion_mnist, kmnist)."
+        )
+    return images, labels
+
+
+def load_tfds(
+    name: str,
+    data_dir: str | None = None,
+    reachable: Callable[[], bool] = network_reachable,
+) -> Dataset:
+    """``name`` from tensorflow-datasets, or :class:`DataUnavailable` within seconds.
+
+    A prepared copy (in ``data_dir`` or ``~/tensorflow_datasets``) is used as
+    is. Otherwise tfds downloads it, but only after a short reachability check,
+    because without a network tfds retries for minutes.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise DataUnavailable(f"tensorflow-datasets is not installed ({err})") from err
+    try:
+        splits = [_tfds_split(tfds, name, s, data_dir, False) for s in ("train", "test")]
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise DataUnavailable(f"tfds has no dataset named {name!r}") from err
+    except (KeyError, FileNotFoundError, AssertionError):
+        if not reachable():
+            raise DataUnavailable(
+                f"tfds cannot give {name!r}: it is not prepared locally and the "
+                f"download server is unreachable (no network?)"
+            ) from None
+        splits = [_tfds_split(tfds, name, s, data_dir, True) for s in ("train", "test")]
+    (train_x, train_y), (test_x, test_y) = splits
+    return Dataset(f"tfds {name}", train_x, train_y, test_x, test_y)
+
+
+def load(
+    dataset: str = "mnist",
+    data_dir: str | None = None,
+    *,
+    dataset_explicit: bool = False,
+    tfds_data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    reachable: Callable[[], bool] = network_reachable,
+) -> Dataset:
+    """The training data, chosen as the CLI documents.
+
+    ``data_dir`` wins. Otherwise tfds; if it cannot give the data and the user
+    did not name ``--dataset`` explicitly, say so in one line and use the
+    bundled sample. If they did, fail with the reason instead.
+    """
+    if data_dir is not None:
+        return load_idx_dir(data_dir)
+    try:
+        return load_tfds(dataset, tfds_data_dir, reachable)
+    except DataUnavailable as err:
+        if dataset_explicit:
+            raise DataUnavailable(
+                f"--dataset {dataset}: {err}. Pass --data-dir with the IDX files, "
+                f"or drop --dataset to train on the bundled MNIST sample."
+            ) from err
+        log(f"{err}; training on the bundled MNIST sample instead.")
+        return load_bundled_sample()
+
+
+def replicate(mesh: jax.sharding.Mesh, array: np.ndarray) -> jax.Array:
+    """``array`` (the same on every process) replicated on every device of ``mesh``."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.make_array_from_process_local_data(sharding, array)
+
+
+def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+    """The order of the training examples in ``epoch``: a function of key and epoch."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)

@@ -1,0 +1,112 @@
+"""What a run leaves in its workdir: metrics.jsonl, TensorBoard events, plots, summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CURVES_PNG = "curves.png"
+STEP_SIZES_PNG = "effective_step_sizes.png"
+
+
+class Reporter:
+    """Writes records on the main process only; every other process is silent."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
+        self.workdir = workdir
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, METRICS)
+        kept = [r for r in read_metrics(workdir) if resume_step is not None and r["step"] <= resume_step]
+        with open(path, "w") as f:  # a fresh run starts a fresh log; a resumed one drops
+            for record in kept:  # the records written after its checkpoint
+                f.write(json.dumps(record) + "\n")
+
+    def _writer(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+        return self._tb
+
+    def record(self, record: dict) -> None:
+        """Appends one evaluation record to metrics.jsonl and TensorBoard."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, METRICS), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._writer()
+        for key, value in _flatten(record):
+            if key != "step":
+                writer.add_scalar(key, value, record["step"])
+        writer.flush()
+
+    def finish(self, summary: dict) -> None:
+        """Writes summary.json and the plots."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, SUMMARY), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot(self.workdir)
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(record: dict, prefix: str = "") -> Iterable[tuple[str, float]]:
+    for key, value in record.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)):
+            yield f"{prefix}{key}", value
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, METRICS)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot(workdir: str) -> None:
+    """curves.png (loss, accuracy) and effective_step_sizes.png (median lr/denom per layer)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(workdir)
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "test"):
+        ax_loss.plot(steps, [r[f"{split}_loss"] for r in records], "o-", label=split)
+        ax_acc.plot(steps, [100 * r[f"{split}_accuracy"] for r in records], "o-", label=split)
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
+    ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, CURVES_PNG), dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layer in records[-1]["effective_step_size"]:
+        q = [r["effective_step_size"][layer] for r in records]
+        ax.plot(steps, [x["p50"] for x in q], "o-", label=layer)
+        ax.fill_between(steps, [x["p10"] for x in q], [x["p90"] for x in q], alpha=0.15)
+    ax.set(xlabel="step", ylabel="lr / denom", yscale="log",
+           title="effective step size (median, 10-90%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, STEP_SIZES_PNG), dpi=100)
+    plt.close(fig)
