@@ -30,13 +30,17 @@ def build(source: str, out: str = OUT, seed: int = 0) -> None:
         images_stem, labels_stem = idx.FILES[split]
         idx.write_idx(os.path.join(out, images_stem + ".gz"), images[keep, ..., 0])
         idx.write_idx(os.path.join(out, labels_stem + ".gz"), labels[keep])
-        print(f"{split}: {size} of {len(labels)} examples, label counts "
-              f"{np.bincount(labels[keep], minlength=10).tolist()}")
+        print(
+            f"{split}: {size} of {len(labels)} examples, label counts "
+            f"{np.bincount(labels[keep], minlength=10).tolist()}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, help="directory of the 4 MNIST IDX files")
+    parser.add_argument(
+        "--source", required=True, help="directory of the 4 MNIST IDX files"
+    )
     parser.add_argument("--out", default=OUT, help="output directory")
     args = parser.parse_args()
     build(args.source, args.out)

@@ -35,7 +35,9 @@ def _read_bytes(path: str) -> bytes:
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise IdxError(f"{path} is a corrupt or truncated gzip file ({err})") from err
+            raise IdxError(
+                f"{path} is a corrupt or truncated gzip file ({err})"
+            ) from err
     return raw
 
 
@@ -94,7 +96,11 @@ def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
             f"{labels.shape[0]} labels"
         )
     if images.shape[1:] != (28, 28):
-        raise IdxError(f"{directory} ({split}): images are {images.shape[1:]}, not 28x28")
+        raise IdxError(
+            f"{directory} ({split}): images are {images.shape[1:]}, not 28x28"
+        )
     if labels.size and labels.max() > 9:
-        raise IdxError(f"{directory} ({split}): label {labels.max()} is not a digit 0-9")
+        raise IdxError(
+            f"{directory} ({split}): label {labels.max()} is not a digit 0-9"
+        )
     return images[..., None], labels.astype(np.int32)

@@ -60,7 +60,9 @@ def load_bundled_sample() -> Dataset:
     return load_idx_dir(BUNDLED_DIR, "bundled MNIST sample (10k train / 2k test)")
 
 
-def network_reachable(address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0) -> bool:
+def network_reachable(
+    address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0
+) -> bool:
     """True if a TCP connection to ``address`` opens within ``timeout`` seconds."""
     try:
         with socket.create_connection(address, timeout=timeout):
@@ -71,7 +73,7 @@ def network_reachable(address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0
 
 def _tfds_split(tfds, name: str, split: str, data_dir: str | None, download: bool):
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-    examples = source.__getitems__(range(len(source)))
+    examples = [source[i] for i in range(len(source))]
     images = np.stack([np.asarray(ex["image"], np.uint8) for ex in examples])
     labels = np.asarray([ex["label"] for ex in examples], np.int32)
     if images.shape[1:] != (28, 28, 1) or (labels.size and labels.max() > 9):
@@ -99,10 +101,13 @@ def load_tfds(
     except ImportError as err:
         raise DataUnavailable(f"tensorflow-datasets is not installed ({err})") from err
     try:
-        splits = [_tfds_split(tfds, name, s, data_dir, False) for s in ("train", "test")]
+        splits = [
+            _tfds_split(tfds, name, s, data_dir, False) for s in ("train", "test")
+        ]
     except tfds.core.registered.DatasetNotFoundError as err:
         raise DataUnavailable(f"tfds has no dataset named {name!r}") from err
-    except (KeyError, FileNotFoundError, AssertionError):
+    except (KeyError, FileNotFoundError, AssertionError, NotImplementedError):
+        # Not prepared here (or prepared as TFRecord, which has no random access).
         if not reachable():
             raise DataUnavailable(
                 f"tfds cannot give {name!r}: it is not prepared locally and the "

@@ -22,7 +22,9 @@ def _number(kind, low=None, high=None, *, high_open=False, low_open=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a valid {kind.__name__}"
+            ) from None
         bad = not math.isfinite(value)
         bad |= low is not None and (value <= low if low_open else value < low)
         bad |= high is not None and (value >= high if high_open else value > high)
@@ -40,9 +42,13 @@ def _widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(w) for w in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"widths must be positive integers, got {text!r}"
+        )
     return widths
 
 
@@ -55,50 +61,123 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=["cnn", "mlp"], default=d.model,
-                   help="cnn: Flax's conv32-conv64-dense256-dense10; mlp: the seed's 784-10-10-10")
-    m.add_argument("--mlp-widths", type=_widths, default=d.mlp_widths, metavar="W1,W2,...",
-                   help="hidden widths of the mlp")
+    m.add_argument(
+        "--model",
+        choices=["cnn", "mlp"],
+        default=d.model,
+        help="cnn: Flax's conv32-conv64-dense256-dense10; mlp: the seed's 784-10-10-10",
+    )
+    m.add_argument(
+        "--mlp-widths",
+        type=_widths,
+        default=d.mlp_widths,
+        metavar="W1,W2,...",
+        help="hidden widths of the mlp",
+    )
     o = p.add_argument_group("optimizer (optax_rmsprop.rmsprop)")
-    o.add_argument("--learning-rate", type=_number(float, 0.0), default=d.learning_rate,
-                   help="peak learning rate, >= 0")
-    o.add_argument("--schedule", choices=["cosine", "constant"], default=d.schedule,
-                   help="cosine: decay the learning rate to 0 over the run")
-    o.add_argument("--decay", type=_number(float, 0.0, 1.0, high_open=True), default=d.decay,
-                   help="RMSProp decay (rho) of the squared-gradient average, in [0, 1)")
-    o.add_argument("--eps", type=_number(float, 0.0), default=d.eps,
-                   help="epsilon added to sqrt(nu), >= 0")
-    o.add_argument("--momentum", type=_number(float, 0.0, 1.0, high_open=True),
-                   default=d.momentum, help="momentum in [0, 1); 0 disables it")
-    o.add_argument("--centered", action="store_true", help="centered RMSProp (Graves 2013)")
+    o.add_argument(
+        "--learning-rate",
+        type=_number(float, 0.0),
+        default=d.learning_rate,
+        help="peak learning rate, >= 0",
+    )
+    o.add_argument(
+        "--schedule",
+        choices=["cosine", "constant"],
+        default=d.schedule,
+        help="cosine: decay the learning rate to 0 over the run",
+    )
+    o.add_argument(
+        "--decay",
+        type=_number(float, 0.0, 1.0, high_open=True),
+        default=d.decay,
+        help="RMSProp decay (rho) of the squared-gradient average, in [0, 1)",
+    )
+    o.add_argument(
+        "--eps",
+        type=_number(float, 0.0),
+        default=d.eps,
+        help="epsilon added to sqrt(nu), >= 0",
+    )
+    o.add_argument(
+        "--momentum",
+        type=_number(float, 0.0, 1.0, high_open=True),
+        default=d.momentum,
+        help="momentum in [0, 1); 0 disables it",
+    )
+    o.add_argument(
+        "--centered", action="store_true", help="centered RMSProp (Graves 2013)"
+    )
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_number(int, 1), default=d.epochs, help="epochs, >= 1")
-    t.add_argument("--batch-size", type=_number(int, 1), default=d.batch_size,
-                   help="global batch size, a multiple of the device count")
-    t.add_argument("--max-steps", type=_number(int, 1), default=None,
-                   help="stop after this many steps (the schedule still spans --epochs)")
-    t.add_argument("--steps-per-dispatch", type=_number(int, 1), default=d.steps_per_dispatch,
-                   help="train steps per jitted call (jax.lax.scan)")
-    t.add_argument("--seed", type=_number(int, 0), default=d.seed,
-                   help="seed of the initialisation and the data order")
-    t.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
+    t.add_argument(
+        "--epochs", type=_number(int, 1), default=d.epochs, help="epochs, >= 1"
+    )
+    t.add_argument(
+        "--batch-size",
+        type=_number(int, 1),
+        default=d.batch_size,
+        help="global batch size, a multiple of the device count",
+    )
+    t.add_argument(
+        "--max-steps",
+        type=_number(int, 1),
+        default=None,
+        help="stop after this many steps (the schedule still spans --epochs)",
+    )
+    t.add_argument(
+        "--steps-per-dispatch",
+        type=_number(int, 1),
+        default=d.steps_per_dispatch,
+        help="train steps per jitted call (jax.lax.scan)",
+    )
+    t.add_argument(
+        "--seed",
+        type=_number(int, 0),
+        default=d.seed,
+        help="seed of the initialisation and the data order",
+    )
+    t.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None,
-                      help="tfds dataset of 28x28x1 images in 10 classes (mnist, fashion_mnist, "
-                      "kmnist); default mnist, or the bundled sample when tfds cannot give it. "
-                      "Named explicitly, it never falls back.")
-    data.add_argument("--data-dir", default=None, metavar="DIR",
-                      help="read the 4 MNIST-format IDX files (optionally .gz) from DIR instead")
-    data.add_argument("--tfds-data-dir", default=None, metavar="DIR",
-                      help="tensorflow-datasets data_dir (default ~/tensorflow_datasets)")
+    data.add_argument(
+        "--dataset",
+        default=None,
+        help="tfds dataset of 28x28x1 images in 10 classes (mnist, fashion_mnist, "
+        "kmnist); default mnist, or the bundled sample when tfds cannot give it. "
+        "Named explicitly, it never falls back.",
+    )
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="read the 4 MNIST-format IDX files (optionally .gz) from DIR instead",
+    )
+    data.add_argument(
+        "--tfds-data-dir",
+        default=None,
+        metavar="DIR",
+        help="tensorflow-datasets data_dir (default ~/tensorflow_datasets)",
+    )
     c = p.add_argument_group("output and checkpoints")
-    c.add_argument("--workdir", default=d.workdir,
-                   help="metrics.jsonl, TensorBoard events, plots, summary.json, checkpoints")
-    c.add_argument("--checkpoint-every", type=_number(int, 0), default=d.checkpoint_every,
-                   metavar="STEPS", help="checkpoint period in steps (0: only at the end)")
-    c.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in --workdir")
+    c.add_argument(
+        "--workdir",
+        default=d.workdir,
+        help="metrics.jsonl, TensorBoard events, plots, summary.json, checkpoints",
+    )
+    c.add_argument(
+        "--checkpoint-every",
+        type=_number(int, 0),
+        default=d.checkpoint_every,
+        metavar="STEPS",
+        help="checkpoint period in steps, written at the next dispatch boundary "
+        "(0: only at the end)",
+    )
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --workdir",
+    )
     h = p.add_argument_group("several hosts (jax.distributed)")
     h.add_argument("--coordinator-address", default=None, metavar="HOST:PORT")
     h.add_argument("--num-processes", type=_number(int, 1), default=None)
@@ -109,13 +188,25 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     args = build_parser().parse_args(argv)
     config = Config(
-        model=args.model, mlp_widths=tuple(args.mlp_widths), epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        schedule=args.schedule, decay=args.decay, eps=args.eps, momentum=args.momentum,
-        centered=args.centered, seed=args.seed, workdir=args.workdir,
-        dataset=args.dataset or DEFAULTS.dataset, dataset_explicit=args.dataset is not None,
-        data_dir=args.data_dir, resume=args.resume, checkpoint_every=args.checkpoint_every,
-        steps_per_dispatch=args.steps_per_dispatch, max_steps=args.max_steps,
+        model=args.model,
+        mlp_widths=tuple(args.mlp_widths),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        schedule=args.schedule,
+        decay=args.decay,
+        eps=args.eps,
+        momentum=args.momentum,
+        centered=args.centered,
+        seed=args.seed,
+        workdir=args.workdir,
+        dataset=args.dataset or DEFAULTS.dataset,
+        dataset_explicit=args.dataset is not None,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        steps_per_dispatch=args.steps_per_dispatch,
+        max_steps=args.max_steps,
         progress=args.progress,
     )
     return config, args
@@ -127,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        jax.distributed.initialize(
+            args.coordinator_address, args.num_processes, args.process_id
+        )
 
     from examples.mnist import input_pipeline, train
     from examples.mnist.checkpoints import CheckpointError
@@ -137,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     log("config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
     try:
         dataset = input_pipeline.load(
-            config.dataset, config.data_dir, dataset_explicit=config.dataset_explicit,
-            tfds_data_dir=args.tfds_data_dir, log=log,
+            config.dataset,
+            config.data_dir,
+            dataset_explicit=config.dataset_explicit,
+            tfds_data_dir=args.tfds_data_dir,
+            log=log,
         )
         train.train_and_evaluate(config, dataset, log=log)
     except (input_pipeline.DataUnavailable, ValueError, CheckpointError) as err:

@@ -1,0 +1,89 @@
+"""The command line: every flag documented, bad numbers refused before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.mnist import main
+
+FLAGS = [
+    "--model", "--mlp-widths", "--epochs", "--batch-size", "--learning-rate", "--schedule",
+    "--decay", "--eps", "--momentum", "--centered", "--seed", "--workdir", "--data-dir",
+    "--dataset", "--tfds-data-dir", "--resume", "--checkpoint-every", "--steps-per-dispatch",
+    "--max-steps", "--no-progress", "--coordinator-address", "--num-processes", "--process-id",
+]  # fmt: skip
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.parse_config(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in FLAGS:
+        assert flag in out, flag
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--epochs", "0"], "argument --epochs: must be in [1, inf], got 0"),
+        (["--batch-size", "-8"], "argument --batch-size: must be in [1, inf], got -8"),
+        (["--learning-rate=-1e-3"], "argument --learning-rate: must be in [0.0, inf]"),
+        (["--learning-rate", "nan"], "argument --learning-rate: must be in"),
+        (["--decay", "1.0"], "argument --decay: must be in [0.0, 1.0), got 1.0"),
+        (["--momentum", "1"], "argument --momentum: must be in [0.0, 1.0)"),
+        (["--eps", "-1"], "argument --eps: must be in [0.0, inf]"),
+        (["--epochs", "two"], "argument --epochs: 'two' is not a valid int"),
+        (["--mlp-widths", "10,0"], "widths must be positive integers"),
+        (["--model", "resnet"], "invalid choice: 'resnet'"),
+        (
+            ["--checkpoint-every", "-5"],
+            "argument --checkpoint-every: must be in [0, inf]",
+        ),
+    ],
+)
+def test_bad_numbers_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.parse_config(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_from_flags():
+    config, _ = main.parse_config(
+        [
+            "--model",
+            "mlp",
+            "--mlp-widths",
+            "32,16",
+            "--dataset",
+            "kmnist",
+            "--momentum",
+            "0.9",
+        ]
+    )
+    assert config.mlp_widths == (32, 16)
+    assert config.dataset == "kmnist" and config.dataset_explicit
+    assert config.momentum == 0.9
+    default, _ = main.parse_config([])
+    assert default.dataset == "mnist" and not default.dataset_explicit
+
+
+def test_batch_not_divisible_by_devices_is_refused(tmp_path, capsys):
+    import jax
+
+    if jax.device_count() == 1:
+        pytest.skip("needs several devices")
+    code = main.main(
+        [
+            "--batch-size",
+            str(jax.device_count() + 1),
+            "--data-dir",
+            "examples/mnist/data",
+            "--workdir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+    assert "must be a multiple of the 8 devices" in capsys.readouterr().err
