@@ -65,9 +65,7 @@ def effective_step_size(
         lr = learning_rate(jnp.maximum(state.count - 1, 0))
     else:
         lr = 1.0 if learning_rate is None else learning_rate
-    mu_tree = (
-        state.mu if state.mu is not None else jax.tree.map(lambda _: None, state.nu)
-    )
+    mu_tree = state.mu if state.mu is not None else jax.tree.map(lambda _: None, state.nu)
 
     def leaf(nu, mu):
         dtype = nu.dtype

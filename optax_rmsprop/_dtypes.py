@@ -29,9 +29,7 @@ def _check_inexact(dtype: np.dtype, path: str) -> None:
         )
 
 
-def moment_dtype(
-    param_dtype: np.dtype, state_dtype: np.dtype | None, path: str = ""
-) -> np.dtype:
+def moment_dtype(param_dtype: np.dtype, state_dtype: np.dtype | None, path: str = "") -> np.dtype:
     """dtype of first-moment buffers (``mu``, momentum): complex if the param is."""
     param_dtype = jnp.dtype(param_dtype)
     _check_inexact(param_dtype, path)
@@ -43,9 +41,7 @@ def moment_dtype(
     return jnp.dtype(base)
 
 
-def nu_dtype(
-    param_dtype: np.dtype, state_dtype: np.dtype | None, path: str = ""
-) -> np.dtype:
+def nu_dtype(param_dtype: np.dtype, state_dtype: np.dtype | None, path: str = "") -> np.dtype:
     """dtype of the second-moment accumulator ``nu``: always real."""
     return real_dtype(moment_dtype(param_dtype, state_dtype, path))
 

@@ -139,12 +139,8 @@ def rmsprop(
         _validation.is_python_number(momentum) and momentum == 0
     )
     if nesterov and not use_momentum:
-        raise ValueError(
-            f"nesterov=True needs momentum in (0, 1), got momentum={momentum!r}."
-        )
-    use_weight_decay = not (
-        _validation.is_python_number(weight_decay) and weight_decay == 0
-    )
+        raise ValueError(f"nesterov=True needs momentum in (0, 1), got momentum={momentum!r}.")
+    use_weight_decay = not (_validation.is_python_number(weight_decay) and weight_decay == 0)
 
     def init_fn(params):
         rms = _scale_by_rms.init_rms_state(
@@ -160,9 +156,7 @@ def rmsprop(
             buffer = jax.tree_util.tree_map_with_path(
                 lambda path, p: jnp.zeros_like(
                     p,
-                    dtype=_dtypes.moment_dtype(
-                        p.dtype, state_dtype, jax.tree_util.keystr(path)
-                    ),
+                    dtype=_dtypes.moment_dtype(p.dtype, state_dtype, jax.tree_util.keystr(path)),
                 ),
                 params,
             )
@@ -189,9 +183,7 @@ def rmsprop(
         if maximize:
             g = jax.tree.map(lambda x: -x, g)
         if use_weight_decay and not decoupled_weight_decay:
-            g = _weight_decay.add_l2_to_gradient(
-                g, params, weight_decay, weight_decay_mask
-            )
+            g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
         scaled, rms = _scale_by_rms.rms_step(
             g,
             state.rms,
@@ -200,9 +192,7 @@ def rmsprop(
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
         )
-        lr = (
-            learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
-        )
+        lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
         if use_momentum:
             step, buffer = _momentum.momentum_step(
                 scaled,

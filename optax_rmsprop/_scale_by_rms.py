@@ -103,9 +103,7 @@ def init_rms_state(
 
 def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
     """Casts each gradient to the dtype its update is computed in."""
-    return jax.tree.map(
-        lambda g, n: g.astype(_dtypes.compute_dtype(g.dtype, n.dtype)), grads, nu
-    )
+    return jax.tree.map(lambda g, n: g.astype(_dtypes.compute_dtype(g.dtype, n.dtype)), grads, nu)
 
 
 def rms_step(

@@ -12,9 +12,7 @@ Tree = Any
 
 def unzip(like: Tree, tree_of_tuples: Tree, n: int) -> tuple[Tree, ...]:
     """Splits a tree whose leaves are n-tuples into n trees shaped like ``like``."""
-    return tuple(
-        jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples) for i in range(n)
-    )
+    return tuple(jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples) for i in range(n))
 
 
 def resolve_mask(mask: Tree | Callable[[Tree], Tree] | None, params: Tree) -> Tree:

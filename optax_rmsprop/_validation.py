@@ -45,8 +45,7 @@ def check_range(
         closing = "]" if high_inclusive else ")"
         upper = "inf" if math.isinf(high) else f"{high:g}"
         raise ValueError(
-            f"{name} must be a finite number in [{low:g}, {upper}{closing}, "
-            f"got {value!r}."
+            f"{name} must be a finite number in [{low:g}, {upper}{closing}, got {value!r}."
         )
 
 
@@ -70,9 +69,7 @@ def check_state_dtype(state_dtype: Any) -> np.dtype | None:
     return dtype
 
 
-def check_tree_matches_state(
-    tree: Any, state_tree: Any, *, what: str, where: str
-) -> None:
+def check_tree_matches_state(tree: Any, state_tree: Any, *, what: str, where: str) -> None:
     """Raises ValueError, in words, when ``tree`` is not shaped like the state.
 
     Args:

@@ -11,9 +11,7 @@ Tree = Any
 Mask = Tree | Callable[[Tree], Tree] | None
 
 
-def add_l2_to_gradient(
-    grads: Tree, params: Tree, weight_decay: Any, mask: Mask
-) -> Tree:
+def add_l2_to_gradient(grads: Tree, params: Tree, weight_decay: Any, mask: Mask) -> Tree:
     """Coupled weight decay: ``g + wd * p`` where the mask is True."""
     return _tree.map_masked(
         lambda g, p: g + weight_decay * p.astype(g.dtype),

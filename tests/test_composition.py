@@ -91,9 +91,7 @@ def test_inject_hyperparams_weight_decay_without_params_explains_itself():
     params = _params()
     with pytest.raises(ValueError, match="static_args=\\('weight_decay',\\)"):
         tx.update(_grads(params), tx.init(params))
-    tx = optax.inject_hyperparams(optax_rmsprop.rmsprop, static_args=("weight_decay",))(
-        0.1
-    )
+    tx = optax.inject_hyperparams(optax_rmsprop.rmsprop, static_args=("weight_decay",))(0.1)
     updates, _ = tx.update(_grads(params), tx.init(params))
     chex.assert_tree_all_finite(updates)
 
@@ -175,9 +173,7 @@ def test_flax_nnx_optimizer():
     from flax import nnx
 
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(
-        model, optax_rmsprop.rmsprop(0.05, momentum=0.9), wrt=nnx.Param
-    )
+    optimizer = nnx.Optimizer(model, optax_rmsprop.rmsprop(0.05, momentum=0.9), wrt=nnx.Param)
     x = jnp.ones((4, 3))
 
     def loss_fn(m):

@@ -24,9 +24,7 @@ GRADS = {"w": np.array([0.5, -4.0]), "b": np.array(0.0)}
 @pytest.mark.parametrize("centered", [False, True])
 def test_matches_hand_computation(eps_in_sqrt, centered):
     eps = 1e-3
-    tx = optax_rmsprop.rmsprop(
-        0.2, decay=0.8, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=centered
-    )
+    tx = optax_rmsprop.rmsprop(0.2, decay=0.8, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=centered)
     sizes = optax_rmsprop.effective_step_size(_after_one_step(tx, PARAMS, GRADS), 0.2)
     for k, g in GRADS.items():
         g = np.asarray(g)
@@ -39,12 +37,8 @@ def test_without_learning_rate_and_with_schedule():
     tx = optax_rmsprop.rmsprop(0.1, bias_correction=True)
     state = _after_one_step(tx, PARAMS, GRADS)
     inverse = optax_rmsprop.effective_step_size(state)
-    np.testing.assert_allclose(
-        inverse["w"], 1 / (np.abs(GRADS["w"]) + 1e-8), rtol=1e-12
-    )
-    scheduled = optax_rmsprop.effective_step_size(
-        state, lambda count: 0.5 * (count + 1)
-    )
+    np.testing.assert_allclose(inverse["w"], 1 / (np.abs(GRADS["w"]) + 1e-8), rtol=1e-12)
+    scheduled = optax_rmsprop.effective_step_size(state, lambda count: 0.5 * (count + 1))
     chex.assert_trees_all_close(scheduled, {k: 0.5 * v for k, v in inverse.items()})
 
 
@@ -53,9 +47,7 @@ def test_found_inside_wrappers():
     want = optax_rmsprop.effective_step_size(_after_one_step(base, PARAMS, GRADS), 0.1)
     for tx in (
         optax.chain(optax.clip_by_global_norm(10.0), optax_rmsprop.rmsprop(0.1)),
-        optax.inject_hyperparams(optax_rmsprop.rmsprop, static_args=("weight_decay",))(
-            0.1
-        ),
+        optax.inject_hyperparams(optax_rmsprop.rmsprop, static_args=("weight_decay",))(0.1),
         optax.MultiSteps(optax_rmsprop.rmsprop(0.1), every_k_schedule=1),
     ):
         got = optax_rmsprop.effective_step_size(_after_one_step(tx, PARAMS, GRADS), 0.1)

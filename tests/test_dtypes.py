@@ -23,9 +23,7 @@ def _run(tx, params, grads, steps=3):
     for _ in range(steps):
         updates, state = update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        assert (
-            jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), state) == shapes0
-        )
+        assert jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), state) == shapes0
     return params, updates, state
 
 
@@ -43,9 +41,7 @@ def test_low_precision_params_get_float32_state(dtype):
 def test_float16_zero_gradient_is_finite():
     """optax issue 1784: eps underflows in float16 and 0 * inf gives NaN."""
     params = jnp.ones((3,), jnp.float16)
-    _, updates, state = _run(
-        optax_rmsprop.rmsprop(0.01), params, jnp.zeros((3,), jnp.float16)
-    )
+    _, updates, state = _run(optax_rmsprop.rmsprop(0.01), params, jnp.zeros((3,), jnp.float16))
     chex.assert_tree_all_finite((updates, state))
     np.testing.assert_array_equal(np.asarray(updates, np.float32), 0.0)
 
@@ -63,9 +59,7 @@ def test_bfloat16_accumulator_does_not_stall():
 
 def test_explicit_bfloat16_state_is_honoured():
     params = {"w": jnp.ones((8,), jnp.float32)}
-    tx = optax_rmsprop.rmsprop(
-        0.01, momentum=0.9, centered=True, state_dtype=jnp.bfloat16
-    )
+    tx = optax_rmsprop.rmsprop(0.01, momentum=0.9, centered=True, state_dtype=jnp.bfloat16)
     _, updates, state = _run(tx, params, {"w": jnp.full((8,), 0.5, jnp.float32)})
     assert updates["w"].dtype == jnp.float32
     for tree in (state.rms.nu, state.rms.mu, state.momentum):

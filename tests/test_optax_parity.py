@@ -39,12 +39,8 @@ def _trajectory(tx, params, steps=100):
     return out
 
 
-@pytest.mark.parametrize(
-    "eps_in_sqrt,centered,momentum,nesterov,bias_correction", OPTIONS
-)
-def test_matches_optax_rmsprop(
-    eps_in_sqrt, centered, momentum, nesterov, bias_correction
-):
+@pytest.mark.parametrize("eps_in_sqrt,centered,momentum,nesterov,bias_correction", OPTIONS)
+def test_matches_optax_rmsprop(eps_in_sqrt, centered, momentum, nesterov, bias_correction):
     kwargs = dict(
         decay=0.9,
         eps=1e-3,
@@ -68,9 +64,7 @@ def test_default_eps_placement_differs_from_optax():
     ours, _ = optax_rmsprop.rmsprop(1.0, eps=1e-4).update(
         g, optax_rmsprop.rmsprop(1.0, eps=1e-4).init(g)
     )
-    theirs, _ = optax.rmsprop(1.0, eps=1e-4).update(
-        g, optax.rmsprop(1.0, eps=1e-4).init(g)
-    )
+    theirs, _ = optax.rmsprop(1.0, eps=1e-4).update(g, optax.rmsprop(1.0, eps=1e-4).init(g))
     expected = -g / (jnp.sqrt(0.1 * g**2) + 1e-4)
     chex.assert_trees_all_close(ours, expected, rtol=1e-12)
     assert not np.allclose(ours, theirs, rtol=1e-3)
@@ -79,12 +73,8 @@ def test_default_eps_placement_differs_from_optax():
 def test_scale_by_rms_matches_optax():
     g = jnp.array([0.3, -2.0, 5.0], dtype=jnp.float64)
     for eps_in_sqrt in (False, True):
-        ours = optax_rmsprop.scale_by_rms(
-            0.8, 1e-3, eps_in_sqrt=eps_in_sqrt, initial_scale=0.2
-        )
-        theirs = optax.scale_by_rms(
-            0.8, 1e-3, eps_in_sqrt=eps_in_sqrt, initial_scale=0.2
-        )
+        ours = optax_rmsprop.scale_by_rms(0.8, 1e-3, eps_in_sqrt=eps_in_sqrt, initial_scale=0.2)
+        theirs = optax.scale_by_rms(0.8, 1e-3, eps_in_sqrt=eps_in_sqrt, initial_scale=0.2)
         s1, s2 = ours.init(g), theirs.init(g)
         for _ in range(5):
             u1, s1 = ours.update(g, s1)

@@ -48,9 +48,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64])
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_parabola(name, dtype):
-    x = _minimise(
-        parabola, jnp.array([-1.0, 2.5, 0.3], dtype), OPTIMIZERS[name](), 2000
-    )
+    x = _minimise(parabola, jnp.array([-1.0, 2.5, 0.3], dtype), OPTIMIZERS[name](), 2000)
     assert x.dtype == dtype
     np.testing.assert_allclose(np.asarray(x), 1.0, atol=1e-2)
 

@@ -31,22 +31,14 @@ configs = st.builds(
 ).map(
     # centered + bias correction with eps outside the root divides rounding
     # noise by eps at t=0 (see test_reference); keep eps inside for that pair.
-    lambda c: (
-        dataclasses.replace(c, eps_in_sqrt=True)
-        if c.centered and c.bias_correction
-        else c
-    )
+    lambda c: dataclasses.replace(c, eps_in_sqrt=True) if c.centered and c.bias_correction else c
 )
 
-shapes = st.lists(
-    st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=4
-)
+shapes = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=4)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    cfg=configs, leaf_shapes=shapes, nesterov=st.booleans(), seed=st.integers(0, 2**16)
-)
+@given(cfg=configs, leaf_shapes=shapes, nesterov=st.booleans(), seed=st.integers(0, 2**16))
 def test_random_configs_and_trees_match_reference(cfg, leaf_shapes, nesterov, seed):
     if cfg.momentum and nesterov:
         cfg = dataclasses.replace(cfg, nesterov=True)
@@ -66,9 +58,7 @@ def test_random_configs_and_trees_match_reference(cfg, leaf_shapes, nesterov, se
         for k in refs:
             refs[k].step(grads[k])
     for k in refs:
-        np.testing.assert_allclose(
-            np.asarray(jparams[k]), refs[k].params, rtol=1e-10, atol=1e-12
-        )
+        np.testing.assert_allclose(np.asarray(jparams[k]), refs[k].params, rtol=1e-10, atol=1e-12)
 
 
 @settings(max_examples=25, deadline=None)

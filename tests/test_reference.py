@@ -104,10 +104,7 @@ def run_both(cfg: Config, dtype, mask_b: bool = True):
         "b": rng.normal(size=(7,)).astype(dtype),
     }
     if np.issubdtype(dtype, np.complexfloating):
-        init = {
-            k: (v + 1j * rng.normal(size=v.shape)).astype(dtype)
-            for k, v in init.items()
-        }
+        init = {k: (v + 1j * rng.normal(size=v.shape)).astype(dtype) for k, v in init.items()}
     grad_fn, flip = noisy_gradients(dtype)
     flip[0] = cfg.maximize  # so that maximize also converges
     mask = {"a": True, "b": mask_b}
@@ -127,9 +124,7 @@ def run_both(cfg: Config, dtype, mask_b: bool = True):
         grads = {k: jnp.asarray(grad_fn(np.asarray(params[k]), t)) for k in params}
         updates, state = update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        ref = {
-            k: refs[k].step(np.asarray(grads[k], refs[k].params.dtype)) for k in refs
-        }
+        ref = {k: refs[k].step(np.asarray(grads[k], refs[k].params.dtype)) for k in refs}
         traj.append(params)
         ref_traj.append(ref)
     return traj, ref_traj, state
@@ -155,9 +150,7 @@ def test_complex128_matches_reference(name):
     traj, ref_traj, _ = run_both(CASES[name], np.complex128)
     for got, want in zip(traj, ref_traj, strict=False):
         for k in want:
-            np.testing.assert_allclose(
-                np.asarray(got[k]), want[k], rtol=1e-12, atol=1e-13
-            )
+            np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("name", ["plain", "centered", "nesterov", "everything"])
@@ -167,9 +160,7 @@ def test_float32_tracks_reference(name):
     assert state.rms.nu["a"].dtype == jnp.float32
     for got, want in zip(traj[:30], ref_traj[:30], strict=False):
         for k in want:
-            np.testing.assert_allclose(
-                np.asarray(got[k]), want[k], rtol=2e-4, atol=2e-4
-            )
+            np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-4, atol=2e-4)
 
 
 def test_reference_detects_a_wrong_optimizer():

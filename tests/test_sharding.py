@@ -57,6 +57,4 @@ def test_state_is_sharded_like_params_and_numbers_match():
         grads = jax.tree.map(lambda p: p - 0.3, single)
         updates, single_state = tx.update(grads, single_state, single)
         single = optax.apply_updates(single, updates)
-    chex.assert_trees_all_close(
-        jax.device_get(params), jax.device_get(single), rtol=1e-12
-    )
+    chex.assert_trees_all_close(jax.device_get(params), jax.device_get(single), rtol=1e-12)

@@ -52,9 +52,7 @@ def test_nesterov_needs_momentum(momentum):
         optax_rmsprop.rmsprop(0.1, momentum=momentum, nesterov=True)
 
 
-@pytest.mark.parametrize(
-    "dtype", [jnp.int32, "int8", jnp.complex64, bool, "not-a-dtype"]
-)
+@pytest.mark.parametrize("dtype", [jnp.int32, "int8", jnp.complex64, bool, "not-a-dtype"])
 def test_state_dtype_must_be_floating(dtype):
     with pytest.raises(ValueError, match="state_dtype must be a floating dtype"):
         optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
@@ -67,9 +65,7 @@ def test_boundaries_are_accepted():
 
 def test_arrays_and_tracers_are_not_checked():
     """inject_hyperparams passes arrays; their value is the user's business."""
-    optax_rmsprop.rmsprop(
-        jnp.asarray(-1.0), decay=jnp.asarray(2.0), momentum=jnp.asarray(0.5)
-    )
+    optax_rmsprop.rmsprop(jnp.asarray(-1.0), decay=jnp.asarray(2.0), momentum=jnp.asarray(0.5))
     jax.jit(lambda lr: optax_rmsprop.rmsprop(lr).init(jnp.ones(2)))(0.1)
 
 
@@ -87,9 +83,7 @@ def test_gradient_tree_mismatch_is_explained():
         ValueError, match="gradient tree does not match the tree the optimizer state"
     ):
         tx.update({"w": jnp.ones(3)}, state)
-    with pytest.raises(
-        ValueError, match=r"gradient leaf \['w'\] has shape \(4,\).*shape \(3,\)"
-    ):
+    with pytest.raises(ValueError, match=r"gradient leaf \['w'\] has shape \(4,\).*shape \(3,\)"):
         tx.update({"w": jnp.ones(4), "b": jnp.ones(1)}, state)
     tx = optax_rmsprop.scale_by_rms()
     with pytest.raises(ValueError, match="scale_by_rms.update: the gradient tree"):

@@ -38,9 +38,7 @@ def build(source: str, out: str = OUT, seed: int = 0) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--source", required=True, help="directory of the 4 MNIST IDX files"
-    )
+    parser.add_argument("--source", required=True, help="directory of the 4 MNIST IDX files")
     parser.add_argument("--out", default=OUT, help="output directory")
     args = parser.parse_args()
     build(args.source, args.out)

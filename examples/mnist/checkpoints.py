@@ -59,11 +59,7 @@ def check_config(workdir: str, config: dict, keys: tuple[str, ...]) -> None:
             saved = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is unreadable: {err}") from err
-    diff = {
-        k: (saved.get(k), config[k])
-        for k in keys
-        if _norm(saved.get(k)) != _norm(config[k])
-    }
+    diff = {k: (saved.get(k), config[k]) for k in keys if _norm(saved.get(k)) != _norm(config[k])}
     if diff:
         detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
         raise CheckpointError(

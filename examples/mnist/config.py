@@ -30,9 +30,7 @@ class Config:
     dataset_explicit: bool = False  # --dataset given: no silent fallback
     data_dir: str | None = None
     resume: bool = False
-    checkpoint_every: int = (
-        500  # steps (at the next dispatch boundary); also at the end
-    )
+    checkpoint_every: int = 500  # steps (at the next dispatch boundary); also at the end
     steps_per_dispatch: int = 8  # train steps per jitted call (unrolled lax.scan)
     max_steps: int | None = None  # stop early (a step budget for tests and CI)
     eval_batch_size: int = 1000

@@ -35,9 +35,7 @@ def _read_bytes(path: str) -> bytes:
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise IdxError(
-                f"{path} is a corrupt or truncated gzip file ({err})"
-            ) from err
+            raise IdxError(f"{path} is a corrupt or truncated gzip file ({err})") from err
     return raw
 
 
@@ -92,15 +90,10 @@ def load_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = read_idx(find(directory, labels_stem), 1)
     if images.shape[0] != labels.shape[0]:
         raise IdxError(
-            f"{directory} ({split}): {images.shape[0]} images but "
-            f"{labels.shape[0]} labels"
+            f"{directory} ({split}): {images.shape[0]} images but {labels.shape[0]} labels"
         )
     if images.shape[1:] != (28, 28):
-        raise IdxError(
-            f"{directory} ({split}): images are {images.shape[1:]}, not 28x28"
-        )
+        raise IdxError(f"{directory} ({split}): images are {images.shape[1:]}, not 28x28")
     if labels.size and labels.max() > 9:
-        raise IdxError(
-            f"{directory} ({split}): label {labels.max()} is not a digit 0-9"
-        )
+        raise IdxError(f"{directory} ({split}): label {labels.max()} is not a digit 0-9")
     return images[..., None], labels.astype(np.int32)

@@ -60,9 +60,7 @@ def load_bundled_sample() -> Dataset:
     return load_idx_dir(BUNDLED_DIR, "bundled MNIST sample (10k train / 2k test)")
 
 
-def network_reachable(
-    address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0
-) -> bool:
+def network_reachable(address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0) -> bool:
     """True if a TCP connection to ``address`` opens within ``timeout`` seconds."""
     try:
         with socket.create_connection(address, timeout=timeout):
@@ -101,9 +99,7 @@ def load_tfds(
     except ImportError as err:
         raise DataUnavailable(f"tensorflow-datasets is not installed ({err})") from err
     try:
-        splits = [
-            _tfds_split(tfds, name, s, data_dir, False) for s in ("train", "test")
-        ]
+        splits = [_tfds_split(tfds, name, s, data_dir, False) for s in ("train", "test")]
     except tfds.core.registered.DatasetNotFoundError as err:
         raise DataUnavailable(f"tfds has no dataset named {name!r}") from err
     except (KeyError, FileNotFoundError, AssertionError, NotImplementedError):

@@ -22,9 +22,7 @@ def _number(kind, low=None, high=None, *, high_open=False, low_open=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a valid {kind.__name__}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
         bad = not math.isfinite(value)
         bad |= low is not None and (value <= low if low_open else value < low)
         bad |= high is not None and (value >= high if high_open else value > high)
@@ -46,9 +44,7 @@ def _widths(text: str) -> tuple[int, ...]:
             f"expected comma-separated integers, got {text!r}"
         ) from None
     if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(
-            f"widths must be positive integers, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"widths must be positive integers, got {text!r}")
     return widths
 
 
@@ -105,13 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.momentum,
         help="momentum in [0, 1); 0 disables it",
     )
-    o.add_argument(
-        "--centered", action="store_true", help="centered RMSProp (Graves 2013)"
-    )
+    o.add_argument("--centered", action="store_true", help="centered RMSProp (Graves 2013)")
     t = p.add_argument_group("training")
-    t.add_argument(
-        "--epochs", type=_number(int, 1), default=d.epochs, help="epochs, >= 1"
-    )
+    t.add_argument("--epochs", type=_number(int, 1), default=d.epochs, help="epochs, >= 1")
     t.add_argument(
         "--batch-size",
         type=_number(int, 1),
@@ -136,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.seed,
         help="seed of the initialisation and the data order",
     )
-    t.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar"
-    )
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     data = p.add_argument_group("data")
     data.add_argument(
         "--dataset",
@@ -218,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.coordinator_address:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            args.coordinator_address, args.num_processes, args.process_id
-        )
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
     from examples.mnist import input_pipeline, train
     from examples.mnist.checkpoints import CheckpointError

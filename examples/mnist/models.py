@@ -32,10 +32,7 @@ class MLP(nnx.Module):
     def __init__(self, hidden: Sequence[int] = (10, 10), *, rngs: nnx.Rngs):
         widths = [28 * 28, *hidden, 10]
         self.layers = nnx.List(
-            [
-                nnx.Linear(a, b, rngs=rngs)
-                for a, b in zip(widths[:-1], widths[1:], strict=True)
-            ]
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:

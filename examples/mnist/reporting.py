@@ -15,9 +15,7 @@ STEP_SIZES_PNG = "effective_step_sizes.png"
 class Reporter:
     """Writes records on the main process only; every other process is silent."""
 
-    def __init__(
-        self, workdir: str, *, enabled: bool = True, resume_step: int | None = None
-    ):
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
         self.workdir = workdir
         self.enabled = enabled
         self._tb = None
@@ -26,13 +24,9 @@ class Reporter:
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, METRICS)
         kept = [
-            r
-            for r in read_metrics(workdir)
-            if resume_step is not None and r["step"] <= resume_step
+            r for r in read_metrics(workdir) if resume_step is not None and r["step"] <= resume_step
         ]
-        with open(
-            path, "w"
-        ) as f:  # a fresh run starts a fresh log; a resumed one drops
+        with open(path, "w") as f:  # a fresh run starts a fresh log; a resumed one drops
             for record in kept:  # the records written after its checkpoint
                 f.write(json.dumps(record) + "\n")
 
@@ -96,9 +90,7 @@ def plot(workdir: str) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "test"):
         ax_loss.plot(steps, [r[f"{split}_loss"] for r in records], "o-", label=split)
-        ax_acc.plot(
-            steps, [100 * r[f"{split}_accuracy"] for r in records], "o-", label=split
-        )
+        ax_acc.plot(steps, [100 * r[f"{split}_accuracy"] for r in records], "o-", label=split)
     ax_loss.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss")
     ax_acc.set(xlabel="step", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):

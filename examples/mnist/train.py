@@ -32,9 +32,7 @@ QUANTILES = {"p0": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p100": 1.0}
 
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D mesh over every device of every process."""
-    return jax.make_mesh(
-        (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def learning_rate_schedule(config: Config, total_steps: int) -> optax.ScalarOrSchedule:
@@ -60,9 +58,7 @@ def loss_and_accuracy(model: nnx.Module, images: jax.Array, labels: jax.Array):
 
 
 def _layer_name(path) -> str:
-    names = [
-        str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path
-    ]
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return "/".join(n for n in names if n != "value")
 
 
@@ -84,9 +80,7 @@ class Trainer:
         self.graphdef, state = nnx.split((model, optimizer))
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P("data"))
-        self.state = jax.tree.map(
-            lambda x: input_pipeline.replicate(mesh, np.asarray(x)), state
-        )
+        self.state = jax.tree.map(lambda x: input_pipeline.replicate(mesh, np.asarray(x)), state)
         self._train = jax.jit(
             self._train_chunk,
             static_argnames="num_steps",
@@ -120,9 +114,7 @@ class Trainer:
         model, _ = nnx.merge(self.graphdef, state)
 
         def one_batch(totals, batch):
-            x, y, w = (
-                jax.lax.with_sharding_constraint(a, self.batch_sharding) for a in batch
-            )
+            x, y, w = (jax.lax.with_sharding_constraint(a, self.batch_sharding) for a in batch)
             logits = model(x.astype(jnp.float32) / 255.0)
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
@@ -131,9 +123,7 @@ class Trainer:
                 totals[1] + jnp.sum(w * correct),
             ), None
 
-        (loss, correct), _ = jax.lax.scan(
-            one_batch, (0.0, 0.0), (images, labels, weights)
-        )
+        (loss, correct), _ = jax.lax.scan(one_batch, (0.0, 0.0), (images, labels, weights))
         total = jnp.sum(weights)
         return loss / total, correct / total
 
@@ -158,9 +148,7 @@ class Trainer:
         )
         if num_steps not in self._compiled:
             t0 = time.perf_counter()
-            self._compiled[num_steps] = self._train.lower(
-                *args, num_steps=num_steps
-            ).compile()
+            self._compiled[num_steps] = self._train.lower(*args, num_steps=num_steps).compile()
             self.compile_time_s += time.perf_counter() - t0
         self.state, (losses, accuracies) = self._compiled[num_steps](*args)
         return np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
@@ -340,8 +328,7 @@ def train_and_evaluate(
             if at_epoch_end:
                 epoch_sums = np.zeros(3, np.float64)
         crossed = config.checkpoint_every and (
-            (step - len(losses)) // config.checkpoint_every
-            != step // config.checkpoint_every
+            (step - len(losses)) // config.checkpoint_every != step // config.checkpoint_every
         )
         if crossed or step == trainer.total_steps:
             ckpt.save(step, trainer.checkpoint_tree(step, epoch_sums))

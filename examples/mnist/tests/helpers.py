@@ -24,9 +24,7 @@ def trainer_command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "examples.mnist", "--no-progress", *flags]
 
 
-def run_trainer(
-    *flags: str, devices: int = 1, timeout: float = 600
-) -> subprocess.CompletedProcess:
+def run_trainer(*flags: str, devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         trainer_command(*flags),
         cwd=ROOT,

@@ -11,15 +11,11 @@ import pytest
 
 from examples.mnist import idx
 
-SHARED = os.path.join(
-    os.path.dirname(__file__), *[".."] * 4, "shared", "datasets", "mnist"
-)
+SHARED = os.path.join(os.path.dirname(__file__), *[".."] * 4, "shared", "datasets", "mnist")
 SHARED = os.path.normpath(SHARED)
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(SHARED), reason="../shared/datasets/mnist not present"
-)
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/datasets/mnist not present")
 def test_reads_the_real_mnist():
     images, labels = idx.load_split(SHARED, "train")
     assert images.shape == (60000, 28, 28, 1) and images.dtype == np.uint8
@@ -35,9 +31,7 @@ def test_reads_the_real_mnist():
         5851,
         5949,
     ]
-    raw = gzip.decompress(
-        open(os.path.join(SHARED, "train-labels-idx1-ubyte.gz"), "rb").read()
-    )
+    raw = gzip.decompress(open(os.path.join(SHARED, "train-labels-idx1-ubyte.gz"), "rb").read())
     assert hashlib.md5(raw).hexdigest() == "a25bea736e30d166cdddb491f175f624"
     test_images, test_labels = idx.load_split(SHARED, "test")
     assert test_images.shape == (10000, 28, 28, 1)
@@ -78,16 +72,12 @@ def test_corrupt_files_get_clear_errors(tmp_path):
 
 
 def test_split_checks(tmp_path):
-    idx.write_idx(
-        str(tmp_path / "train-images-idx3-ubyte.gz"), np.zeros((4, 28, 28), np.uint8)
-    )
+    idx.write_idx(str(tmp_path / "train-images-idx3-ubyte.gz"), np.zeros((4, 28, 28), np.uint8))
     with pytest.raises(idx.IdxError, match="neither train-labels-idx1-ubyte nor"):
         idx.load_split(str(tmp_path), "train")
     idx.write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(3, np.uint8))
     with pytest.raises(idx.IdxError, match="4 images but 3 labels"):
         idx.load_split(str(tmp_path), "train")
-    idx.write_idx(
-        str(tmp_path / "train-labels-idx1-ubyte"), np.array([0, 1, 2, 12], np.uint8)
-    )
+    idx.write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.array([0, 1, 2, 12], np.uint8))
     with pytest.raises(idx.IdxError, match="label 12 is not a digit"):
         idx.load_split(str(tmp_path), "train")

@@ -45,25 +45,17 @@ def test_bundled_sample():
 def test_tfds_path_with_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
-        ds = input_pipeline.load(
-            "mnist", dataset_explicit=True, reachable=lambda: False
-        )
+        ds = input_pipeline.load("mnist", dataset_explicit=True, reachable=lambda: False)
     assert ds.source == "tfds mnist"
-    assert (
-        ds.train_images.shape == (12, 28, 28, 1) and ds.train_images.dtype == np.uint8
-    )
+    assert ds.train_images.shape == (12, 28, 28, 1) and ds.train_images.dtype == np.uint8
     assert ds.test_labels.dtype == np.int32 and ds.test_labels.max() <= 9
 
 
 def test_tfds_rejects_datasets_of_another_shape():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=3):
-        with pytest.raises(
-            input_pipeline.DataUnavailable, match="needs 28x28x1 images"
-        ):
-            input_pipeline.load(
-                "cifar10", dataset_explicit=True, reachable=lambda: False
-            )
+        with pytest.raises(input_pipeline.DataUnavailable, match="needs 28x28x1 images"):
+            input_pipeline.load("cifar10", dataset_explicit=True, reachable=lambda: False)
 
 
 def _closed_loopback_port() -> tuple[str, int]:
@@ -103,27 +95,19 @@ def test_reachability_check():
 
 
 def test_explicit_dataset_never_falls_back(tmp_path):
-    with pytest.raises(
-        input_pipeline.DataUnavailable, match="--dataset fashion_mnist: .*bundled"
-    ):
+    with pytest.raises(input_pipeline.DataUnavailable, match="--dataset fashion_mnist: .*bundled"):
         input_pipeline.load(
             "fashion_mnist",
             tfds_data_dir=str(tmp_path),
             dataset_explicit=True,
             reachable=lambda: False,
         )
-    with pytest.raises(
-        input_pipeline.DataUnavailable, match="no dataset named 'no_such_set'"
-    ):
-        input_pipeline.load(
-            "no_such_set", dataset_explicit=True, reachable=_unreachable
-        )
+    with pytest.raises(input_pipeline.DataUnavailable, match="no dataset named 'no_such_set'"):
+        input_pipeline.load("no_such_set", dataset_explicit=True, reachable=_unreachable)
 
 
 def test_data_dir_wins():
-    ds = input_pipeline.load(
-        "mnist", input_pipeline.BUNDLED_DIR, reachable=lambda: 1 / 0
-    )
+    ds = input_pipeline.load("mnist", input_pipeline.BUNDLED_DIR, reachable=lambda: 1 / 0)
     assert ds.source.startswith("IDX files in")
 
 

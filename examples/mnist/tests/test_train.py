@@ -82,9 +82,7 @@ def test_trains_and_writes_every_output(tmp_path, sample):
     assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(helpers.SHARED_MNIST), reason="no ../shared MNIST"
-)
+@pytest.mark.skipif(not os.path.isdir(helpers.SHARED_MNIST), reason="no ../shared MNIST")
 def test_cnn_on_real_mnist_few_hundred_steps(tmp_path):
     result = helpers.run_trainer(
         "--data-dir",
@@ -159,9 +157,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     ckpts = killed / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        steps = (
-            [int(d) for d in os.listdir(ckpts) if d.isdigit()] if ckpts.exists() else []
-        )
+        steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if ckpts.exists() else []
         if steps and max(steps) >= 32:
             break
         time.sleep(0.05)
