@@ -201,3 +201,39 @@ def test_corrupt_checkpoint_gets_a_clear_error(tmp_path, sample):
         train.train_and_evaluate(
             dataclasses.replace(config, resume=True), sample, log=lambda _: None
         )
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    """jax.distributed on loopback with gloo CPU collectives: 2 processes x 1 device."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = ("--model", "mlp", "--mlp-widths", "64", "--data-dir", helpers.SAMPLE,
+             "--max-steps", "24", "--epochs", "1", "--batch-size", "64",
+             "--checkpoint-every", "0")  # fmt: skip
+    multi = tmp_path / "multi"
+    procs = [
+        subprocess.Popen(
+            helpers.trainer_command(
+                *flags, "--workdir", str(multi), "--coordinator-address", f"127.0.0.1:{port}",
+                "--num-processes", "2", "--process-id", str(i),
+            ),
+            cwd=helpers.ROOT, env=helpers.env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    single = tmp_path / "single"
+    result = helpers.run_trainer(*flags, "--workdir", str(single), devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (multi, single)]
+    assert len(summaries[0]["devices"]) == 2
+    assert summaries[0]["test_loss"] == pytest.approx(summaries[1]["test_loss"], rel=1e-5)
+    assert helpers.metrics(str(multi))[-1]["train_loss"] == pytest.approx(
+        helpers.metrics(str(single))[-1]["train_loss"], rel=1e-5
+    )
