@@ -1,5 +1,6 @@
 """optax_rmsprop: RMSProp for JAX as a composable Optax GradientTransformation."""
 
+from optax_rmsprop import compat as compat
 from optax_rmsprop._diagnostics import effective_step_size as effective_step_size
 from optax_rmsprop._rmsprop import RMSPropState as RMSPropState
 from optax_rmsprop._rmsprop import rmsprop as rmsprop
@@ -9,6 +10,7 @@ from optax_rmsprop._scale_by_rms import scale_by_rms as scale_by_rms
 __version__ = "0.1.0"
 
 __all__ = [
+    "compat",
     "RMSPropState",
     "ScaleByRmsState",
     "effective_step_size",

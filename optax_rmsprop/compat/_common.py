@@ -1,0 +1,64 @@
+"""Pieces every framework port shares: hyperparameter checks, lr, complex views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _validation
+
+Tree = Any
+
+
+def check_hyperparameters(
+    *, lr_name: str, lr: Any, decay_name: str, decay: Any, eps_name: str, eps: Any, momentum: Any,
+    weight_decay: Any = 0.0, weight_decay_name: str = "weight_decay",
+) -> None:
+    """Range checks with the framework's own argument names."""
+    if not callable(lr):
+        _validation.check_range(lr_name, lr, 0.0)
+    _validation.check_range(decay_name, decay, 0.0, 1.0, high_inclusive=True)
+    _validation.check_range(eps_name, eps, 0.0)
+    _validation.check_range("momentum", momentum, 0.0, 1.0)
+    if weight_decay is not None:
+        _validation.check_range(weight_decay_name, weight_decay, 0.0)
+
+
+def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> Any:
+    """The learning rate of the update with 0-based index ``count``."""
+    return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def cast(value: Any, like: jax.Array) -> jax.Array:
+    """``value`` as a scalar of ``like``'s dtype, as frameworks cast hyperparameters."""
+    return jnp.asarray(value, dtype=like.dtype)
+
+
+def zeros_like_tree(params: Tree) -> Tree:
+    return jax.tree.map(jnp.zeros_like, params)
+
+
+def to_real(x: jax.Array) -> jax.Array:
+    """``torch.view_as_real``: a complex array as a real one with a trailing (re, im) axis."""
+    if jnp.iscomplexobj(x):
+        return jnp.stack([x.real, x.imag], axis=-1)
+    return x
+
+
+def from_real(x: jax.Array, like: jax.Array) -> jax.Array:
+    """The inverse of :func:`to_real` for an array shaped like ``like``."""
+    if jnp.iscomplexobj(like):
+        return jax.lax.complex(x[..., 0], x[..., 1]).astype(like.dtype)
+    return x
+
+
+def require_params(params: Any, where: str, why: str) -> None:
+    if params is None:
+        raise ValueError(f"{where}: {why} needs the parameters: call update(grads, state, params).")
+
+
+def check_structure(grads: Tree, state_tree: Tree, where: str) -> None:
+    _validation.check_tree_matches_state(grads, state_tree, what="gradient", where=where)

@@ -1,0 +1,124 @@
+"""timm's ``RMSpropTF``: PyTorch's RMSprop rewritten to match TensorFlow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_rmsprop import _tree
+from optax_rmsprop.compat import _common
+from optax_rmsprop.compat._pytorch import PyTorchRMSpropState
+
+Tree = Any
+
+
+def timm(
+    lr: optax.ScalarOrSchedule = 1e-2,
+    alpha: float = 0.9,
+    eps: float = 1e-10,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    decoupled_decay: bool = False,
+    lr_in_momentum: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """``timm.optim.RMSpropTF(params, lr, alpha, eps, weight_decay, momentum, ...)``.
+
+    timm's TF-matching variant: the mean square starts at **1**, eps sits
+    **inside** the root, ``v += (g*g - v) * (1 - alpha)`` (TF's order), and
+    the learning rate sits inside the momentum buffer unless
+    ``lr_in_momentum=False``. Weight decay is coupled L2 (``g + wd * p``) or,
+    with ``decoupled_decay``, ``p *= 1 - lr * wd`` before the step. (timm's
+    factory ``create_optimizer_v2('rmsproptf')`` also defaults momentum to 0.9;
+    pass it explicitly here.)
+
+    Args:
+      lr: learning rate, or an optax schedule of the 0-based step.
+      alpha: smoothing constant of the mean square.
+      eps: added inside the root.
+      weight_decay: L2 factor (needs ``params``).
+      momentum: momentum factor; 0 allocates no buffer.
+      centered: normalise by the estimated variance.
+      decoupled_decay: decay the weights directly instead of the gradient.
+      lr_in_momentum: accumulate ``lr``-scaled steps in the buffer (TF).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`PyTorchRMSpropState` (timm keeps torch's slot names).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from optax_rmsprop import compat
+      >>> tx = compat.timm(lr=0.1, alpha=0.9)
+      >>> g = jnp.array([3.0])
+      >>> u, _ = tx.update(g, tx.init(g))
+      >>> round(float(u[0]), 5)  # the mean square starts at 1: -0.1 * 3 / sqrt(1 + (9 - 1) * 0.1)
+      -0.22361
+    """
+    _common.check_hyperparameters(
+        lr_name="lr", lr=lr, decay_name="alpha", decay=alpha, eps_name="eps", eps=eps,
+        momentum=momentum, weight_decay=weight_decay,
+    )
+
+    def init_fn(params):
+        zeros = _common.zeros_like_tree(params)
+        return PyTorchRMSpropState(
+            step=jnp.zeros([], jnp.int32),
+            square_avg=jax.tree.map(jnp.ones_like, params),
+            grad_avg=zeros if centered else None,
+            momentum_buffer=zeros if momentum > 0 else None,
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _common.check_structure(updates, state.square_avg, "compat.timm update")
+        if weight_decay != 0:
+            _common.require_params(params, "compat.timm update", f"weight_decay={weight_decay}")
+        lr_t = _common.learning_rate_at(lr, state.step)
+        none = jax.tree.map(lambda _: None, state.square_avg)
+        grad_avg = state.grad_avg if centered else none
+        buf = state.momentum_buffer if momentum > 0 else none
+        p_tree = params if params is not None else none
+        one_minus_alpha = 1.0 - alpha
+
+        def leaf(g, p, v, m, b):
+            decay_step = None
+            if weight_decay != 0:
+                if decoupled_decay:
+                    # timm: param.mul_(1. - lr * weight_decay), the factor in float64
+                    decay_step = p * _common.cast(1.0 - lr_t * weight_decay, p) - p
+                else:
+                    g = g + _common.cast(weight_decay, g) * p
+            w = _common.cast(one_minus_alpha, v)
+            v = v + w * (g * g - v)
+            if centered:
+                m = m + w * (g - m)
+                avg = jnp.sqrt(v - m * m + _common.cast(eps, v))
+            else:
+                avg = jnp.sqrt(v + _common.cast(eps, v))
+            lr_c = _common.cast(lr_t, v)
+            if momentum > 0:
+                b = b * _common.cast(momentum, v)
+                if lr_in_momentum:
+                    b = b + lr_c * (g / avg)
+                    u = -b
+                else:
+                    b = b + g / avg
+                    u = -lr_c * b
+            else:
+                u = -lr_c * (g / avg)
+            if decay_step is not None:
+                u = decay_step + u
+            return u, v, m, b
+
+        out = jax.tree.map(leaf, updates, p_tree, state.square_avg, grad_avg, buf)
+        u, v, m, b = _tree.unzip(updates, out, 4)
+        return u, PyTorchRMSpropState(
+            step=optax.safe_int32_increment(state.step), square_avg=v,
+            grad_avg=m if centered else None, momentum_buffer=b if momentum > 0 else None,
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
