@@ -14,8 +14,16 @@ Tree = Any
 
 
 def check_hyperparameters(
-    *, lr_name: str, lr: Any, decay_name: str, decay: Any, eps_name: str, eps: Any, momentum: Any,
-    weight_decay: Any = 0.0, weight_decay_name: str = "weight_decay",
+    *,
+    lr_name: str,
+    lr: Any,
+    decay_name: str,
+    decay: Any,
+    eps_name: str,
+    eps: Any,
+    momentum: Any,
+    weight_decay: Any = 0.0,
+    weight_decay_name: str = "weight_decay",
 ) -> None:
     """Range checks with the framework's own argument names."""
     if not callable(lr):
@@ -35,6 +43,15 @@ def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) ->
 def cast(value: Any, like: jax.Array) -> jax.Array:
     """``value`` as a scalar of ``like``'s dtype, as frameworks cast hyperparameters."""
     return jnp.asarray(value, dtype=like.dtype)
+
+
+def floatx(value: Any) -> jax.Array:
+    """A hyperparameter as TF and Keras hold it: a float32 tensor or variable.
+
+    Cast to a float64 variable's dtype later, it keeps its float32 rounding;
+    reproducing that is what makes float64 trajectories agree to 1e-12.
+    """
+    return jnp.asarray(value, jnp.float32)
 
 
 def zeros_like_tree(params: Tree) -> Tree:

@@ -74,7 +74,8 @@ def keras(
 
     Args:
       learning_rate: a float or an optax schedule of the 0-based iteration,
-        like a ``keras.optimizers.schedules.LearningRateSchedule``.
+        like a ``keras.optimizers.schedules.LearningRateSchedule``. A constant
+        is rounded to float32, as Keras's ``floatx`` learning-rate variable is.
       rho: discounting factor of the mean square.
       momentum: momentum factor; 0 allocates no buffer.
       epsilon: added to the mean square, inside the root.
@@ -96,8 +97,14 @@ def keras(
       [-0.5811, 0.4189, 1.4189, 2.4189]
     """
     _common.check_hyperparameters(
-        lr_name="learning_rate", lr=learning_rate, decay_name="rho", decay=rho,
-        eps_name="epsilon", eps=epsilon, momentum=momentum, weight_decay=weight_decay,
+        lr_name="learning_rate",
+        lr=learning_rate,
+        decay_name="rho",
+        decay=rho,
+        eps_name="epsilon",
+        eps=epsilon,
+        momentum=momentum,
+        weight_decay=weight_decay,
     )
     use_wd = bool(weight_decay)
 
@@ -113,7 +120,9 @@ def keras(
         p_tree = params if use_wd else none
 
         def leaf(g, p, v, mom, avg):
-            lr_t = _common.cast(lr, v)
+            # Keras keeps a constant learning rate in a float32 (floatx) variable,
+            # so float64 variables still step with a float32-rounded rate.
+            lr_t = _common.cast(lr if callable(learning_rate) else _common.floatx(lr), v)
             g = g.astype(v.dtype)
             v = _common.cast(rho, v) * v + _common.cast(1 - rho, v) * jnp.square(g)
             if centered:
@@ -184,8 +193,14 @@ def keras_legacy(
       -0.0686
     """
     _common.check_hyperparameters(
-        lr_name="learning_rate", lr=learning_rate, decay_name="rho", decay=rho,
-        eps_name="epsilon", eps=epsilon, momentum=momentum, weight_decay=decay,
+        lr_name="learning_rate",
+        lr=learning_rate,
+        decay_name="rho",
+        decay=rho,
+        eps_name="epsilon",
+        eps=epsilon,
+        momentum=momentum,
+        weight_decay=decay,
         weight_decay_name="decay",
     )
     epsilon = epsilon or 1e-7
@@ -198,17 +213,29 @@ def keras_legacy(
         mom_tree = state.momentum if momentum > 0 else none
         mg_tree = state.average_gradient if centered else none
 
+        # optimizer_v2 keeps learning_rate, rho and momentum in float32 variables.
+        rho_x, momentum_x = _common.floatx(rho), _common.floatx(momentum)
+
         def leaf(g, rms, mom, mg):
-            lr_t = _common.cast(base_lr, rms)
+            lr_t = _common.cast(_common.floatx(base_lr), rms)
             if decay > 0:
                 step = state.iterations.astype(rms.dtype)
-                lr_t = lr_t / (jnp.ones([], rms.dtype) + _common.cast(decay, rms) * step)
+                decay_t = _common.cast(_common.floatx(decay), rms)
+                lr_t = lr_t / (jnp.ones([], rms.dtype) + decay_t * step)
             g = g.astype(rms.dtype)
             if momentum > 0:
                 return apply_rmsprop_kernel(
-                    g, None, rms, mom, mg, lr=lr_t, rho=rho, momentum=momentum, epsilon=epsilon
+                    g,
+                    None,
+                    rms,
+                    mom,
+                    mg,
+                    lr=lr_t,
+                    rho=rho_x,
+                    momentum=momentum_x,
+                    epsilon=epsilon,
                 )
-            rho_t = _common.cast(rho, rms)
+            rho_t = _common.cast(rho_x, rms)
             one_minus_rho = jnp.ones([], rms.dtype) - rho_t
             rms = rho_t * rms + one_minus_rho * jnp.square(g)
             denom = rms

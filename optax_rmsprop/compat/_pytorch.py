@@ -72,8 +72,14 @@ def pytorch(
       [-0.1, 0.1]
     """
     _common.check_hyperparameters(
-        lr_name="lr", lr=lr, decay_name="alpha", decay=alpha, eps_name="eps", eps=eps,
-        momentum=momentum, weight_decay=weight_decay,
+        lr_name="lr",
+        lr=lr,
+        decay_name="alpha",
+        decay=alpha,
+        eps_name="eps",
+        eps=eps,
+        momentum=momentum,
+        weight_decay=weight_decay,
     )
 
     def init_fn(params):
@@ -117,7 +123,12 @@ def pytorch(
             else:
                 u = neg_lr * (g / avg)
             back = lambda x: None if x is None else _common.from_real(x, like)  # noqa: E731
-            return back(u), back(v), back(m if centered else None), back(b if momentum > 0 else None)
+            return (
+                back(u),
+                back(v),
+                back(m if centered else None),
+                back(b if momentum > 0 else None),
+            )
 
         out = jax.tree.map(leaf, updates, p_tree, state.square_avg, grad_avg, buf)
         u, v, m, b = _tree.unzip(updates, out, 4)

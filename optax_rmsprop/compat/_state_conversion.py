@@ -12,6 +12,19 @@ from optax_rmsprop.compat._pytorch import PyTorchRMSpropState
 
 Tree = Any
 _SLOTS = ("square_avg", "grad_avg", "momentum_buffer")
+# torch.optim.RMSprop's param-group defaults; load_state_dict replaces the group whole.
+TORCH_DEFAULTS = dict(
+    lr=1e-2,
+    alpha=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum=0.0,
+    centered=False,
+    capturable=False,
+    foreach=None,
+    maximize=False,
+    differentiable=False,
+)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -83,14 +96,17 @@ def from_pytorch_state(state_dict: dict, params: Tree) -> PyTorchRMSpropState:
     return PyTorchRMSpropState(step=jnp.asarray(steps.pop(), jnp.int32), **slots)
 
 
-def to_pytorch_state(opt_state: PyTorchRMSpropState, params: Tree, hyperparams: dict | None = None) -> dict:
+def to_pytorch_state(
+    opt_state: PyTorchRMSpropState, params: Tree, hyperparams: dict | None = None
+) -> dict:
     """A ``state_dict`` for ``torch.optim.RMSprop.load_state_dict`` from a :func:`pytorch` state.
 
     Args:
       opt_state: the state of ``compat.pytorch(...)``.
       params: the params it belongs to; their leaf order is the torch order.
-      hyperparams: the param group's settings (``lr``, ``alpha``, ...); the
-        torch optimizer you load into keeps its own where these are omitted.
+      hyperparams: the param group's settings (``lr``, ``alpha``, ...), the
+        arguments given to ``compat.pytorch``; torch's defaults fill the rest.
+        ``load_state_dict`` replaces the optimizer's group with these.
 
     Returns:
       ``{'state': {i: {'step', 'square_avg', ...}}, 'param_groups': [...]}`` with
@@ -108,6 +124,6 @@ def to_pytorch_state(opt_state: PyTorchRMSpropState, params: Tree, hyperparams: 
             if tree is not None:
                 entry[slot] = torch.from_numpy(np.array(jax.tree.leaves(tree)[n]))
         state[n] = entry
-    group = dict(hyperparams or {})
+    group = dict(TORCH_DEFAULTS, **(hyperparams or {}))
     group["params"] = list(range(len(leaves)))
     return {"state": state, "param_groups": [group]}

@@ -87,8 +87,13 @@ def tensorflow_v1(
       -0.22361
     """
     _common.check_hyperparameters(
-        lr_name="learning_rate", lr=learning_rate, decay_name="decay", decay=decay,
-        eps_name="epsilon", eps=epsilon, momentum=momentum,
+        lr_name="learning_rate",
+        lr=learning_rate,
+        decay_name="decay",
+        decay=decay,
+        eps_name="epsilon",
+        eps=epsilon,
+        momentum=momentum,
     )
 
     def init_fn(params):
@@ -104,15 +109,25 @@ def tensorflow_v1(
         _common.check_structure(updates, state.rms, "compat.tensorflow_v1 update")
         lr = _common.learning_rate_at(learning_rate, state.step)
         mg = state.mg if centered else jax.tree.map(lambda _: None, state.rms)
+        # TF1 converts each hyperparameter to a float32 tensor, then casts it.
+        hyper = dict(
+            lr=_common.floatx(lr),
+            rho=_common.floatx(decay),
+            momentum=_common.floatx(momentum),
+            epsilon=_common.floatx(epsilon),
+        )
         out = jax.tree.map(
-            lambda g, ms, mom, m: apply_rmsprop_kernel(
-                g, None, ms, mom, m, lr=lr, rho=decay, momentum=momentum, epsilon=epsilon
-            ),
-            updates, state.rms, state.momentum, mg,
+            lambda g, ms, mom, m: apply_rmsprop_kernel(g, None, ms, mom, m, **hyper),
+            updates,
+            state.rms,
+            state.momentum,
+            mg,
         )
         u, ms, mom, mg = _tree.unzip(updates, out, 4)
         return u, TFRMSPropState(
-            step=optax.safe_int32_increment(state.step), rms=ms, momentum=mom,
+            step=optax.safe_int32_increment(state.step),
+            rms=ms,
+            momentum=mom,
             mg=mg if centered else None,
         )
 

@@ -59,8 +59,14 @@ def timm(
       -0.22361
     """
     _common.check_hyperparameters(
-        lr_name="lr", lr=lr, decay_name="alpha", decay=alpha, eps_name="eps", eps=eps,
-        momentum=momentum, weight_decay=weight_decay,
+        lr_name="lr",
+        lr=lr,
+        decay_name="alpha",
+        decay=alpha,
+        eps_name="eps",
+        eps=eps,
+        momentum=momentum,
+        weight_decay=weight_decay,
     )
 
     def init_fn(params):
@@ -117,8 +123,10 @@ def timm(
         out = jax.tree.map(leaf, updates, p_tree, state.square_avg, grad_avg, buf)
         u, v, m, b = _tree.unzip(updates, out, 4)
         return u, PyTorchRMSpropState(
-            step=optax.safe_int32_increment(state.step), square_avg=v,
-            grad_avg=m if centered else None, momentum_buffer=b if momentum > 0 else None,
+            step=optax.safe_int32_increment(state.step),
+            square_avg=v,
+            grad_avg=m if centered else None,
+            momentum_buffer=b if momentum > 0 else None,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

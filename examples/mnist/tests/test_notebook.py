@@ -20,8 +20,9 @@ def test_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_DATA_DIR", helpers.SAMPLE)  # no traffic off the machine
     monkeypatch.chdir(helpers.ROOT)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": helpers.ROOT}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": helpers.ROOT}}
+    )
     client.execute()
     outputs = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

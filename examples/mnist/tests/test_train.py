@@ -217,11 +217,21 @@ def test_two_processes_agree_with_one(tmp_path):
     procs = [
         subprocess.Popen(
             helpers.trainer_command(
-                *flags, "--workdir", str(multi), "--coordinator-address", f"127.0.0.1:{port}",
-                "--num-processes", "2", "--process-id", str(i),
+                *flags,
+                "--workdir",
+                str(multi),
+                "--coordinator-address",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
             ),
-            cwd=helpers.ROOT, env=helpers.env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            cwd=helpers.ROOT,
+            env=helpers.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]
