@@ -126,7 +126,7 @@ def _importable(module: str) -> bool:
 def test_matches_live_framework(framework):
     if not _importable(LIVE[framework]):
         pytest.skip(f"{LIVE[framework]} is not installed: golden files only")
-    for i, case in enumerate(frameworks.CASES[framework]):
+    for case in frameworks.CASES[framework]:
         for dtype in frameworks.DTYPES:
             record = frameworks.RUNNERS[framework](case, dtype, steps=50)
             _compare(_replay(framework, case, record, dtype), record, dtype)
