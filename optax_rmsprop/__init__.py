@@ -1,6 +1,7 @@
 """optax_rmsprop: RMSProp for JAX as a composable Optax GradientTransformation."""
 
 from optax_rmsprop import compat as compat
+from optax_rmsprop import recipes as recipes
 from optax_rmsprop._diagnostics import effective_step_size as effective_step_size
 from optax_rmsprop._rmsprop import RMSPropState as RMSPropState
 from optax_rmsprop._rmsprop import rmsprop as rmsprop
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "compat",
+    "recipes",
     "RMSPropState",
     "ScaleByRmsState",
     "effective_step_size",
