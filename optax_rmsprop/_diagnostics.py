@@ -61,7 +61,18 @@ def effective_step_size(
             f"belongs to one rmsprop / scale_by_rms transform."
         )
     (state,) = states
+    spec = state.denominator
+    eps = spec.eps if spec.eps is not None else _injected(opt_state, "eps")
+    correction = None
+    if spec.bias_correction:
+        decay = spec.decay if spec.decay is not None else _injected(opt_state, "decay")
+        correction = 1 / (1 - decay ** jnp.maximum(state.count, 1))
     if callable(learning_rate):
+        if state.count is None:
+            raise ValueError(
+                "effective_step_size: this state keeps no step count (constant learning "
+                "rate), so a schedule cannot be evaluated: pass the learning rate value."
+            )
         lr = learning_rate(jnp.maximum(state.count - 1, 0))
     else:
         lr = 1.0 if learning_rate is None else learning_rate
@@ -69,13 +80,20 @@ def effective_step_size(
 
     def leaf(nu, mu):
         dtype = nu.dtype
-        denom = _scale_by_rms.denominator(
-            nu,
-            mu,
-            state.correction.astype(dtype),
-            state.eps.astype(dtype),
-            state.eps_in_sqrt,
-        )
+        c = None if correction is None else jnp.asarray(correction, dtype)
+        denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), spec.eps_in_sqrt)
         return (jnp.asarray(lr, dtype) / denom).astype(dtype)
 
     return jax.tree.map(leaf, state.nu, mu_tree)
+
+
+def _injected(opt_state: Any, name: str) -> Any:
+    """A hyperparameter held by an ``optax.inject_hyperparams`` state inside ``opt_state``."""
+    has = lambda x: isinstance(getattr(x, "hyperparams", None), dict)  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=has):
+        if has(node) and name in node.hyperparams:
+            return node.hyperparams[name]
+    raise ValueError(
+        f"effective_step_size: {name} was a JAX array when the optimizer was built and "
+        f"no optax.inject_hyperparams state holding it was found in opt_state."
+    )

@@ -18,7 +18,8 @@ class RMSPropState(NamedTuple):
     """State of :func:`rmsprop`.
 
     Attributes:
-      rms: the :class:`ScaleByRmsState` (step count, ``nu``, centered ``mu``).
+      rms: the :class:`ScaleByRmsState` (``nu``, centered ``mu``, and the step
+        count when a schedule or bias correction needs it).
       momentum: the momentum buffer, one array per parameter, when
         ``momentum`` is set (and not the Python number 0), else ``None``.
     """
@@ -147,9 +148,12 @@ def rmsprop(
             params,
             initial_scale=initial_scale,
             centered=centered,
+            decay=decay,
             eps=eps,
             eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction,
             state_dtype=state_dtype,
+            track_count=callable(learning_rate),
         )
         buffer = None
         if use_momentum:

@@ -17,31 +17,52 @@ from optax_rmsprop import _dtypes, _tree, _validation
 Tree = Any
 
 
+class RmsDenominator(NamedTuple):
+    """How the denominator is formed: static metadata, no arrays.
+
+    It is a static pytree node (its values live in the tree structure), so it
+    costs nothing at run time and lets :func:`optax_rmsprop.effective_step_size`
+    rebuild the denominator from the state alone.
+
+    Attributes:
+      eps: ``eps`` as a Python float, or None when it is a JAX array (as under
+        ``optax.inject_hyperparams``, whose state then holds it).
+      eps_in_sqrt: whether ``eps`` sits inside the square root.
+      decay: ``decay`` as a Python float (None when an array), for bias correction.
+      bias_correction: whether the moments are divided by ``1 - decay**t``.
+    """
+
+    eps: float | None
+    eps_in_sqrt: bool
+    decay: float | None
+    bias_correction: bool
+
+
+jax.tree_util.register_static(RmsDenominator)
+
+
 class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`.
 
     Attributes:
-      count: number of updates applied so far (int32 scalar, saturating).
+      count: number of updates applied so far (int32 scalar, saturating), kept
+        only when something needs it (bias correction, a learning-rate
+        schedule); else None, so a plain step moves no extra buffers.
       nu: exponential moving average of ``|g|**2``, one real array per
         parameter, starting at ``initial_scale``.
       mu: exponential moving average of ``g`` when ``centered=True``
         (complex for complex parameters), else ``None``.
-      eps: the ``eps`` of the last update, a scalar.
-      eps_in_sqrt: bool scalar, whether ``eps`` sits inside the square root.
-      correction: scalar bias-correction factor ``1 / (1 - decay**count)`` of
-        the last update (1 without bias correction).
-
-    The last three scalars cost a few bytes and let
-    :func:`optax_rmsprop.effective_step_size` rebuild the denominator from the
-    state alone.
+      denominator: the static :class:`RmsDenominator` settings.
     """
 
-    count: jax.Array
+    count: jax.Array | None
     nu: Tree
     mu: Tree | None
-    eps: jax.Array
-    eps_in_sqrt: jax.Array
-    correction: jax.Array
+    denominator: RmsDenominator
+
+
+def _python_float(x: Any) -> float | None:
+    return float(x) if _validation.is_python_number(x) else None
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -54,22 +75,21 @@ def abs_sq(x: jax.Array) -> jax.Array:
 def denominator(
     nu: jax.Array,
     mu: jax.Array | None,
-    correction: jax.Array,
+    correction: jax.Array | None,
     eps: Any,
-    eps_in_sqrt: Any,
+    eps_in_sqrt: bool,
 ) -> jax.Array:
     """``sqrt(var + eps)`` or ``sqrt(var) + eps``, var from the bias-corrected moments.
 
     ``var = nu_hat`` or, centered, ``max(nu_hat - |mu_hat|**2, 0)``: rounding
     can make the difference negative, and the clamp keeps it from being NaN.
-    ``eps_in_sqrt`` may be a Python bool (static) or a bool array.
+    ``correction`` is the bias-correction factor, or None for none.
     """
-    var = nu * correction
+    var = nu if correction is None else nu * correction
     if mu is not None:
-        var = jnp.maximum(var - abs_sq(mu * correction), 0)
-    if isinstance(eps_in_sqrt, bool):
-        return jnp.sqrt(var + eps) if eps_in_sqrt else jnp.sqrt(var) + eps
-    return jnp.where(eps_in_sqrt, jnp.sqrt(var + eps), jnp.sqrt(var) + eps)
+        mu_hat = mu if correction is None else mu * correction
+        var = jnp.maximum(var - abs_sq(mu_hat), 0)
+    return jnp.sqrt(var + eps) if eps_in_sqrt else jnp.sqrt(var) + eps
 
 
 def init_rms_state(
@@ -77,9 +97,12 @@ def init_rms_state(
     *,
     initial_scale: Any,
     centered: bool,
+    decay: Any,
     eps: Any,
     eps_in_sqrt: bool,
+    bias_correction: bool,
     state_dtype: Any,
+    track_count: bool,
 ) -> ScaleByRmsState:
     """The initial :class:`ScaleByRmsState` for ``params``."""
 
@@ -92,12 +115,15 @@ def init_rms_state(
         return jnp.zeros_like(p, dtype=dtype)
 
     return ScaleByRmsState(
-        count=jnp.zeros([], jnp.int32),
+        count=jnp.zeros([], jnp.int32) if track_count or bias_correction else None,
         nu=jax.tree_util.tree_map_with_path(nu_leaf, params),
         mu=jax.tree_util.tree_map_with_path(mu_leaf, params) if centered else None,
-        eps=jnp.asarray(eps, dtype=jnp.result_type(float)),
-        eps_in_sqrt=jnp.asarray(eps_in_sqrt, dtype=bool),
-        correction=jnp.ones([], dtype=jnp.result_type(float)),
+        denominator=RmsDenominator(
+            eps=_python_float(eps),
+            eps_in_sqrt=bool(eps_in_sqrt),
+            decay=_python_float(decay),
+            bias_correction=bool(bias_correction),
+        ),
     )
 
 
@@ -125,13 +151,13 @@ def rms_step(
         t = (count + 1).astype(jnp.result_type(float))
         correction = 1 / (1 - decay**t)
     else:
-        correction = jnp.ones([], dtype=jnp.result_type(float))
+        correction = None
     one_minus_decay = 1 - decay
     centered = state.mu is not None
 
     def leaf(g, nu, mu):
         real = _dtypes.real_dtype(g.dtype)
-        c = correction.astype(real)
+        c = None if correction is None else correction.astype(real)
         new_nu = decay * nu.astype(real) + one_minus_decay * abs_sq(g)
         new_mu = decay * mu.astype(g.dtype) + one_minus_decay * g if centered else None
         scaled = g / denominator(new_nu, new_mu, c, eps, eps_in_sqrt)
@@ -145,12 +171,10 @@ def rms_step(
     out = jax.tree.map(leaf, grads, state.nu, mu_tree)
     scaled, nu, mu = _tree.unzip(grads, out, 3)
     new_state = ScaleByRmsState(
-        count=optax.safe_int32_increment(count),
+        count=None if count is None else optax.safe_int32_increment(count),
         nu=nu,
         mu=mu if centered else None,
-        eps=jnp.asarray(eps, dtype=state.eps.dtype),
-        eps_in_sqrt=state.eps_in_sqrt,
-        correction=jnp.asarray(correction, dtype=state.correction.dtype),
+        denominator=state.denominator,
     )
     return scaled, new_state
 
@@ -222,9 +246,12 @@ def scale_by_rms(
             params,
             initial_scale=initial_scale,
             centered=centered,
+            decay=decay,
             eps=eps,
             eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction,
             state_dtype=state_dtype,
+            track_count=False,
         )
 
     def update_fn(updates, state, params=None):

@@ -80,3 +80,12 @@ def test_scale_by_rms_matches_optax():
             u1, s1 = ours.update(g, s1)
             u2, s2 = theirs.update(g, s2)
             chex.assert_trees_all_close(u1, u2, rtol=1e-13)
+
+
+def test_bias_corrected_rmsprop_is_adam_without_first_moment():
+    """The FAQ's claim: rmsprop(bias_correction=True) == optax.adam(b1=0)."""
+    params = {"w": jnp.linspace(-2.0, 2.0, 6, dtype=jnp.float64)}
+    ours = _trajectory(optax_rmsprop.rmsprop(0.01, decay=0.99, bias_correction=True), params)
+    adam = _trajectory(optax.adam(0.01, b1=0.0, b2=0.99, eps=1e-8), params)
+    for a, b in zip(ours, adam, strict=True):
+        chex.assert_trees_all_close(a, b, rtol=1e-12, atol=1e-14)

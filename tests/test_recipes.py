@@ -80,9 +80,14 @@ def test_recipes_train(name):
     params = jnp.array([2.0, -3.0])
     state = tx.init(params)
     loss = lambda p: jnp.sum(p**2)  # noqa: E731
-    for _ in range(1500):
+
+    @jax.jit
+    def step(params, state):
         u, state = tx.update(jax.grad(loss)(params), state, params)
-        params = optax.apply_updates(params, u)
+        return optax.apply_updates(params, u), state
+
+    for _ in range(1500):
+        params, state = step(params, state)
     assert loss(params) < 0.05
 
 

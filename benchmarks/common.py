@@ -1,0 +1,80 @@
+"""Timing helpers shared by the benchmarks: medians, paired ratios, machine info, output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def time_call(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` (which must block until done)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def paired(contenders: dict[str, Callable[[], object]], rounds: int, per_round: int = 3) -> dict:
+    """Interleaved timing: each round times every contender once (best of ``per_round``).
+
+    Returns per contender the median seconds, and the per-round samples so that
+    ratios can be taken round by round (drift on a shared machine cancels).
+    """
+    samples = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            samples[name].append(min(time_call(fn, per_round)))
+    return {name: {"median_s": statistics.median(s), "samples": s} for name, s in samples.items()}
+
+
+def ratio(result: dict, a: str, b: str) -> float:
+    """Median over rounds of time(a) / time(b)."""
+    return statistics.median(
+        x / y for x, y in zip(result[a]["samples"], result[b]["samples"], strict=True)
+    )
+
+
+def machine() -> dict:
+    import jax
+
+    info = {
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+    try:
+        import optax
+
+        info["optax"] = optax.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def write(name: str, payload: dict, markdown: str) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+        f.write(markdown)
