@@ -56,7 +56,7 @@ def jax_step(tx, sizes):
         jax.block_until_ready(box["p"])
 
     run()
-    return run, step, (params, state, grads)
+    return run, (params, state, grads)
 
 
 def roofline(sizes):
@@ -84,15 +84,6 @@ def torch_step(sizes, foreach: bool, **kw):
     return lambda: opt.step()
 
 
-def count_fusions(step, args) -> int:
-    hlo = step.lower(*args).compile().as_text()
-    return sum(
-        1
-        for line in hlo.splitlines()
-        if line.lstrip().startswith("%fusion") or " fusion(" in line and "ROOT" not in line
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e4, 1e5, 1e6, 1e7])
@@ -115,7 +106,7 @@ def main() -> None:
                 continue
             sizes = leaves_for(n, count)
             rounds = args.rounds if n < 5e7 else max(3, args.rounds // 2)
-            ours, ours_step, ours_args = jax_step(optax_rmsprop.rmsprop(LR, DECAY, EPS), sizes)
+            ours, _ = jax_step(optax_rmsprop.rmsprop(LR, DECAY, EPS), sizes)
             contenders = {
                 "optax_rmsprop": ours,
                 "optax": jax_step(optax.rmsprop(LR, DECAY, EPS, eps_in_sqrt=False), sizes)[0],
@@ -143,21 +134,21 @@ def main() -> None:
                 )
             rows.append(row)
             print(row, flush=True)
-            del contenders, ours, ours_step, ours_args
+            del contenders, ours
 
     variants = []
     n = int(max(args.sizes)) if max(args.sizes) <= 1e7 else int(1e7)
-    base, _, _ = jax_step(optax_rmsprop.rmsprop(LR, DECAY, EPS), [n])
+    base, _ = jax_step(optax_rmsprop.rmsprop(LR, DECAY, EPS), [n])
     for name, tx in {
         "momentum": optax_rmsprop.rmsprop(LR, DECAY, EPS, momentum=0.9),
         "centered": optax_rmsprop.rmsprop(LR, DECAY, EPS, centered=True),
         "bf16_state": optax_rmsprop.rmsprop(LR, DECAY, EPS, state_dtype=jnp.bfloat16),
     }.items():
-        run, _, (params, state, _) = jax_step(tx, [n])
+        run, (_, state, _) = jax_step(tx, [n])
         res = common.paired(
             {"variant": run, "plain": base, "roofline_add": roofline([n])}, args.rounds
         )
-        state_bytes = sum(x.nbytes for x in jax.tree.leaves(state)) - 16
+        state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
         variants.append(
             {
                 "variant": name,

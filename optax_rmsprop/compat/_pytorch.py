@@ -30,6 +30,17 @@ class PyTorchRMSpropState(NamedTuple):
     momentum_buffer: Tree | None
 
 
+def init_torch_state(params: Tree, square_avg_init, *, centered: bool, momentum: float):
+    """PyTorch-style lazy state, created eagerly: slots only for the options in use."""
+    zeros = _common.zeros_like_tree(params)
+    return PyTorchRMSpropState(
+        step=jnp.zeros([], jnp.int32),
+        square_avg=jax.tree.map(square_avg_init, params),
+        grad_avg=zeros if centered else None,
+        momentum_buffer=zeros if momentum > 0 else None,
+    )
+
+
 def pytorch(
     lr: optax.ScalarOrSchedule = 1e-2,
     alpha: float = 0.99,
@@ -83,13 +94,7 @@ def pytorch(
     )
 
     def init_fn(params):
-        zeros = _common.zeros_like_tree(params)
-        return PyTorchRMSpropState(
-            step=jnp.zeros([], jnp.int32),
-            square_avg=zeros,
-            grad_avg=zeros if centered else None,
-            momentum_buffer=zeros if momentum > 0 else None,
-        )
+        return init_torch_state(params, jnp.zeros_like, centered=centered, momentum=momentum)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args

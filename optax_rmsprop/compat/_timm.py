@@ -10,7 +10,7 @@ import optax
 
 from optax_rmsprop import _tree
 from optax_rmsprop.compat import _common
-from optax_rmsprop.compat._pytorch import PyTorchRMSpropState
+from optax_rmsprop.compat._pytorch import PyTorchRMSpropState, init_torch_state
 
 Tree = Any
 
@@ -69,14 +69,8 @@ def timm(
         weight_decay=weight_decay,
     )
 
-    def init_fn(params):
-        zeros = _common.zeros_like_tree(params)
-        return PyTorchRMSpropState(
-            step=jnp.zeros([], jnp.int32),
-            square_avg=jax.tree.map(jnp.ones_like, params),
-            grad_avg=zeros if centered else None,
-            momentum_buffer=zeros if momentum > 0 else None,
-        )
+    def init_fn(params):  # timm starts the mean square at ones, "PyTorch inits to zero"
+        return init_torch_state(params, jnp.ones_like, centered=centered, momentum=momentum)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args

@@ -47,7 +47,7 @@ def gradient(params: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
     return grads
 
 
-def _record(names, get_params, set_grads, step, dtype, steps, complex_leaf=False):
+def _record(names, get_params, set_grads, step, dtype, steps):
     out = {f"params/{k}": [v] for k, v in get_params().items()}
     for k in names:
         out[f"grads/{k}"] = []
@@ -62,15 +62,15 @@ def _record(names, get_params, set_grads, step, dtype, steps, complex_leaf=False
     return {k: np.stack(v) for k, v in out.items()}
 
 
-# -- PyTorch -----------------------------------------------------------------------------
-def run_pytorch(kwargs: dict, dtype: str, steps: int = STEPS) -> dict[str, np.ndarray]:
+# -- PyTorch and timm ----------------------------------------------------------------------
+def _run_torch(make_optimizer, kwargs: dict, dtype: str, steps: int, complex_leaf: bool):
     import torch
 
     kwargs = dict(kwargs)
     schedule = kwargs.pop("schedule", False)
-    init = initial_params(dtype, complex_leaf=True)
+    init = initial_params(dtype, complex_leaf=complex_leaf)
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in init.items()}
-    opt = torch.optim.RMSprop(list(tensors.values()), **kwargs)
+    opt = make_optimizer(list(tensors.values()), **kwargs)
 
     def set_grads(grads):
         for k, g in grads.items():
@@ -85,7 +85,12 @@ def run_pytorch(kwargs: dict, dtype: str, steps: int = STEPS) -> dict[str, np.nd
     return _record(list(tensors), get, set_grads, step, dtype, steps)
 
 
-# -- timm (its RMSpropTF module, loaded from the installed package) ------------------------
+def run_pytorch(kwargs: dict, dtype: str, steps: int = STEPS) -> dict[str, np.ndarray]:
+    import torch
+
+    return _run_torch(torch.optim.RMSprop, kwargs, dtype, steps, complex_leaf=True)
+
+
 def load_timm_rmsprop_tf():
     """timm's real ``RMSpropTF``, without importing timm/__init__ (which needs torchvision)."""
     if "timm.optim.rmsprop_tf" in sys.modules:
@@ -100,34 +105,17 @@ def load_timm_rmsprop_tf():
         sys.modules[name] = pkg
     for mod in ("_types", "_helpers", "rmsprop_tf"):
         full = f"timm.optim.{mod}"
-        if full not in sys.modules:
-            s = importlib.util.spec_from_file_location(full, os.path.join(optim_dir, mod + ".py"))
-            module = importlib.util.module_from_spec(s)
-            sys.modules[full] = module
-            s.loader.exec_module(module)
+        s = importlib.util.spec_from_file_location(full, os.path.join(optim_dir, mod + ".py"))
+        module = importlib.util.module_from_spec(s)
+        sys.modules[full] = module
+        s.loader.exec_module(module)
     return sys.modules["timm.optim.rmsprop_tf"].RMSpropTF
 
 
 def run_timm(kwargs: dict, dtype: str, steps: int = STEPS) -> dict[str, np.ndarray]:
-    import torch
-
-    RMSpropTF = load_timm_rmsprop_tf()
-    kwargs = dict(kwargs)
-    schedule = kwargs.pop("schedule", False)
-    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in initial_params(dtype).items()}
-    opt = RMSpropTF(list(tensors.values()), foreach=False, **kwargs)
-
-    def set_grads(grads):
-        for k, g in grads.items():
-            tensors[k].grad = torch.tensor(g)
-
-    def step(t):
-        if schedule:
-            opt.param_groups[0]["lr"] = SCHEDULE["initial"] * SCHEDULE["rate"] ** t
-        opt.step()
-
-    get = lambda: {k: v.detach().numpy().copy() for k, v in tensors.items()}  # noqa: E731
-    return _record(list(tensors), get, set_grads, step, dtype, steps)
+    rmsprop_tf = load_timm_rmsprop_tf()
+    make = lambda params, **kw: rmsprop_tf(params, foreach=False, **kw)  # noqa: E731
+    return _run_torch(make, kwargs, dtype, steps, complex_leaf=False)
 
 
 # -- Keras 3 (JAX backend) -----------------------------------------------------------------
@@ -155,7 +143,7 @@ def run_keras(kwargs: dict, dtype: str, steps: int = STEPS) -> dict[str, np.ndar
 
 
 # -- TensorFlow: TF1 and legacy tf.keras ---------------------------------------------------
-def _run_tf(make_optimizer, dtype, steps, schedule=False):
+def _run_tf(make_optimizer, dtype, steps):
     import tensorflow as tf
 
     init = initial_params(dtype)
