@@ -25,6 +25,13 @@ class Checkpoints:
             ),
         )
 
+    def clear(self) -> int:
+        """Deletes every checkpoint (a new run replaces the old one); returns how many."""
+        steps = list(self._manager.all_steps())
+        for step in steps:
+            self._manager.delete(step)
+        return len(steps)
+
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 

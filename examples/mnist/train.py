@@ -247,6 +247,12 @@ def train_and_evaluate(
             log(f"Resumed from the checkpoint at step {step}.")
         else:
             log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0.")
+    elif main_process and ckpt.latest_step() is not None:
+        removed = ckpt.clear()
+        log(
+            f"New run in {config.workdir}: removed {removed} checkpoint(s) of the previous run "
+            "(pass --resume to continue a run instead)."
+        )
     if main_process:
         checkpoints.write_config(config.workdir, config.to_dict())
     reporter = reporting.Reporter(

@@ -247,3 +247,12 @@ def test_two_processes_agree_with_one(tmp_path):
     assert helpers.metrics(str(multi))[-1]["train_loss"] == pytest.approx(
         helpers.metrics(str(single))[-1]["train_loss"], rel=1e-5
     )
+
+
+def test_a_new_run_replaces_the_old_checkpoints(tmp_path, sample):
+    train.train_and_evaluate(_config(tmp_path, epochs=1, max_steps=8), sample, log=lambda _: None)
+    messages = []
+    train.train_and_evaluate(_config(tmp_path, epochs=1, max_steps=4), sample, log=messages.append)
+    assert any("removed 1 checkpoint(s) of the previous run" in m for m in messages)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    assert [r["step"] for r in helpers.metrics(str(tmp_path))] == [4]
