@@ -41,6 +41,45 @@ def init_torch_state(params: Tree, square_avg_init, *, centered: bool, momentum:
     )
 
 
+def torch_style_update(
+    leaf,
+    updates,
+    state: PyTorchRMSpropState,
+    params,
+    *,
+    where: str,
+    lr,
+    weight_decay: float,
+    centered: bool,
+    momentum: float,
+) -> tuple[Tree, PyTorchRMSpropState]:
+    """The shared frame of PyTorch-style updates: checks, slots, the per-leaf map, new state.
+
+    ``leaf(g, p, square_avg, grad_avg, momentum_buffer, lr_t)`` returns
+    ``(update, square_avg, grad_avg, momentum_buffer)`` (unused slots as None).
+    """
+    _common.check_structure(updates, state.square_avg, where)
+    if weight_decay != 0:
+        _common.require_params(params, where, f"weight_decay={weight_decay}")
+    lr_t = _common.learning_rate_at(lr, state.step)
+    none = jax.tree.map(lambda _: None, state.square_avg)
+    out = jax.tree.map(
+        lambda g, p, v, m, b: leaf(g, p, v, m, b, lr_t),
+        updates,
+        params if params is not None else none,
+        state.square_avg,
+        state.grad_avg if centered else none,
+        state.momentum_buffer if momentum > 0 else none,
+    )
+    u, v, m, b = _tree.unzip(updates, out, 4)
+    return u, PyTorchRMSpropState(
+        step=optax.safe_int32_increment(state.step),
+        square_avg=v,
+        grad_avg=m if centered else None,
+        momentum_buffer=b if momentum > 0 else None,
+    )
+
+
 def pytorch(
     lr: optax.ScalarOrSchedule = 1e-2,
     alpha: float = 0.99,
@@ -98,16 +137,8 @@ def pytorch(
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _common.check_structure(updates, state.square_avg, "compat.pytorch update")
-        if weight_decay != 0:
-            _common.require_params(params, "compat.pytorch update", f"weight_decay={weight_decay}")
-        lr_t = _common.learning_rate_at(lr, state.step)
-        none = jax.tree.map(lambda _: None, state.square_avg)
-        grad_avg = state.grad_avg if centered else none
-        buf = state.momentum_buffer if momentum > 0 else none
-        p_tree = params if params is not None else none
 
-        def leaf(g, p, v, m, b):
+        def leaf(g, p, v, m, b, lr_t):
             like = g
             g = -g if maximize else g
             if weight_decay != 0:
@@ -135,13 +166,16 @@ def pytorch(
                 back(b if momentum > 0 else None),
             )
 
-        out = jax.tree.map(leaf, updates, p_tree, state.square_avg, grad_avg, buf)
-        u, v, m, b = _tree.unzip(updates, out, 4)
-        return u, PyTorchRMSpropState(
-            step=optax.safe_int32_increment(state.step),
-            square_avg=v,
-            grad_avg=m if centered else None,
-            momentum_buffer=b if momentum > 0 else None,
+        return torch_style_update(
+            leaf,
+            updates,
+            state,
+            params,
+            where="compat.pytorch update",
+            lr=lr,
+            weight_decay=weight_decay,
+            centered=centered,
+            momentum=momentum,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _tree
 from optax_rmsprop.compat import _common
-from optax_rmsprop.compat._pytorch import PyTorchRMSpropState, init_torch_state
+from optax_rmsprop.compat._pytorch import init_torch_state, torch_style_update
 
 Tree = Any
 
@@ -74,17 +72,9 @@ def timm(
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _common.check_structure(updates, state.square_avg, "compat.timm update")
-        if weight_decay != 0:
-            _common.require_params(params, "compat.timm update", f"weight_decay={weight_decay}")
-        lr_t = _common.learning_rate_at(lr, state.step)
-        none = jax.tree.map(lambda _: None, state.square_avg)
-        grad_avg = state.grad_avg if centered else none
-        buf = state.momentum_buffer if momentum > 0 else none
-        p_tree = params if params is not None else none
         one_minus_alpha = 1.0 - alpha
 
-        def leaf(g, p, v, m, b):
+        def leaf(g, p, v, m, b, lr_t):
             decay_step = None
             if weight_decay != 0:
                 if decoupled_decay:
@@ -114,13 +104,16 @@ def timm(
                 u = decay_step + u
             return u, v, m, b
 
-        out = jax.tree.map(leaf, updates, p_tree, state.square_avg, grad_avg, buf)
-        u, v, m, b = _tree.unzip(updates, out, 4)
-        return u, PyTorchRMSpropState(
-            step=optax.safe_int32_increment(state.step),
-            square_avg=v,
-            grad_avg=m if centered else None,
-            momentum_buffer=b if momentum > 0 else None,
+        return torch_style_update(
+            leaf,
+            updates,
+            state,
+            params,
+            where="compat.timm update",
+            lr=lr,
+            weight_decay=weight_decay,
+            centered=centered,
+            momentum=momentum,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
