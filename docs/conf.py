@@ -29,7 +29,6 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
 html_theme = "sphinx_book_theme"
 html_title = "optax_rmsprop"
-html_static_path = ["_static"]
 html_theme_options = {"show_toc_level": 2}
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
