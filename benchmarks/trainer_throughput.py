@@ -45,13 +45,10 @@ def jax_throughput(steps: int, rounds: int) -> list[float]:
     return rates
 
 
-def torch_throughput(steps: int, rounds: int) -> list[float]:
-    import torch
+def _torch_cnn():
     from torch import nn
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    model = nn.Sequential(
+    return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
         nn.ReLU(),
         nn.AvgPool2d(2),
@@ -63,6 +60,15 @@ def torch_throughput(steps: int, rounds: int) -> list[float]:
         nn.ReLU(),
         nn.Linear(256, 10),
     )
+
+
+def torch_throughput(steps: int, rounds: int) -> list[float]:
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = _torch_cnn()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-8)
     ds = input_pipeline.load_bundled_sample()
     images = torch.from_numpy(ds.train_images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
@@ -85,23 +91,6 @@ def torch_throughput(steps: int, rounds: int) -> list[float]:
             step(i)
         rates.append(steps * BATCH / (time.perf_counter() - t0))
     return rates
-
-
-def _torch_cnn():
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(7 * 7 * 64, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
 
 
 def jax_time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict:
