@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the initialisation and the data order",
     )
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument(
+        "--no-cpu-tuning",
+        dest="cpu_tuning",
+        action="store_false",
+        help="leave XLA:CPU's defaults alone; by default the trainer adds "
+        "--xla_cpu_experimental_ynn_fusion_type=individual_dot to XLA_FLAGS (convolutions on "
+        "Eigen, about 2x faster training on CPU; no effect on GPU and TPU)",
+    )
     data = p.add_argument_group("data")
     data.add_argument(
         "--dataset",
@@ -204,6 +212,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
 
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_config(argv)
+    from examples.mnist import xla_cpu
+
+    cpu_flag = xla_cpu.configure(args.cpu_tuning)  # before JAX creates a backend
     import jax
 
     if args.coordinator_address:
@@ -215,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log = print if jax.process_index() == 0 else (lambda _msg: None)
     log(f"JAX {jax.__version__} | devices: {', '.join(str(d) for d in jax.devices())}")
+    if cpu_flag:
+        log(f"XLA_FLAGS += {cpu_flag} (--no-cpu-tuning to leave XLA's defaults)")
     log("config: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
     try:
         dataset = input_pipeline.load(

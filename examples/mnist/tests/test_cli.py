@@ -10,7 +10,8 @@ FLAGS = [
     "--model", "--mlp-widths", "--epochs", "--batch-size", "--learning-rate", "--schedule",
     "--decay", "--eps", "--momentum", "--centered", "--seed", "--workdir", "--data-dir",
     "--dataset", "--tfds-data-dir", "--resume", "--checkpoint-every", "--steps-per-dispatch",
-    "--max-steps", "--no-progress", "--coordinator-address", "--num-processes", "--process-id",
+    "--max-steps", "--no-progress", "--no-cpu-tuning", "--coordinator-address",
+    "--num-processes", "--process-id",
 ]  # fmt: skip
 
 
