@@ -324,7 +324,9 @@ def train_and_evaluate(
                 "effective_step_size": trainer.effective_step_sizes(),
             }
             reporter.record(last_record)
-            bar.write(
+            # Through the bar when it is shown (so it stays at the bottom), else
+            # through ``log``: quiet on other processes and when the caller says so.
+            (log if bar.disable else bar.write)(
                 f"step {step:>6} epoch {last_record['epoch']:.2f} | train loss "
                 f"{last_record['train_loss']:.4f} acc {last_record['train_accuracy']:.4f}"
                 f" | test loss {test_loss:.4f} acc {test_accuracy:.4f} | "
