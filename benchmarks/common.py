@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -26,14 +27,34 @@ def time_call(fn: Callable[[], object], repeats: int) -> list[float]:
 def paired(contenders: dict[str, Callable[[], object]], rounds: int, per_round: int = 3) -> dict:
     """Interleaved timing: each round times every contender once (best of ``per_round``).
 
-    Returns per contender the median seconds, and the per-round samples so that
-    ratios can be taken round by round (drift on a shared machine cancels).
+    A sample is the mean of enough back-to-back calls to last about 20 ms, so
+    that microsecond steps are not drowned in timer and scheduler jitter.
+
+    The order rotates from round to round, so no contender always runs right
+    after the same neighbour (PyTorch's OpenMP threads keep spinning for a while
+    after a step and slow down whatever runs next). Returns per contender the
+    median seconds, and the per-round samples so that ratios can be taken round
+    by round (drift on a shared machine cancels).
     """
     samples = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            samples[name].append(min(time_call(fn, per_round)))
+    names = list(contenders)
+    calls = {name: _calls_per_sample(fn) for name, fn in contenders.items()}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn, k = contenders[name], calls[name]
+            samples[name].append(min(time_call(functools.partial(_repeat, fn, k), per_round)) / k)
     return {name: {"median_s": statistics.median(s), "samples": s} for name, s in samples.items()}
+
+
+def _calls_per_sample(fn: Callable[[], object], target_s: float = 0.02) -> int:
+    """How many back-to-back calls make one sample of about ``target_s`` (timer jitter)."""
+    once = min(time_call(fn, 3))
+    return max(1, min(1000, round(target_s / max(once, 1e-7))))
+
+
+def _repeat(fn: Callable[[], object], k: int) -> None:
+    for _ in range(k):
+        fn()
 
 
 def ratio(result: dict, a: str, b: str) -> float:
