@@ -32,6 +32,11 @@ configs = st.builds(
     # centered + bias correction with eps outside the root divides rounding
     # noise by eps at t=0 (see test_reference); keep eps inside for that pair.
     lambda c: dataclasses.replace(c, eps_in_sqrt=True) if c.centered and c.bias_correction else c
+).map(
+    # centered with decay = 0: the variance is g**2 - g**2, identically 0, so
+    # the step is lr * g / (sqrt(rounding noise) + eps) in any implementation
+    # (hypothesis found a 1e-8 relative difference). Keep some averaging.
+    lambda c: dataclasses.replace(c, decay=max(c.decay, 0.01)) if c.centered else c
 )
 
 shapes = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=4)
