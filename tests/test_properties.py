@@ -14,29 +14,35 @@ from hypothesis import strategies as st
 import optax_rmsprop
 from tests.reference import Config, RMSPropReference
 
-configs = st.builds(
-    Config,
-    learning_rate=st.floats(1e-4, 0.5),
-    decay=st.floats(0.0, 0.999),
-    eps=st.floats(1e-6, 1.0),
-    initial_scale=st.floats(0.0, 2.0),
-    eps_in_sqrt=st.booleans(),
-    centered=st.booleans(),
-    momentum=st.one_of(st.none(), st.floats(0.0, 0.99)),
-    lr_in_momentum=st.booleans(),
-    bias_correction=st.booleans(),
-    weight_decay=st.floats(0.0, 0.5),
-    decoupled_weight_decay=st.booleans(),
-    maximize=st.booleans(),
-).map(
-    # centered + bias correction with eps outside the root divides rounding
-    # noise by eps at t=0 (see test_reference); keep eps inside for that pair.
-    lambda c: dataclasses.replace(c, eps_in_sqrt=True) if c.centered and c.bias_correction else c
-).map(
-    # centered with decay = 0: the variance is g**2 - g**2, identically 0, so
-    # the step is lr * g / (sqrt(rounding noise) + eps) in any implementation
-    # (hypothesis found a 1e-8 relative difference). Keep some averaging.
-    lambda c: dataclasses.replace(c, decay=max(c.decay, 0.01)) if c.centered else c
+configs = (
+    st.builds(
+        Config,
+        learning_rate=st.floats(1e-4, 0.5),
+        decay=st.floats(0.0, 0.999),
+        eps=st.floats(1e-6, 1.0),
+        initial_scale=st.floats(0.0, 2.0),
+        eps_in_sqrt=st.booleans(),
+        centered=st.booleans(),
+        momentum=st.one_of(st.none(), st.floats(0.0, 0.99)),
+        lr_in_momentum=st.booleans(),
+        bias_correction=st.booleans(),
+        weight_decay=st.floats(0.0, 0.5),
+        decoupled_weight_decay=st.booleans(),
+        maximize=st.booleans(),
+    )
+    .map(
+        # centered + bias correction with eps outside the root divides rounding
+        # noise by eps at t=0 (see test_reference); keep eps inside for that pair.
+        lambda c: (
+            dataclasses.replace(c, eps_in_sqrt=True) if c.centered and c.bias_correction else c
+        )
+    )
+    .map(
+        # centered with decay = 0: the variance is g**2 - g**2, identically 0, so
+        # the step is lr * g / (sqrt(rounding noise) + eps) in any implementation
+        # (hypothesis found a 1e-8 relative difference). Keep some averaging.
+        lambda c: dataclasses.replace(c, decay=max(c.decay, 0.01)) if c.centered else c
+    )
 )
 
 shapes = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=4)
