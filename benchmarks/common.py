@@ -40,10 +40,16 @@ def paired(contenders: dict[str, Callable[[], object]], rounds: int, per_round: 
     names = list(contenders)
     calls = {name: _calls_per_sample(fn) for name, fn in contenders.items()}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotated(names, r):
             fn, k = contenders[name], calls[name]
             samples[name].append(min(time_call(functools.partial(_repeat, fn, k), per_round)) / k)
     return {name: {"median_s": statistics.median(s), "samples": s} for name, s in samples.items()}
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    """``names`` starting from the ``r``-th (mod len): who goes first changes every round."""
+    r %= len(names)
+    return names[r:] + names[:r]
 
 
 def _calls_per_sample(fn: Callable[[], object], target_s: float = 0.02) -> int:

@@ -58,7 +58,7 @@ def main() -> None:
         order = list(makers)
         repeats = args.repeats if leaves < 2000 else max(1, args.repeats // 2)  # minutes each
         for r in range(repeats):  # interleaved, and who goes first rotates
-            for name in order[r % len(order) :] + order[: r % len(order)]:
+            for name in common.rotated(order, r):
                 samples[name].append(compile_seconds(makers[name], leaves))
         row = {"leaves": leaves, **{name: statistics.median(s) for name, s in samples.items()}}
         row["ratio"] = statistics.median(
