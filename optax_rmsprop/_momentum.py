@@ -38,14 +38,14 @@ def momentum_step(
     def leaf(s, b):
         lr = _as_real(learning_rate, s)
         mu = _as_real(momentum, s)
-        b_old = b.astype(s.dtype)
+        b_old = _dtypes.cast(b, s.dtype)
         if lr_in_momentum:
             b_new = mu * b_old + lr * s
             step = lr * s + mu * b_new if nesterov else b_new
         else:
             b_new = mu * b_old + s
             step = lr * (s + mu * b_new) if nesterov else lr * b_new
-        return step, b_new.astype(b.dtype)
+        return step, _dtypes.cast(b_new, b.dtype)
 
     out = jax.tree.map(leaf, scaled, buffer)
     return _tree.unzip(scaled, out, 2)
@@ -55,4 +55,4 @@ def _as_real(value: Any, like: jax.Array) -> Any:
     """Python numbers stay weakly typed; arrays are cast to the leaf's real dtype."""
     if isinstance(value, (int, float)):
         return value
-    return value.astype(_dtypes.real_dtype(like.dtype))
+    return _dtypes.cast(value, _dtypes.real_dtype(like.dtype))

@@ -213,7 +213,7 @@ def rmsprop(
                 step, params, lr, weight_decay, weight_decay_mask
             )
         like = updates if params is None else params
-        new_updates = jax.tree.map(lambda s, p: (-s).astype(p.dtype), step, like)
+        new_updates = jax.tree.map(lambda s, p: _dtypes.cast(-s, p.dtype), step, like)
         return new_updates, RMSPropState(rms=rms, momentum=buffer)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -129,7 +129,9 @@ def init_rms_state(
 
 def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
     """Casts each gradient to the dtype its update is computed in."""
-    return jax.tree.map(lambda g, n: g.astype(_dtypes.compute_dtype(g.dtype, n.dtype)), grads, nu)
+    return jax.tree.map(
+        lambda g, n: _dtypes.cast(g, _dtypes.compute_dtype(g.dtype, n.dtype)), grads, nu
+    )
 
 
 def rms_step(
@@ -158,13 +160,13 @@ def rms_step(
     def leaf(g, nu, mu):
         real = _dtypes.real_dtype(g.dtype)
         c = None if correction is None else correction.astype(real)
-        new_nu = decay * nu.astype(real) + one_minus_decay * abs_sq(g)
-        new_mu = decay * mu.astype(g.dtype) + one_minus_decay * g if centered else None
+        new_nu = decay * _dtypes.cast(nu, real) + one_minus_decay * abs_sq(g)
+        new_mu = decay * _dtypes.cast(mu, g.dtype) + one_minus_decay * g if centered else None
         scaled = g / denominator(new_nu, new_mu, c, eps, eps_in_sqrt)
         return (
             scaled,
-            new_nu.astype(nu.dtype),
-            None if mu is None else new_mu.astype(mu.dtype),
+            _dtypes.cast(new_nu, nu.dtype),
+            None if mu is None else _dtypes.cast(new_mu, mu.dtype),
         )
 
     mu_tree = state.mu if centered else jax.tree.map(lambda _: None, state.nu)
@@ -267,7 +269,7 @@ def scale_by_rms(
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
         )
-        scaled = jax.tree.map(lambda s, g: s.astype(g.dtype), scaled, updates)
+        scaled = jax.tree.map(lambda s, g: _dtypes.cast(s, g.dtype), scaled, updates)
         return scaled, state
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from optax_rmsprop import _tree
+from optax_rmsprop import _dtypes, _tree
 
 Tree = Any
 Mask = Tree | Callable[[Tree], Tree] | None
@@ -14,7 +14,7 @@ Mask = Tree | Callable[[Tree], Tree] | None
 def add_l2_to_gradient(grads: Tree, params: Tree, weight_decay: Any, mask: Mask) -> Tree:
     """Coupled weight decay: ``g + wd * p`` where the mask is True."""
     return _tree.map_masked(
-        lambda g, p: g + weight_decay * p.astype(g.dtype),
+        lambda g, p: g + weight_decay * _dtypes.cast(p, g.dtype),
         _tree.resolve_mask(mask, params),
         grads,
         params,
@@ -26,7 +26,7 @@ def add_decoupled_decay(
 ) -> Tree:
     """Decoupled weight decay: ``step + lr * wd * p`` where the mask is True."""
     return _tree.map_masked(
-        lambda s, p: s + learning_rate * weight_decay * p.astype(s.dtype),
+        lambda s, p: s + learning_rate * weight_decay * _dtypes.cast(p, s.dtype),
         _tree.resolve_mask(mask, params),
         step,
         params,
