@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from benchmarks import common
+from benchmarks.optimizer_step import roofline
 
 LR, DECAY, EPS = 1e-3, 0.9, 1e-8
 
@@ -64,19 +65,6 @@ def runner(fn, n: int):
     return run, g
 
 
-def roofline(n: int):
-    g = jnp.full((n,), 0.5, jnp.float32)
-    add = jax.jit(lambda p, g: p + g, donate_argnums=0)
-    box = {"p": jnp.ones((n,), jnp.float32)}
-
-    def run():
-        box["p"] = add(box["p"], g)
-        jax.block_until_ready(box["p"])
-
-    run()
-    return run
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e7, 3e7])
@@ -97,7 +85,7 @@ def main() -> None:
             )
         )
         res = common.paired(
-            {"two_pass": plain_run, "blocked": blocked_run, "roofline_add": roofline(n)},
+            {"two_pass": plain_run, "blocked": blocked_run, "roofline_add": roofline([n])},
             args.rounds,
         )
         rows.append(

@@ -64,6 +64,8 @@ def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:
     return x.astype(dtype)
 
 
+_TYPEOF = getattr(jax, "typeof", None)  # public from jax 0.6; older versions: assume weak
+
+
 def _weakly_typed(x: jax.Array) -> bool:
-    typeof = getattr(jax, "typeof", None)  # public from jax 0.6; older: assume weak
-    return True if typeof is None else typeof(x).weak_type
+    return True if _TYPEOF is None else _TYPEOF(x).weak_type
