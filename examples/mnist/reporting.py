@@ -31,11 +31,21 @@ class Reporter:
                 f.write(json.dumps(record) + "\n")
 
     def _writer(self):
-        if self._tb is None:
-            from tensorboardX import SummaryWriter
+        """The TensorBoard writer, or None when tensorboardX is not installed.
 
-            self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
-        return self._tb
+        TensorBoard events are an extra: metrics.jsonl and the plots hold the
+        same numbers, so a machine without tensorboardX (a GPU image, say)
+        still trains and reports, after one line that says so.
+        """
+        if self._tb is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                print("tensorboardX is not installed: no TensorBoard events (see metrics.jsonl).")
+                self._tb = False
+            else:
+                self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+        return self._tb or None
 
     def record(self, record: dict) -> None:
         """Appends one evaluation record to metrics.jsonl and TensorBoard."""
@@ -44,6 +54,8 @@ class Reporter:
         with open(os.path.join(self.workdir, METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
         writer = self._writer()
+        if writer is None:
+            return
         for key, value in _flatten(record):
             if key != "step":
                 writer.add_scalar(key, value, record["step"])
@@ -56,7 +68,7 @@ class Reporter:
         with open(os.path.join(self.workdir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         plot(self.workdir)
-        if self._tb is not None:
+        if self._tb:
             self._tb.close()
 
 
