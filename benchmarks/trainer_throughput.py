@@ -7,11 +7,12 @@ Same model (conv32-conv64-dense256-dense10, ReLU, 2x2 average pooling), batch
 all CPU threads for both. JAX runs the trainer's own jitted multi-step chunks
 (``Trainer.train_chunk``) with the trainer's XLA:CPU flag
 (``examples/mnist/xla_cpu.py``); PyTorch a plain ``zero_grad / backward /
-step`` loop. Rounds alternate between the two, and the ratio is the median of
-the per-round ratios. A child process measures the trainer once more with
-XLA's defaults (``--no-cpu-tuning``) to show what the flag is worth. Seconds
-per epoch are for 60,000 examples. Writes
-benchmarks/results/trainer_throughput.{json,md}.
+step`` loop. Every implementation runs alone in a fresh process (two thread
+pools in one process slow each other down), once per round, the order
+rotating; the table gives the median and the spread over rounds, and the
+ratio is the median of the per-round ratios. The trainer with XLA's defaults
+(``--no-cpu-tuning``) shows what the flag is worth. Seconds per epoch are for
+60,000 examples. Writes benchmarks/results/trainer_throughput.{json,md}.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from examples.mnist import input_pipeline, train, xla_cpu
 from examples.mnist.config import Config
 
 BATCH = 128
-SETTLE_S = 0.5  # let the other library's worker threads go idle between rounds
 
 
 def jax_round(steps: int) -> Callable[[], float]:
@@ -107,25 +107,37 @@ def torch_round(steps: int) -> Callable[[], float]:
     return run
 
 
-def alternate(runners: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Examples/s of every runner, round by round, the runners taking turns."""
-    rates = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            time.sleep(SETTLE_S)
-            rates[name].append(run())
-    return rates
+CHILDREN = {
+    "jax": lambda steps: jax_round(steps),
+    "jax-xla-defaults": lambda steps: jax_round(steps),
+    "torch": lambda steps: torch_round(steps),
+}
 
 
-def xla_defaults_rates(steps: int, rounds: int, env: dict) -> list[float] | None:
-    """The trainer's examples/s without the trainer's XLA flag, measured in a child process."""
-    cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--jax-only", "--no-cpu-tuning"]
-    cmd += ["--steps", str(steps), "--rounds", str(rounds)]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def child_rates(name: str, steps: int, repeats: int) -> list[float]:
+    """Runs one implementation alone in a fresh process; its examples/s, ``repeats`` times.
+
+    Each framework gets a process of its own, so neither one's thread pool
+    (PyTorch's OpenMP workers keep spinning after a step) slows the other.
+    """
+    cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name,
+           "--steps", str(steps), "--rounds", str(repeats)]  # fmt: skip
+    if name == "jax-xla-defaults":
+        cmd.append("--no-cpu-tuning")
+    run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
-        print(run.stderr, file=sys.stderr)
-        return None
+        raise RuntimeError(f"{name} child failed:\n{run.stderr[-2000:]}")
     return json.loads(run.stdout.splitlines()[-1])
+
+
+def alternate(names: list[str], steps: int, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Examples/s per round (median of ``repeats`` in one process); the order rotates."""
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in common.rotated(names, r):
+            rates[name].append(statistics.median(child_rates(name, steps, repeats)))
+            print(f"round {r}: {name} {rates[name][-1]:,.0f} examples/s", flush=True)
+    return rates
 
 
 def jax_time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict:
@@ -191,8 +203,9 @@ def torch_time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=64, help="steps per timed repeat")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds (a fresh process each)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats in each process")
     ap.add_argument(
         "--time-to-99",
         metavar="MNIST_DIR",
@@ -201,63 +214,64 @@ def main() -> None:
         "(3 epochs, cosine schedule), e.g. ../shared/datasets/mnist",
     )
     ap.add_argument("--no-cpu-tuning", action="store_true", help="XLA's CPU defaults for JAX")
-    ap.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)  # the child run
+    ap.add_argument("--no-torch", action="store_true", help="the JAX trainer only")
+    ap.add_argument("--child", choices=[*CHILDREN, "jax-99", "torch-99"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    environ_before = dict(os.environ)
     flag = xla_cpu.configure(not args.no_cpu_tuning)  # before JAX creates its CPU backend
-    if args.jax_only:
-        print(json.dumps(alternate({"jax": jax_round(args.steps)}, args.rounds)["jax"]))
+    if args.child in CHILDREN:
+        run = CHILDREN[args.child](args.steps)
+        print(json.dumps([run() for _ in range(args.rounds)]))
         return
-    runners = {"jax": jax_round(args.steps)}
+    if args.child in ("jax-99", "torch-99"):
+        measure = jax_time_to_accuracy if args.child == "jax-99" else torch_time_to_accuracy
+        print(json.dumps(measure(args.time_to_99, 0.99, 3)))
+        return
+    names = ["jax"] + (["jax-xla-defaults"] if flag else [])
     try:
-        runners["torch"] = torch_round(args.steps)
+        import torch  # noqa: F401
+
+        names += [] if args.no_torch else ["torch"]
     except ImportError:
         pass
-    rates = alternate(runners, args.rounds)
-    untuned = xla_defaults_rates(args.steps, args.rounds, environ_before) if flag else None
+    rates = alternate(names, args.steps, args.rounds, args.repeats)
     m = common.machine()
-    result = {
-        "machine": m,
-        "batch": BATCH,
-        "xla_flag": flag,
-        "jax_examples_per_s": rates["jax"],
-        "torch_examples_per_s": rates.get("torch"),
-        "jax_xla_defaults_examples_per_s": untuned,
+    result = {"machine": m, "batch": BATCH, "xla_flag": flag, "examples_per_s": rates}
+    labels = {
+        "jax": f"examples/mnist (JAX, optax_rmsprop){f', `{flag}`' if flag else ''}",
+        "jax-xla-defaults": "examples/mnist with XLA's CPU defaults (`--no-cpu-tuning`)",
+        "torch": "PyTorch (same model and optimizer settings)",
     }
-    j = statistics.median(rates["jax"])
     md = [
-        f"Measured {m['date']} on {m['cpus']} CPU cores, JAX {m['jax']}, torch {m.get('torch', 'n/a')}. "
-        f"MNIST CNN, batch {BATCH}, float32; median of {args.rounds} alternating rounds of "
-        f"{args.steps} steps.",
+        f"Measured {m['date']} on {m['cpus']} CPU cores, JAX {m['jax']}, torch "
+        f"{m.get('torch', 'n/a')}. MNIST CNN, batch {BATCH}, float32. Each implementation "
+        f"runs alone in a fresh process, {args.rounds} rounds in rotating order; a round's "
+        f"figure is the median of {args.repeats} repeats of {args.steps} steps.",
         "",
-        "| implementation | examples/s | seconds per 60k epoch |",
-        "|---|---|---|",
-        f"| examples/mnist (JAX, optax_rmsprop){f', `{flag}`' if flag else ''} | {j:,.0f} | "
-        f"{60000 / j:.1f} |",
+        "| implementation | examples/s (median) | spread over rounds | seconds per 60k epoch |",
+        "|---|---|---|---|",
     ]
-    if untuned:
-        u = statistics.median(untuned)
+    for name, r in rates.items():
+        med = statistics.median(r)
         md.append(
-            f"| examples/mnist with XLA's CPU defaults (`--no-cpu-tuning`, separate process) | "
-            f"{u:,.0f} | {60000 / u:.1f} |"
+            f"| {labels[name]} | {med:,.0f} | {min(r):,.0f} to {max(r):,.0f} | {60000 / med:.1f} |"
         )
     if "torch" in rates:
-        t = statistics.median(rates["torch"])
-        per_round = statistics.median(
-            a / b for a, b in zip(rates["jax"], rates["torch"], strict=True)
-        )
-        md.append(f"| PyTorch (same model and optimizer settings) | {t:,.0f} | {60000 / t:.1f} |")
-        md += ["", f"JAX / PyTorch throughput (median of per-round ratios): **{per_round:.2f}**"]
-        result["jax_over_torch"] = per_round
+        ratios = [a / b for a, b in zip(rates["jax"], rates["torch"], strict=True)]
+        result["jax_over_torch"] = statistics.median(ratios)
+        md += [
+            "",
+            f"JAX / PyTorch throughput, per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+            f"median **{statistics.median(ratios):.2f}**",
+        ]
     if args.time_to_99:
-        runs = {"JAX": jax_time_to_accuracy(args.time_to_99, 0.99, 3)}
+        runs = {"JAX": _time_to_99_child("jax-99", args.time_to_99)}
         if "torch" in rates:
-            runs["PyTorch"] = torch_time_to_accuracy(args.time_to_99, 0.99, 3)
+            runs["PyTorch"] = _time_to_99_child("torch-99", args.time_to_99)
         result["time_to_99"] = runs
         md += [
             "",
             "Time to 99% test accuracy on full MNIST (training seconds, compile and "
-            "evaluation excluded; cosine schedule over 3 epochs):",
+            "evaluation excluded; cosine schedule over 3 epochs; each in its own process):",
             "",
             "| implementation | seconds to 99% | test accuracy after each epoch (cumulative s) |",
             "|---|---|---|",
@@ -269,6 +283,13 @@ def main() -> None:
             )
     print("\n".join(md))
     common.write("trainer_throughput", result, "\n".join(md) + "\n")
+
+
+def _time_to_99_child(name: str, data_dir: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name,
+           "--time-to-99", data_dir]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.splitlines()[-1])
 
 
 if __name__ == "__main__":
