@@ -8,4 +8,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-collect_ignore = ["examples/mnist/__main__.py"]  # running it on import would train
+collect_ignore = [
+    "examples/mnist/__main__.py",  # running it on import would train
+    "tests/optax_suite",  # a plugin that swaps optax.rmsprop: only for its child pytest
+]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
-from optax_rmsprop import _scale_by_rms
-
-Tree = Any
+from optax_rmsprop import _scale_by_rms, _tree, _validation
+from optax_rmsprop._tree import Tree
 
 
 def find_rms_states(opt_state: Any) -> list[_scale_by_rms.ScaleByRmsState]:
@@ -20,7 +21,11 @@ def find_rms_states(opt_state: Any) -> list[_scale_by_rms.ScaleByRmsState]:
 
 
 def effective_step_size(
-    opt_state: Any, learning_rate: optax.ScalarOrSchedule | None = None
+    opt_state: Any,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    *,
+    eps: ArrayLike | None = None,
+    decay: ArrayLike | None = None,
 ) -> Tree:
     """The per-parameter step size ``lr / denom`` that RMSProp last applied.
 
@@ -30,27 +35,38 @@ def effective_step_size(
     ``optax.inject_hyperparams``, ``optax.masked`` or ``optax.multi_transform``
     state (masked-out leaves stay ``optax.MaskedNode``).
 
+    The state records where ``eps`` goes and whether moments are bias
+    corrected, but not the numeric hyperparameters (so that the state of
+    ``optax.inject_hyperparams(rmsprop)`` has the structure of the plain
+    one's). Pass ``eps`` (and ``decay``, with bias correction) as given to the
+    optimizer; under ``optax.inject_hyperparams`` they are read from its state
+    when not passed.
+
     Args:
       opt_state: a state holding exactly one :class:`ScaleByRmsState`
         (from :func:`rmsprop` or :func:`scale_by_rms`).
       learning_rate: ``None`` gives ``1 / denom``; a number or array gives
         ``lr / denom``; a schedule is evaluated at the last update's step.
+      eps: the optimizer's ``eps``; needed unless it is injected.
+      decay: the optimizer's ``decay``; needed with ``bias_correction=True``
+        unless it is injected.
 
     Returns:
       A tree shaped like the params, of the real dtype of ``nu``. Without
       momentum this times ``|g|`` is the size of the last step.
 
     Raises:
-      ValueError: if the state holds no RMSProp state or more than one.
+      ValueError: if the state holds no RMSProp state or more than one, or if
+        ``eps`` (or ``decay``) is needed, not passed and not injected.
 
     Example:
       >>> import jax.numpy as jnp
       >>> import optax_rmsprop
-      >>> tx = optax_rmsprop.rmsprop(0.01)
+      >>> tx = optax_rmsprop.rmsprop(0.01, eps=1e-8)
       >>> params = {'w': jnp.ones(3)}
       >>> state = tx.init(params)
       >>> _, state = tx.update({'w': jnp.full(3, 2.0)}, state, params)
-      >>> optax_rmsprop.effective_step_size(state, 0.01)['w']  # 0.01 / sqrt(0.1 * 4)
+      >>> optax_rmsprop.effective_step_size(state, 0.01, eps=1e-8)['w']  # 0.01 / sqrt(0.1 * 4)
       Array([0.01581139, 0.01581139, 0.01581139], dtype=float32)
     """
     states = find_rms_states(opt_state)
@@ -61,11 +77,11 @@ def effective_step_size(
             f"belongs to one rmsprop / scale_by_rms transform."
         )
     (state,) = states
-    spec = state.denominator
-    eps = spec.eps if spec.eps is not None else _injected(opt_state, "eps")
+    flags = state.denominator
+    eps = _hyperparameter(opt_state, "eps", eps)
     correction = None
-    if spec.bias_correction:
-        decay = spec.decay if spec.decay is not None else _injected(opt_state, "decay")
+    if flags.bias_correction:
+        decay = _hyperparameter(opt_state, "decay", decay)
         correction = 1 / (1 - decay ** jnp.maximum(state.count, 1))
     if callable(learning_rate):
         if state.count is None:
@@ -76,24 +92,28 @@ def effective_step_size(
         lr = learning_rate(jnp.maximum(state.count - 1, 0))
     else:
         lr = 1.0 if learning_rate is None else learning_rate
-    mu_tree = state.mu if state.mu is not None else jax.tree.map(lambda _: None, state.nu)
+    mu_tree = _tree.nones_like(state.nu) if state.mu is None else state.mu
 
     def leaf(nu, mu):
         dtype = nu.dtype
         c = None if correction is None else jnp.asarray(correction, dtype)
-        denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), spec.eps_in_sqrt)
+        denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), flags.eps_in_sqrt)
         return (jnp.asarray(lr, dtype) / denom).astype(dtype)
 
     return jax.tree.map(leaf, state.nu, mu_tree)
 
 
-def _injected(opt_state: Any, name: str) -> Any:
-    """A hyperparameter held by an ``optax.inject_hyperparams`` state inside ``opt_state``."""
+def _hyperparameter(opt_state: Any, name: str, given: ArrayLike | None) -> ArrayLike:
+    """``given``, else the value held by an ``optax.inject_hyperparams`` state in ``opt_state``."""
+    if given is not None:
+        _validation.check_range(name, given, 0.0, 1.0 if name == "decay" else math.inf)
+        return given
     has = lambda x: isinstance(getattr(x, "hyperparams", None), dict)  # noqa: E731
     for node in jax.tree.leaves(opt_state, is_leaf=has):
         if has(node) and name in node.hyperparams:
             return node.hyperparams[name]
     raise ValueError(
-        f"effective_step_size: {name} was a JAX array when the optimizer was built and "
-        f"no optax.inject_hyperparams state holding it was found in opt_state."
+        f"effective_step_size: pass {name}=, the value given to the optimizer (the state "
+        f"records no hyperparameter values; only an optax.inject_hyperparams state does, "
+        f"and none holding {name!r} was found in opt_state)."
     )

@@ -131,7 +131,7 @@ def rmsprop(
     """
     if not callable(learning_rate):
         _validation.check_range("learning_rate", learning_rate, 0.0)
-    _scale_by_rms._validate_rms_args(decay, eps, initial_scale)
+    _validation.check_rms_args(decay, eps, initial_scale)
     if momentum is not None:
         _validation.check_range("momentum", momentum, 0.0, 1.0)
     _validation.check_range("weight_decay", weight_decay, 0.0)
@@ -148,8 +148,6 @@ def rmsprop(
             params,
             initial_scale=initial_scale,
             centered=centered,
-            decay=decay,
-            eps=eps,
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
             state_dtype=state_dtype,
@@ -188,14 +186,7 @@ def rmsprop(
             g = jax.tree.map(lambda x: -x, g)
         if use_weight_decay and not decoupled_weight_decay:
             g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
-        scaled, rms = _scale_by_rms.rms_step(
-            g,
-            state.rms,
-            decay=decay,
-            eps=eps,
-            eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction,
-        )
+        scaled, rms = _scale_by_rms.rms_step(g, state.rms, decay=decay, eps=eps)
         lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
         if use_momentum:
             step, buffer = _momentum.momentum_step(

@@ -6,35 +6,34 @@ This is RMSProp without a learning rate, the building block of
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from optax_rmsprop import _dtypes, _tree, _validation
-
-Tree = Any
+from optax_rmsprop._tree import Tree
 
 
 class RmsDenominator(NamedTuple):
-    """How the denominator is formed: static metadata, no arrays.
+    """How the denominator is formed: the structural flags, no hyperparameter values.
 
-    It is a static pytree node (its values live in the tree structure), so it
-    costs nothing at run time and lets :func:`optax_rmsprop.effective_step_size`
-    rebuild the denominator from the state alone.
+    A static pytree node: its two flags live in the tree structure, cost
+    nothing at run time and let :func:`optax_rmsprop.effective_step_size`
+    rebuild the denominator. Numeric hyperparameters (``eps``, ``decay``)
+    are deliberately not kept here: ``optax.inject_hyperparams`` turns them
+    into arrays, and a state whose structure held their values would differ
+    between ``rmsprop(...)`` and ``inject_hyperparams(rmsprop)(...)``.
 
     Attributes:
-      eps: ``eps`` as a Python float, or None when it is a JAX array (as under
-        ``optax.inject_hyperparams``, whose state then holds it).
       eps_in_sqrt: whether ``eps`` sits inside the square root.
-      decay: ``decay`` as a Python float (None when an array), for bias correction.
       bias_correction: whether the moments are divided by ``1 - decay**t``.
     """
 
-    eps: float | None
     eps_in_sqrt: bool
-    decay: float | None
     bias_correction: bool
 
 
@@ -61,10 +60,6 @@ class ScaleByRmsState(NamedTuple):
     denominator: RmsDenominator
 
 
-def _python_float(x: Any) -> float | None:
-    return float(x) if _validation.is_python_number(x) else None
-
-
 def abs_sq(x: jax.Array) -> jax.Array:
     """``|x|**2``, real for complex ``x`` (``(conj(x) * x).real``, as optax)."""
     if jnp.iscomplexobj(x):
@@ -76,7 +71,7 @@ def denominator(
     nu: jax.Array,
     mu: jax.Array | None,
     correction: jax.Array | None,
-    eps: Any,
+    eps: ArrayLike,
     eps_in_sqrt: bool,
 ) -> jax.Array:
     """``sqrt(var + eps)`` or ``sqrt(var) + eps``, var from the bias-corrected moments.
@@ -92,16 +87,53 @@ def denominator(
     return jnp.sqrt(var + eps) if eps_in_sqrt else jnp.sqrt(var) + eps
 
 
+def rms_update(
+    g: jax.Array,
+    nu: jax.Array,
+    mu: jax.Array | None,
+    *,
+    decay: ArrayLike,
+    eps: ArrayLike,
+    eps_in_sqrt: bool,
+    correction: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    r"""The RMSProp equation for one parameter, in its compute dtype.
+
+    .. math::
+
+      \nu' &= \rho\,\nu + (1-\rho)\,|g|^2 \\
+      m' &= \rho\,m + (1-\rho)\,g \quad\text{(centered only)} \\
+      v &= c\,\nu' \;\text{ or, centered, }\; \max(c\,\nu' - |c\,m'|^2,\ 0) \\
+      u &= g / (\sqrt{v} + \epsilon) \;\text{ or }\; g / \sqrt{v + \epsilon}
+      \;\text{(eps\_in\_sqrt)}
+
+    with :math:`c` the bias-correction factor :math:`1/(1-\rho^{t+1})`, or 1.
+
+    Args:
+      g: the gradient (real or complex).
+      nu: the running mean of ``|g|**2``, real, in ``g``'s real dtype.
+      mu: the running mean of ``g`` (centered), or None.
+      decay: :math:`\rho`.
+      eps: :math:`\epsilon`.
+      eps_in_sqrt: where :math:`\epsilon` goes.
+      correction: :math:`c`, or None for no bias correction.
+
+    Returns:
+      ``(u, nu', m')``, with ``m'`` None when ``mu`` is.
+    """
+    nu = decay * nu + (1 - decay) * abs_sq(g)
+    mu = None if mu is None else decay * mu + (1 - decay) * g
+    return g / denominator(nu, mu, correction, eps, eps_in_sqrt), nu, mu
+
+
 def init_rms_state(
     params: Tree,
     *,
-    initial_scale: Any,
+    initial_scale: ArrayLike,
     centered: bool,
-    decay: Any,
-    eps: Any,
     eps_in_sqrt: bool,
     bias_correction: bool,
-    state_dtype: Any,
+    state_dtype: np.dtype | None,
     track_count: bool,
 ) -> ScaleByRmsState:
     """The initial :class:`ScaleByRmsState` for ``params``."""
@@ -119,10 +151,7 @@ def init_rms_state(
         nu=jax.tree_util.tree_map_with_path(nu_leaf, params),
         mu=jax.tree_util.tree_map_with_path(mu_leaf, params) if centered else None,
         denominator=RmsDenominator(
-            eps=_python_float(eps),
-            eps_in_sqrt=bool(eps_in_sqrt),
-            decay=_python_float(decay),
-            bias_correction=bool(bias_correction),
+            eps_in_sqrt=bool(eps_in_sqrt), bias_correction=bool(bias_correction)
         ),
     )
 
@@ -134,62 +163,66 @@ def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
     )
 
 
+def bias_correction_factor(count: jax.Array, decay: ArrayLike) -> jax.Array:
+    """``1 / (1 - decay**(count + 1))``: the factor of the moments after ``count + 1`` updates."""
+    t = (count + 1).astype(jnp.result_type(float))
+    return 1 / (1 - decay**t)
+
+
 def rms_step(
     grads: Tree,
     state: ScaleByRmsState,
     *,
-    decay: Any,
-    eps: Any,
-    eps_in_sqrt: bool,
-    bias_correction: bool,
+    decay: ArrayLike,
+    eps: ArrayLike,
 ) -> tuple[Tree, ScaleByRmsState]:
-    """One RMS step on gradients already in their compute dtype.
+    """:func:`rms_update` over the tree, on gradients already in their compute dtype.
 
-    Returns ``g / denom`` in the compute dtype (the caller casts) and the new
-    state, whose arrays keep their dtypes.
+    The state's arrays are read in the compute dtype and written back in their
+    own dtype; ``eps_in_sqrt`` and bias correction come from the state's
+    static :class:`RmsDenominator`. Returns ``g / denom`` in the compute dtype
+    (the caller casts) and the new state.
     """
-    count = state.count
-    if bias_correction:
-        t = (count + 1).astype(jnp.result_type(float))
-        correction = 1 / (1 - decay**t)
-    else:
-        correction = None
-    one_minus_decay = 1 - decay
-    centered = state.mu is not None
+    flags = state.denominator
+    correction = bias_correction_factor(state.count, decay) if flags.bias_correction else None
 
     def leaf(g, nu, mu):
         real = _dtypes.real_dtype(g.dtype)
-        c = None if correction is None else correction.astype(real)
-        new_nu = decay * _dtypes.cast(nu, real) + one_minus_decay * abs_sq(g)
-        new_mu = decay * _dtypes.cast(mu, g.dtype) + one_minus_decay * g if centered else None
-        scaled = g / denominator(new_nu, new_mu, c, eps, eps_in_sqrt)
+        u, new_nu, new_mu = rms_update(
+            g,
+            _dtypes.cast(nu, real),
+            None if mu is None else _dtypes.cast(mu, g.dtype),
+            decay=decay,
+            eps=eps,
+            eps_in_sqrt=flags.eps_in_sqrt,
+            correction=None if correction is None else correction.astype(real),
+        )
         return (
-            scaled,
+            u,
             _dtypes.cast(new_nu, nu.dtype),
             None if mu is None else _dtypes.cast(new_mu, mu.dtype),
         )
 
-    mu_tree = state.mu if centered else jax.tree.map(lambda _: None, state.nu)
-    out = jax.tree.map(leaf, grads, state.nu, mu_tree)
-    scaled, nu, mu = _tree.unzip(grads, out, 3)
+    mu_tree = _tree.nones_like(state.nu) if state.mu is None else state.mu
+    scaled, nu, mu = _tree.unzip(grads, jax.tree.map(leaf, grads, state.nu, mu_tree), 3)
     new_state = ScaleByRmsState(
-        count=None if count is None else optax.safe_int32_increment(count),
+        count=None if state.count is None else optax.safe_int32_increment(state.count),
         nu=nu,
-        mu=mu if centered else None,
-        denominator=state.denominator,
+        mu=None if state.mu is None else mu,
+        denominator=flags,
     )
     return scaled, new_state
 
 
 def scale_by_rms(
-    decay: Any = 0.9,
-    eps: Any = 1e-8,
+    decay: ArrayLike = 0.9,
+    eps: ArrayLike = 1e-8,
     *,
-    initial_scale: Any = 0.0,
+    initial_scale: ArrayLike = 0.0,
     eps_in_sqrt: bool = False,
     centered: bool = False,
     bias_correction: bool = False,
-    state_dtype: Any = None,
+    state_dtype: str | np.dtype | type | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by the root of the running mean of their squares.
 
@@ -240,7 +273,7 @@ def scale_by_rms(
       Graves, `Generating Sequences With Recurrent Neural Networks
       <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
-    _validate_rms_args(decay, eps, initial_scale)
+    _validation.check_rms_args(decay, eps, initial_scale)
     state_dtype = _validation.check_state_dtype(state_dtype)
 
     def init_fn(params):
@@ -248,8 +281,6 @@ def scale_by_rms(
             params,
             initial_scale=initial_scale,
             centered=centered,
-            decay=decay,
-            eps=eps,
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
             state_dtype=state_dtype,
@@ -261,21 +292,8 @@ def scale_by_rms(
         _validation.check_tree_matches_state(
             updates, state.nu, what="gradient", where="scale_by_rms.update"
         )
-        scaled, state = rms_step(
-            to_compute_dtype(updates, state.nu),
-            state,
-            decay=decay,
-            eps=eps,
-            eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction,
-        )
+        scaled, state = rms_step(to_compute_dtype(updates, state.nu), state, decay=decay, eps=eps)
         scaled = jax.tree.map(lambda s, g: _dtypes.cast(s, g.dtype), scaled, updates)
         return scaled, state
 
     return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _validate_rms_args(decay: Any, eps: Any, initial_scale: Any) -> None:
-    _validation.check_range("decay", decay, 0.0, 1.0)
-    _validation.check_range("eps", eps, 0.0)
-    _validation.check_range("initial_scale", initial_scale, 0.0)

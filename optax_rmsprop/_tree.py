@@ -7,7 +7,12 @@ from typing import Any
 
 import jax
 
-Tree = Any
+Tree = Any  # a pytree: the params, the gradients or one per-parameter slice of a state
+
+
+def nones_like(tree: Tree) -> Tree:
+    """A tree shaped like ``tree`` with None at every leaf (an absent optional buffer)."""
+    return jax.tree.map(lambda _: None, tree)
 
 
 def unzip(like: Tree, tree_of_tuples: Tree, n: int) -> tuple[Tree, ...]:

@@ -49,6 +49,13 @@ def check_range(
         )
 
 
+def check_rms_args(decay: Any, eps: Any, initial_scale: Any) -> None:
+    """The checks shared by :func:`rmsprop` and :func:`scale_by_rms`."""
+    check_range("decay", decay, 0.0, 1.0)
+    check_range("eps", eps, 0.0)
+    check_range("initial_scale", initial_scale, 0.0)
+
+
 def check_state_dtype(state_dtype: Any) -> np.dtype | None:
     """Returns ``state_dtype`` as a floating ``np.dtype``, or None for None."""
     if state_dtype is None:

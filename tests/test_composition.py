@@ -187,7 +187,7 @@ def test_flax_nnx_optimizer():
 
     losses = [float(train_step(model, optimizer)) for _ in range(60)]
     assert losses[-1] < 0.01 * losses[0]
-    sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, 0.05)
+    sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, 0.05, eps=1e-8)
     param_shapes = [p.shape for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
     assert [s.shape for s in jax.tree.leaves(sizes)] == param_shapes
     chex.assert_tree_all_finite(jax.tree.leaves(sizes))

@@ -129,7 +129,9 @@ class Trainer:
 
     def _step_size_quantiles(self, state):
         _, optimizer = nnx.merge(self.graphdef, state)
-        sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, self.schedule)
+        sizes = optax_rmsprop.effective_step_size(
+            optimizer.opt_state, self.schedule, eps=self.config.eps
+        )
         qs = jnp.asarray(list(QUANTILES.values()))
         return {
             _layer_name(path): jnp.quantile(leaf.ravel(), qs)
