@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_rmsprop import _compat
+
 
 def real_dtype(dtype: np.dtype) -> np.dtype:
     """The real counterpart of ``dtype`` (complex64 -> float32)."""
@@ -64,8 +66,5 @@ def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:
     return x.astype(dtype)
 
 
-_TYPEOF = getattr(jax, "typeof", None)  # public from jax 0.6; older versions: assume weak
-
-
 def _weakly_typed(x: jax.Array) -> bool:
-    return True if _TYPEOF is None else _TYPEOF(x).weak_type
+    return _compat.typeof(x).weak_type

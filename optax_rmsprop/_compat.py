@@ -1,0 +1,51 @@
+"""The JAX and optax APIs that moved between the versions this library supports.
+
+One place for every feature test, so the rest of the code (and the tests)
+calls one name whatever the installed version. The supported range is the one
+CI tests: ``.ci/minimum.txt`` (oldest) to the newest releases, with Colab's
+TPU runtime (``.ci/colab-tpu.txt``) in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import optax
+
+# jax.typeof: public from jax 0.6; older versions have only the abstract value.
+typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or jax.core.get_aval
+
+# Sharding in types (explicit mesh axes, jax.set_mesh) arrived in jax 0.6/0.7.
+HAS_EXPLICIT_SHARDING = hasattr(jax, "set_mesh") and hasattr(jax.sharding, "AxisType")
+
+
+def set_mesh(mesh: jax.sharding.Mesh) -> contextlib.AbstractContextManager:
+    """``jax.set_mesh(mesh)``, or the mesh as a context manager before it existed."""
+    if hasattr(jax, "set_mesh"):
+        return jax.set_mesh(mesh)
+    return mesh
+
+
+@contextlib.contextmanager
+def enable_x64(enabled: bool = True) -> Iterator[None]:
+    """float64 inside the block: ``jax.enable_x64`` (jax >= 0.8) or its experimental form."""
+    if hasattr(jax, "enable_x64"):
+        with jax.enable_x64(enabled):
+            yield
+    else:
+        from jax.experimental import disable_x64
+        from jax.experimental import enable_x64 as experimental_enable_x64
+
+        with experimental_enable_x64() if enabled else disable_x64():
+            yield
+
+
+def map_params(tx: optax.GradientTransformation, fn: Callable, state: Any) -> Any:
+    """``optax.tree.map_params`` (optax >= 0.2.5), else ``optax.tree_map_params``."""
+    tree = getattr(optax, "tree", None)
+    if tree is not None and hasattr(tree, "map_params"):
+        return tree.map_params(tx, fn, state)
+    return optax.tree_map_params(tx, fn, state)
