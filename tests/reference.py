@@ -1,6 +1,6 @@
 """An independent float64 NumPy transcription of the RMSProp equations.
 
-It follows the numbered steps of the specification (issue #2) one by one,
+It follows the numbered steps of the algorithm (docs/algorithm.md) one by one,
 over plain NumPy arrays, sharing no code with the library.
 """
 

@@ -4,7 +4,7 @@ Timing ratios on a shared machine are noisy (see docs/benchmarks.md); this is
 the deterministic half of the "never slower than optax" claim. For every option
 set both libraries define, XLA's own cost analysis of the optimised, jitted,
 donated step (update + apply) must show no more bytes accessed and no more
-fused kernels than optax's, and the same number of entry parameters.
+kernels than optax's, and the same number of entry parameters.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ PARAMS = {
     "b": jnp.ones((32,), jnp.float32),
     "s": jnp.ones((), jnp.float32),
 }
+NOT_KERNELS = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
 OPTIONS = [
     dict(centered=c, momentum=m, nesterov=n, eps_in_sqrt=e)
     for c, m, n, e in itertools.product([False, True], [None, 0.9], [False, True], [False, True])
@@ -43,10 +44,13 @@ def _cost(tx) -> dict:
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     text = compiled.as_text()
     entry = text[text.index("ENTRY") :]
+    ops = re.findall(r"= \S+ ([\w-]+)\(", entry)  # the op of each ENTRY instruction
     return {
         "bytes": analysis["bytes accessed"],
-        "fusions": len(re.findall(r" fusion\(", entry)),
-        "parameters": len(re.findall(r" parameter\(", entry)),
+        # Kernels: fused or not (older XLA leaves a lone `add` unfused where newer
+        # XLA fuses a `negate_add`: one kernel either way).
+        "kernels": sum(op not in NOT_KERNELS for op in ops),
+        "parameters": ops.count("parameter"),
     }
 
 
@@ -55,7 +59,7 @@ def test_no_more_memory_traffic_than_optax(options):
     ours = _cost(optax_rmsprop.rmsprop(1e-3, **options))
     theirs = _cost(optax.rmsprop(1e-3, **options))
     assert ours["parameters"] == theirs["parameters"], (ours, theirs)
-    assert ours["fusions"] <= theirs["fusions"], (ours, theirs)
+    assert ours["kernels"] <= theirs["kernels"], (ours, theirs)
     assert ours["bytes"] <= theirs["bytes"], (ours, theirs)
 
 

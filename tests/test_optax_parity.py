@@ -59,7 +59,7 @@ def test_matches_optax_rmsprop(eps_in_sqrt, centered, momentum, nesterov, bias_c
 
 
 def test_default_eps_placement_differs_from_optax():
-    """Our default is eps outside the root (the seed's formula); optax's is inside."""
+    """Our default is eps outside the root (Hinton's and PyTorch's formula); optax's is inside."""
     g = jnp.array([1e-3])
     ours, _ = optax_rmsprop.rmsprop(1.0, eps=1e-4).update(
         g, optax_rmsprop.rmsprop(1.0, eps=1e-4).init(g)

@@ -34,7 +34,7 @@ CASES = {
     "nesterov_lr_outside": Config(momentum=0.8, nesterov=True, lr_in_momentum=False),
     "bias_correction": Config(bias_correction=True, decay=0.99),
     # At t=0 centered + bias correction has var = g**2 - g**2 = 0 exactly; rounding
-    # noise then dominates unless eps sits inside the root (trap 11 of the notes).
+    # noise then dominates unless eps sits inside the root (docs/porting.md, on eps placement).
     "bias_correction_centered": Config(
         bias_correction=True, centered=True, eps=1e-2, eps_in_sqrt=True
     ),

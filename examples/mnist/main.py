@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=["cnn", "mlp"],
         default=d.model,
-        help="cnn: Flax's conv32-conv64-dense256-dense10; mlp: the seed's 784-10-10-10",
+        help="cnn: the classic conv32-conv64-dense256-dense10; mlp: a dense 784-10-10-10",
     )
     m.add_argument(
         "--mlp-widths",

@@ -1,4 +1,4 @@
-"""The two models: Flax's MNIST CNN and the seed's small MLP."""
+"""The two models: the classic two-convolution MNIST CNN and a small dense MLP."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# A list of submodules: nnx.List from flax 0.12; flax 0.11 takes a plain list.
+ModuleList = getattr(nnx, "List", list)
+
 
 class CNN(nnx.Module):
-    """Flax's MNIST example: conv32 - conv64 - dense256 - dense10, avg-pooled, ReLU."""
+    """conv32 - conv64 - dense256 - dense10, 2x2 average pooling, ReLU.
+
+    The classic two-convolution MNIST network, as in Flax's Linen MNIST example
+    of 2020-2024 (``examples/mnist/train.py``); Flax's current NNX tutorial
+    adds BatchNorm and Dropout, which this model leaves out.
+    """
 
     def __init__(self, *, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
@@ -27,11 +35,11 @@ class CNN(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """The seed's dense network: 784 - 10 - 10 - 10 by default (ReLU between)."""
+    """A small dense network: 784 - 10 - 10 - 10 by default, ReLU between layers."""
 
     def __init__(self, hidden: Sequence[int] = (10, 10), *, rngs: nnx.Rngs):
         widths = [28 * 28, *hidden, 10]
-        self.layers = nnx.List(
+        self.layers = ModuleList(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
         )
 

@@ -54,6 +54,16 @@ def floatx(value: Any) -> jax.Array:
     return jnp.asarray(value, jnp.float32)
 
 
+FLOATX = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_floatx(floatx: str) -> jnp.dtype:
+    """Keras's ``floatx`` name as a dtype; a ValueError names the allowed values."""
+    if floatx not in FLOATX:
+        raise ValueError(f"floatx must be one of {', '.join(FLOATX)}, got {floatx!r}.")
+    return jnp.dtype(floatx)
+
+
 def zeros_like_tree(params: Tree) -> Tree:
     return jax.tree.map(jnp.zeros_like, params)
 

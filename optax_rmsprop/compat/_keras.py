@@ -62,6 +62,8 @@ def keras(
     epsilon: float = 1e-7,
     centered: bool = False,
     weight_decay: float | None = None,
+    *,
+    floatx: str = "float32",
 ) -> optax.GradientTransformationExtraArgs:
     """``keras.optimizers.RMSprop`` of Keras 3 (and tf.keras >= 2.11), step for step.
 
@@ -75,7 +77,7 @@ def keras(
     Args:
       learning_rate: a float or an optax schedule of the 0-based iteration,
         like a ``keras.optimizers.schedules.LearningRateSchedule``. A constant
-        is rounded to float32, as Keras's ``floatx`` learning-rate variable is.
+        is rounded to ``floatx``, as Keras's learning-rate variable is.
       rho: discounting factor of the mean square.
       momentum: momentum factor; 0 allocates no buffer.
       epsilon: added to the mean square, inside the root.
@@ -107,6 +109,7 @@ def keras(
         weight_decay=weight_decay,
     )
     use_wd = bool(weight_decay)
+    lr_dtype = _common.check_floatx(floatx)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -120,9 +123,10 @@ def keras(
         p_tree = params if use_wd else none
 
         def leaf(g, p, v, mom, avg):
-            # Keras keeps a constant learning rate in a float32 (floatx) variable,
-            # so float64 variables still step with a float32-rounded rate.
-            lr_t = _common.cast(lr if callable(learning_rate) else _common.floatx(lr), v)
+            # Keras keeps a constant learning rate in a floatx variable, so with
+            # the default float32 floatx, float64 variables step with a
+            # float32-rounded rate.
+            lr_t = _common.cast(lr if callable(learning_rate) else jnp.asarray(lr, lr_dtype), v)
             g = g.astype(v.dtype)
             v = _common.cast(rho, v) * v + _common.cast(1 - rho, v) * jnp.square(g)
             if centered:

@@ -129,6 +129,15 @@ def run_keras(kwargs: dict, dtype: str, steps: int = STEPS) -> dict[str, np.ndar
         kwargs["learning_rate"] = keras.optimizers.schedules.ExponentialDecay(
             SCHEDULE["initial"], decay_steps=1, decay_rate=SCHEDULE["rate"]
         )
+    floatx = keras.config.floatx()
+    keras.config.set_floatx(kwargs.pop("floatx", floatx))
+    try:
+        return _run_keras(keras, kwargs, dtype, steps)
+    finally:
+        keras.config.set_floatx(floatx)
+
+
+def _run_keras(keras, kwargs: dict, dtype: str, steps: int) -> dict[str, np.ndarray]:
     init = initial_params(dtype)
     variables = {k: keras.Variable(v, dtype=dtype) for k, v in init.items()}
     opt = keras.optimizers.RMSprop(**kwargs)
@@ -215,7 +224,11 @@ CASES = {
         dict(learning_rate=0.01, **c)
         for c in _product(momentum=[0.0, 0.9], centered=[False, True], weight_decay=[None, 0.1])
     ]
-    + [dict(momentum=0.9, schedule=True)],
+    + [dict(momentum=0.9, schedule=True)]
+    + [
+        dict(learning_rate=0.01, floatx="float64"),
+        dict(learning_rate=0.01, momentum=0.9, centered=True, floatx="float64"),
+    ],
     "keras_legacy": [
         dict(learning_rate=0.01, **c)
         for c in _product(momentum=[0.0, 0.9], centered=[False, True], decay=[0.0, 0.01])
