@@ -138,3 +138,20 @@ def test_golden_files_can_detect_a_wrong_port():
     wrong = _replay("pytorch", dict(frameworks.CASES["pytorch"][0], alpha=0.91), record, "float64")
     with pytest.raises(AssertionError):
         _compare(wrong, record, "float64")
+
+
+def test_keras_floatx_float64_is_not_the_float32_default():
+    # With keras.config.set_floatx("float64") Keras keeps the learning rate in
+    # float64; the float32-rounded default port then misses by ~1e-8.
+    meta, data = _golden("keras")
+    i = next(i for i, c in enumerate(meta["cases"]) if c.get("floatx") == "float64")
+    record = _record(data, i, "float64")
+    _compare(_replay("keras", meta["cases"][i], record, "float64"), record, "float64")
+    default = {k: v for k, v in meta["cases"][i].items() if k != "floatx"}
+    with pytest.raises(AssertionError):
+        _compare(_replay("keras", default, record, "float64"), record, "float64")
+
+
+def test_keras_floatx_names_a_float_dtype():
+    with pytest.raises(ValueError, match="floatx must be one of float16, bfloat16"):
+        compat.keras(floatx="int8")

@@ -170,7 +170,7 @@ def test_vmap_over_independent_states():
 
 
 def test_flax_nnx_optimizer():
-    from flax import nnx
+    nnx = pytest.importorskip("flax.nnx")
 
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax_rmsprop.rmsprop(0.05, momentum=0.9), wrt=nnx.Param)

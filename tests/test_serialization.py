@@ -6,9 +6,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-from flax import serialization
+import pytest
 
 import optax_rmsprop
+
+# flax and orbax come with the examples extra (absent from the minimum-versions set).
+serialization = pytest.importorskip("flax.serialization")
 
 
 def _trained_state():
