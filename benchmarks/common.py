@@ -76,7 +76,7 @@ def machine() -> dict:
     info = {
         "date": datetime.date.today().isoformat(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model() or platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -97,6 +97,18 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), e.g. 'AMD EPYC'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def write(name: str, payload: dict, markdown: str) -> None:
