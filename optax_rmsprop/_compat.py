@@ -22,6 +22,16 @@ typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or jax.core.get_aval
 HAS_EXPLICIT_SHARDING = hasattr(jax, "set_mesh") and hasattr(jax.sharding, "AxisType")
 
 
+def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], *, explicit: bool = False):
+    """``jax.make_mesh`` with Auto (or Explicit) axes where jax has axis types."""
+    if not hasattr(jax.sharding, "AxisType"):
+        if explicit:
+            raise NotImplementedError("explicit sharding needs a newer jax")
+        return jax.make_mesh(shape, names)
+    kind = jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto
+    return jax.make_mesh(shape, names, axis_types=(kind,) * len(shape))
+
+
 def set_mesh(mesh: jax.sharding.Mesh) -> contextlib.AbstractContextManager:
     """``jax.set_mesh(mesh)``, or the mesh as a context manager before it existed."""
     if hasattr(jax, "set_mesh"):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _scale_by_rms, _tree, _validation
+from optax_rmsprop import _scale_by_rms, _storage, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -92,15 +92,25 @@ def effective_step_size(
         lr = learning_rate(jnp.maximum(state.count - 1, 0))
     else:
         lr = 1.0 if learning_rate is None else learning_rate
-    mu_tree = _tree.nones_like(state.nu) if state.mu is None else state.mu
 
-    def leaf(nu, mu):
-        dtype = nu.dtype
+    def leaf(nu_values, nu_scales, mu, mu_scales):
+        dtype = jnp.dtype(jnp.float32) if nu_scales is not None else nu_values.dtype
+        nu = _storage.read(nu_values, nu_scales, dtype)
+        if mu is not None:
+            # 8-bit complex codes carry a trailing (re, im) axis that nu never has.
+            complex_mu = mu_scales is not None and mu.ndim == nu_values.ndim + 1
+            mu_dtype = mu.dtype if mu_scales is None else (jnp.complex64 if complex_mu else dtype)
+            mu = _storage.read(mu, mu_scales, mu_dtype)
         c = None if correction is None else jnp.asarray(correction, dtype)
         denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), flags.eps_in_sqrt)
         return (jnp.asarray(lr, dtype) / denom).astype(dtype)
 
-    return jax.tree.map(leaf, state.nu, mu_tree)
+    trees = (
+        _storage.scales_or_nones(state.nu_scales, state.nu),
+        _tree.nones_like(state.nu) if state.mu is None else state.mu,
+        _storage.scales_or_nones(state.mu_scales, state.nu),
+    )
+    return jax.tree.map(leaf, state.nu, *trees)
 
 
 def _hyperparameter(opt_state: Any, name: str, given: ArrayLike | None) -> ArrayLike:

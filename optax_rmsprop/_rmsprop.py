@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _momentum, _scale_by_rms, _validation, _weight_decay
-
-Tree = Any
+from optax_rmsprop import _dtypes, _momentum, _scale_by_rms, _storage, _validation, _weight_decay
+from optax_rmsprop._tree import Tree
 
 
 class RMSPropState(NamedTuple):
@@ -22,29 +22,35 @@ class RMSPropState(NamedTuple):
         count when a schedule or bias correction needs it).
       momentum: the momentum buffer, one array per parameter, when
         ``momentum`` is set (and not the Python number 0), else ``None``.
+      momentum_scales: with ``state_dtype="int8"`` and momentum, the
+        per-block scales of the 8-bit buffer (whose leaves are then ``int8``
+        codes), None at leaves kept unquantized; else None.
     """
 
     rms: _scale_by_rms.ScaleByRmsState
     momentum: Tree | None
+    momentum_scales: Tree | None = None
 
 
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule,
-    decay: Any = 0.9,
-    eps: Any = 1e-8,
+    decay: ArrayLike = 0.9,
+    eps: ArrayLike = 1e-8,
     *,
-    initial_scale: Any = 0.0,
+    initial_scale: ArrayLike = 0.0,
     eps_in_sqrt: bool = False,
     centered: bool = False,
-    momentum: Any | None = None,
+    momentum: ArrayLike | None = None,
     nesterov: bool = False,
     lr_in_momentum: bool = True,
     bias_correction: bool = False,
-    weight_decay: Any = 0.0,
+    weight_decay: ArrayLike = 0.0,
     decoupled_weight_decay: bool = False,
     weight_decay_mask: Tree | Callable[[Tree], Tree] | None = None,
     maximize: bool = False,
-    state_dtype: Any = None,
+    state_dtype: str | np.dtype | type | None = None,
+    block_size: int | None = None,
+    min_quantized_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp, with every variant the major frameworks use.
 
@@ -94,7 +100,16 @@ def rmsprop(
       maximize: ascend the objective instead of descending it.
       state_dtype: dtype of ``nu``, ``mu`` and the momentum buffer. ``None``
         keeps each parameter's dtype but never below float32 (bf16/fp16
-        params get float32 accumulators); ``jnp.bfloat16`` halves the memory.
+        params get float32 accumulators); ``jnp.bfloat16`` halves the memory;
+        ``"int8"`` stores each buffer block-quantized in 8 bits, a quarter of
+        float32's memory: 8-bit codes on a dynamic map (``nu`` unsigned, the
+        first moments signed) and one float32 absmax per block along the last
+        axis; the step dequantizes, updates in float32 (float64 for float64
+        params) and re-quantizes. See the state-precision docs page.
+      block_size: with ``state_dtype="int8"``, elements per quantization block
+        along the last axis (default 256, as bitsandbytes and torchao).
+      min_quantized_size: with ``state_dtype="int8"``, leaves with fewer
+        elements (and scalars) keep the default float state (default 4096).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is an
@@ -135,7 +150,7 @@ def rmsprop(
     if momentum is not None:
         _validation.check_range("momentum", momentum, 0.0, 1.0)
     _validation.check_range("weight_decay", weight_decay, 0.0)
-    state_dtype = _validation.check_state_dtype(state_dtype)
+    precision = _validation.check_state_precision(state_dtype, block_size, min_quantized_size)
     use_momentum = momentum is not None and not (
         _validation.is_python_number(momentum) and momentum == 0
     )
@@ -150,19 +165,13 @@ def rmsprop(
             centered=centered,
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
-            state_dtype=state_dtype,
+            precision=precision,
             track_count=callable(learning_rate),
         )
-        buffer = None
+        buffer, scales = None, None
         if use_momentum:
-            buffer = jax.tree_util.tree_map_with_path(
-                lambda path, p: jnp.zeros_like(
-                    p,
-                    dtype=_dtypes.moment_dtype(p.dtype, state_dtype, jax.tree_util.keystr(path)),
-                ),
-                params,
-            )
-        return RMSPropState(rms=rms, momentum=buffer)
+            buffer, scales = _storage.init_tree(params, 0.0, precision, real=False)
+        return RMSPropState(rms=rms, momentum=buffer, momentum_scales=scales)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -189,22 +198,23 @@ def rmsprop(
         scaled, rms = _scale_by_rms.rms_step(g, state.rms, decay=decay, eps=eps)
         lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
         if use_momentum:
-            step, buffer = _momentum.momentum_step(
+            step, buffer, buffer_scales = _momentum.momentum_step(
                 scaled,
                 state.momentum,
+                state.momentum_scales,
                 lr,
                 momentum,
                 nesterov=nesterov,
                 lr_in_momentum=lr_in_momentum,
             )
         else:
-            step, buffer = _momentum.scale_by_lr(scaled, lr), None
+            step, buffer, buffer_scales = _momentum.scale_by_lr(scaled, lr), None, None
         if use_weight_decay and decoupled_weight_decay:
             step = _weight_decay.add_decoupled_decay(
                 step, params, lr, weight_decay, weight_decay_mask
             )
         like = updates if params is None else params
         new_updates = jax.tree.map(lambda s, p: _dtypes.cast(-s, p.dtype), step, like)
-        return new_updates, RMSPropState(rms=rms, momentum=buffer)
+        return new_updates, RMSPropState(rms=rms, momentum=buffer, momentum_scales=buffer_scales)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

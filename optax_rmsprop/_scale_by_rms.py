@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _tree, _validation
+from optax_rmsprop import _dtypes, _storage, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -51,12 +51,18 @@ class ScaleByRmsState(NamedTuple):
         parameter, starting at ``initial_scale``.
       mu: exponential moving average of ``g`` when ``centered=True``
         (complex for complex parameters), else ``None``.
+      nu_scales: with ``state_dtype="int8"``, the float32 per-block scales of
+        the 8-bit ``nu`` (whose leaves are then the ``uint8`` codes), None at
+        leaves kept unquantized; else None.
+      mu_scales: the same for ``mu`` (``int8`` codes).
       denominator: the static :class:`RmsDenominator` settings.
     """
 
     count: jax.Array | None
     nu: Tree
     mu: Tree | None
+    nu_scales: Tree | None
+    mu_scales: Tree | None
     denominator: RmsDenominator
 
 
@@ -133,23 +139,20 @@ def init_rms_state(
     centered: bool,
     eps_in_sqrt: bool,
     bias_correction: bool,
-    state_dtype: np.dtype | None,
+    precision: _storage.StatePrecision,
     track_count: bool,
 ) -> ScaleByRmsState:
     """The initial :class:`ScaleByRmsState` for ``params``."""
-
-    def nu_leaf(path, p):
-        dtype = _dtypes.nu_dtype(p.dtype, state_dtype, jax.tree_util.keystr(path))
-        return jnp.full_like(p, initial_scale, dtype=dtype)
-
-    def mu_leaf(path, p):
-        dtype = _dtypes.moment_dtype(p.dtype, state_dtype, jax.tree_util.keystr(path))
-        return jnp.zeros_like(p, dtype=dtype)
-
+    nu, nu_scales = _storage.init_tree(params, initial_scale, precision, real=True)
+    mu, mu_scales = (
+        _storage.init_tree(params, 0.0, precision, real=False) if centered else (None, None)
+    )
     return ScaleByRmsState(
         count=jnp.zeros([], jnp.int32) if track_count or bias_correction else None,
-        nu=jax.tree_util.tree_map_with_path(nu_leaf, params),
-        mu=jax.tree_util.tree_map_with_path(mu_leaf, params) if centered else None,
+        nu=nu,
+        mu=mu,
+        nu_scales=nu_scales,
+        mu_scales=mu_scales,
         denominator=RmsDenominator(
             eps_in_sqrt=bool(eps_in_sqrt), bias_correction=bool(bias_correction)
         ),
@@ -186,29 +189,36 @@ def rms_step(
     flags = state.denominator
     correction = bias_correction_factor(state.count, decay) if flags.bias_correction else None
 
-    def leaf(g, nu, mu):
+    def leaf(g, nu, nu_scales, mu, mu_scales):
         real = _dtypes.real_dtype(g.dtype)
         u, new_nu, new_mu = rms_update(
             g,
-            _dtypes.cast(nu, real),
-            None if mu is None else _dtypes.cast(mu, g.dtype),
+            _storage.read(nu, nu_scales, real),
+            None if mu is None else _storage.read(mu, mu_scales, g.dtype),
             decay=decay,
             eps=eps,
             eps_in_sqrt=flags.eps_in_sqrt,
             correction=None if correction is None else correction.astype(real),
         )
-        return (
-            u,
-            _dtypes.cast(new_nu, nu.dtype),
-            None if mu is None else _dtypes.cast(new_mu, mu.dtype),
-        )
+        nu, nu_scales = _storage.write(new_nu, (nu, nu_scales))
+        mu, mu_scales = (None, None) if mu is None else _storage.write(new_mu, (mu, mu_scales))
+        return u, nu, nu_scales, mu, mu_scales
 
-    mu_tree = _tree.nones_like(state.nu) if state.mu is None else state.mu
-    scaled, nu, mu = _tree.unzip(grads, jax.tree.map(leaf, grads, state.nu, mu_tree), 3)
+    nones = _tree.nones_like(grads)
+    trees = (
+        state.nu,
+        _storage.scales_or_nones(state.nu_scales, grads),
+        nones if state.mu is None else state.mu,
+        _storage.scales_or_nones(state.mu_scales, grads),
+    )
+    out = jax.tree.map(leaf, grads, *trees)
+    scaled, nu, nu_scales, mu, mu_scales = _tree.unzip(grads, out, 5)
     new_state = ScaleByRmsState(
         count=None if state.count is None else optax.safe_int32_increment(state.count),
         nu=nu,
         mu=None if state.mu is None else mu,
+        nu_scales=None if state.nu_scales is None else nu_scales,
+        mu_scales=None if state.mu_scales is None else mu_scales,
         denominator=flags,
     )
     return scaled, new_state
@@ -223,6 +233,8 @@ def scale_by_rms(
     centered: bool = False,
     bias_correction: bool = False,
     state_dtype: str | np.dtype | type | None = None,
+    block_size: int | None = None,
+    min_quantized_size: int | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescale updates by the root of the running mean of their squares.
 
@@ -249,7 +261,12 @@ def scale_by_rms(
         square (Graves 2013).
       bias_correction: divide the moments by ``1 - decay**(t+1)`` (Adam style).
       state_dtype: dtype of the state; ``None`` keeps each parameter's dtype
-        but never below float32.
+        but never below float32; ``"int8"`` stores it block-quantized in 8
+        bits (see :func:`rmsprop`).
+      block_size: with ``state_dtype="int8"``, elements per quantization block
+        along the last axis (default 256).
+      min_quantized_size: with ``state_dtype="int8"``, leaves with fewer
+        elements stay unquantized (default 4096).
 
     Returns:
       An ``optax.GradientTransformation`` whose updates have each gradient's
@@ -274,7 +291,7 @@ def scale_by_rms(
       <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
     _validation.check_rms_args(decay, eps, initial_scale)
-    state_dtype = _validation.check_state_dtype(state_dtype)
+    precision = _validation.check_state_precision(state_dtype, block_size, min_quantized_size)
 
     def init_fn(params):
         return init_rms_state(
@@ -283,7 +300,7 @@ def scale_by_rms(
             centered=centered,
             eps_in_sqrt=eps_in_sqrt,
             bias_correction=bias_correction,
-            state_dtype=state_dtype,
+            precision=precision,
             track_count=False,
         )
 

@@ -31,10 +31,14 @@ configs = (
         maximize=st.booleans(),
     )
     .map(
-        # centered + bias correction with eps outside the root divides rounding
-        # noise by eps at t=0 (see test_reference); keep eps inside for that pair.
+        # centered + bias correction: at t=0 the corrected variance g**2 - g**2 is
+        # exactly 0, so the first step is lr * g / (sqrt(rounding noise) + eps) in
+        # any implementation, and random gradients make the noise visible at
+        # rtol 1e-10 wherever eps sits (hypothesis found 1e-10 with eps 1e-6
+        # inside the root). That pair is checked on chosen data in
+        # test_reference.py; here it runs without bias correction.
         lambda c: (
-            dataclasses.replace(c, eps_in_sqrt=True) if c.centered and c.bias_correction else c
+            dataclasses.replace(c, bias_correction=False) if c.centered and c.bias_correction else c
         )
     )
     .map(

@@ -52,9 +52,10 @@ def test_nesterov_needs_momentum(momentum):
         optax_rmsprop.rmsprop(0.1, momentum=momentum, nesterov=True)
 
 
-@pytest.mark.parametrize("dtype", [jnp.int32, "int8", jnp.complex64, bool, "not-a-dtype"])
-def test_state_dtype_must_be_floating(dtype):
-    with pytest.raises(ValueError, match="state_dtype must be a floating dtype"):
+@pytest.mark.parametrize("dtype", [jnp.int32, "int16", jnp.complex64, bool, "not-a-dtype"])
+def test_state_dtype_must_be_floating_or_int8(dtype):
+    match = r"state_dtype must be None, a floating dtype \(float16, bfloat16, float32, float64\)"
+    with pytest.raises(ValueError, match=match + " or 'int8'"):
         optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
 
 

@@ -24,6 +24,7 @@ class Config:
     eps: float = 1e-8
     momentum: float = 0.0
     centered: bool = False
+    state_dtype: str = "float32"  # 'float32', 'bfloat16' or 'int8' (8-bit block-quantized)
     seed: int = 0
     workdir: str = "runs/mnist"
     dataset: str = "mnist"
@@ -39,7 +40,7 @@ class Config:
     # Fields that must match for --resume to continue the same run.
     RESUMABLE = (
         "model", "mlp_widths", "epochs", "batch_size", "learning_rate", "schedule",
-        "decay", "eps", "momentum", "centered", "seed",
+        "decay", "eps", "momentum", "centered", "state_dtype", "seed",
     )  # fmt: skip
 
     def to_dict(self) -> dict:

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="momentum in [0, 1); 0 disables it",
     )
     o.add_argument("--centered", action="store_true", help="centered RMSProp (Graves 2013)")
+    o.add_argument(
+        "--state-dtype",
+        choices=["float32", "bfloat16", "int8"],
+        default=d.state_dtype,
+        help="optimizer state precision: int8 is 8-bit block-quantized (a quarter of "
+        "float32's memory), bfloat16 half",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=_number(int, 1), default=d.epochs, help="epochs, >= 1")
     t.add_argument(
@@ -196,6 +203,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[Config, argparse.Namesp
         eps=args.eps,
         momentum=args.momentum,
         centered=args.centered,
+        state_dtype=args.state_dtype,
         seed=args.seed,
         workdir=args.workdir,
         dataset=args.dataset or DEFAULTS.dataset,

@@ -48,6 +48,7 @@ def make_optimizer(config: Config, total_steps: int) -> optax.GradientTransforma
         eps=config.eps,
         momentum=config.momentum or None,
         centered=config.centered,
+        state_dtype=config.state_dtype,
     )
 
 

@@ -8,7 +8,8 @@ from examples.mnist import main
 
 FLAGS = [
     "--model", "--mlp-widths", "--epochs", "--batch-size", "--learning-rate", "--schedule",
-    "--decay", "--eps", "--momentum", "--centered", "--seed", "--workdir", "--data-dir",
+    "--decay", "--eps", "--momentum", "--centered", "--state-dtype", "--seed", "--workdir",
+    "--data-dir",
     "--dataset", "--tfds-data-dir", "--resume", "--checkpoint-every", "--steps-per-dispatch",
     "--max-steps", "--no-progress", "--no-cpu-tuning", "--coordinator-address",
     "--num-processes", "--process-id",
