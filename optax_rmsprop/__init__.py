@@ -2,6 +2,7 @@
 
 from optax_rmsprop import compat as compat
 from optax_rmsprop import recipes as recipes
+from optax_rmsprop._conversion import dequantize_state as dequantize_state
 from optax_rmsprop._diagnostics import effective_step_size as effective_step_size
 from optax_rmsprop._rmsprop import RMSPropState as RMSPropState
 from optax_rmsprop._rmsprop import rmsprop as rmsprop
@@ -15,6 +16,7 @@ __all__ = [
     "recipes",
     "RMSPropState",
     "ScaleByRmsState",
+    "dequantize_state",
     "effective_step_size",
     "rmsprop",
     "scale_by_rms",

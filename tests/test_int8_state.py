@@ -143,11 +143,28 @@ def _step(tx):
     return step
 
 
+def test_dequantize_state_is_a_float32_state_of_the_same_optimizer():
+    tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int8")
+    params = {**PARAMS, "c": jnp.ones((4, 2048), jnp.complex64)}
+    grads = jax.tree.map(lambda p: 0.3 * p, params)
+    _, state = tx.update(grads, tx.init(params), params)
+    chained = optax.chain(optax.clip_by_global_norm(1.0), tx)
+    _, chained_state = chained.update(grads, chained.init(params), params)
+    for s in (state, chained_state[1]):
+        plain = optax_rmsprop.dequantize_state(s)
+        full = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True).init(params)
+        chex.assert_trees_all_equal_shapes_and_dtypes(plain, full)
+        got = plain.rms.nu["w"]
+        want = _storage.read(s.rms.nu["w"], s.rms.nu_scales["w"], F32)
+        np.testing.assert_array_equal(got, want)
+        assert plain.momentum["c"].dtype == jnp.complex64
+    untouched = optax_rmsprop.rmsprop(1e-2).init(PARAMS)
+    chex.assert_trees_all_equal(optax_rmsprop.dequantize_state(untouched), untouched)
+
+
 def _dequantized(state):
-    """The 8-bit state of a plain ``rmsprop`` as the float32 state it stands for (re-syncing)."""
-    rms = state.rms
-    nu = _storage.read(rms.nu, rms.nu_scales, F32)
-    return state._replace(rms=rms._replace(nu=nu, nu_scales=None))
+    """The 8-bit state as the float32 state it stands for (re-syncing the reference)."""
+    return optax_rmsprop.dequantize_state(state)
 
 
 @pytest.mark.slow

@@ -1,0 +1,248 @@
+"""State precision: memory, bytes moved, step time and accuracy of float32, bfloat16 and int8 state.
+
+    python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR]
+
+For one 4096 x 4096 float32 parameter (16.8M) and ``optax_rmsprop.rmsprop``
+(plain, and with momentum 0.9) it records, per state precision:
+
+* state bytes per parameter (``nu`` alone, and the whole state), from the arrays;
+* the bytes XLA's cost analysis counts for one compiled, donated step;
+* the step time, interleaved with the other precisions, median of rounds.
+
+Beside them, in child processes: PyTorch's ``torch.optim.RMSprop`` and
+bitsandbytes' ``RMSprop32bit`` / ``RMSprop8bit`` on the same shape (when
+installed). Accuracy of the 8-bit state against float32 state on the same
+gradients: the per-step error with the reference re-synced to the 8-bit run
+(bitsandbytes' measure) and the drift after 1,000 noisy steps without
+re-syncing. With ``--mnist-dir``, the MNIST cnn trained 3 epochs with each
+state precision. Writes benchmarks/results/state_precision.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import optax_rmsprop
+from benchmarks import common
+
+SHAPE = (4096, 4096)
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8"}
+
+
+def step_function(tx):
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def compiled_step(tx, params, grads):
+    """The donated step, compiled, with its state; and XLA's bytes accessed."""
+    state = tx.init(params)
+    compiled = jax.jit(step_function(tx), donate_argnums=(0, 1)).lower(params, state, grads)
+    compiled = compiled.compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return compiled, state, float(analysis["bytes accessed"])
+
+
+def state_bytes(tree) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def measure_jax(rounds: int, momentum: float | None) -> dict:
+    key = jax.random.key(0)
+    n = SHAPE[0] * SHAPE[1]
+    grads = 0.01 * jax.random.normal(key, SHAPE)
+    runners, rows = {}, {}
+    for name, state_dtype in PRECISIONS.items():
+        tx = optax_rmsprop.rmsprop(1e-3, momentum=momentum, state_dtype=state_dtype)
+        params = jax.random.normal(jax.random.fold_in(key, 1), SHAPE)
+        compiled, state, xla_bytes = compiled_step(tx, params, grads)
+        rms = state.rms
+        rows[name] = {
+            "nu_bytes_per_param": state_bytes((rms.nu, rms.nu_scales)) / n,
+            "state_bytes_per_param": state_bytes(state) / n,
+            "xla_bytes_per_param": xla_bytes / n,
+        }
+        box = {"p": params, "s": state}
+
+        def run(box=box, compiled=compiled):
+            box["p"], box["s"] = compiled(box["p"], box["s"], grads)
+            jax.block_until_ready(box["p"])
+
+        run()
+        runners[name] = run
+    timing = common.paired(runners, rounds)
+    for name in rows:
+        rows[name]["step_ms"] = 1e3 * timing[name]["median_s"]
+        rows[name]["time_over_float32"] = common.ratio(timing, name, "float32")
+    return rows
+
+
+TORCH_CHILD = """
+import json, sys, time, torch
+torch.set_num_threads({threads})
+kind, momentum = sys.argv[1], float(sys.argv[2])
+p = torch.nn.Parameter(0.1 * torch.randn({shape}))
+if kind == "torch":
+    opt = torch.optim.RMSprop([p], lr=1e-3, alpha=0.9, eps=1e-8, momentum=momentum)
+else:
+    import bitsandbytes as bnb
+    cls = bnb.optim.RMSprop8bit if kind == "bitsandbytes 8-bit" else bnb.optim.RMSprop32bit
+    opt = cls([p], lr=1e-3, alpha=0.9, eps=1e-8, momentum=momentum)
+p.grad = 0.01 * torch.randn_like(p)
+opt.step()
+times = []
+for _ in range({rounds}):
+    t = time.perf_counter(); opt.step(); times.append(time.perf_counter() - t)
+state = opt.state[p]
+nbytes = sum(v.numel() * v.element_size() for k, v in state.items()
+             if torch.is_tensor(v) and k not in ("step", "qmap1", "qmap2"))
+print(json.dumps({{"step_ms": 1e3 * sorted(times)[len(times) // 2],
+                  "state_bytes_per_param": nbytes / p.numel()}}))
+"""
+
+
+def measure_torch(kind: str, rounds: int, momentum: float) -> dict:
+    """One PyTorch optimizer, alone in a child process (thread pools do not mix)."""
+    code = TORCH_CHILD.format(threads=os.cpu_count() or 1, shape=SHAPE, rounds=rounds)
+    run = subprocess.run([sys.executable, "-c", code, kind, str(momentum)],
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    if run.returncode:
+        return {"error": (run.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def accuracy() -> dict:
+    """Per-step error (re-synced, bitsandbytes' measure) and 1,000-step drift of int8 state."""
+    key = jax.random.key(0)
+    int8 = optax_rmsprop.rmsprop(0.01, decay=0.9, state_dtype="int8")
+    reference = optax_rmsprop.rmsprop(0.01, decay=0.9)
+    params = 0.1 * jax.random.normal(key, (1024, 4097))
+    state = int8.init(params)
+    int8_step, reference_step = jax.jit(step_function(int8)), jax.jit(step_function(reference))
+    abs_err, rel_err = [], []
+    for t in range(50):
+        grads = 0.01 * jax.random.normal(jax.random.fold_in(key, t + 1), params.shape)
+        want, _ = reference_step(params, optax_rmsprop.dequantize_state(state), grads)
+        params, state = int8_step(params, state, grads)
+        err = jnp.abs(params - want)
+        abs_err.append(float(jnp.mean(err)))
+        rel_err.append(float(jnp.mean(err / (jnp.abs(want) + 1e-9))))
+
+    target = jax.random.normal(key, (64, 4096))
+    finals = {}
+    for name in ("int8", "float32"):
+        tx = optax_rmsprop.rmsprop(1e-3, decay=0.99, momentum=0.9, state_dtype=PRECISIONS[name])
+
+        def noisy_step(t, carry, tx=tx):
+            p, s = carry
+            g = (p - target) + 0.5 * jax.random.normal(jax.random.fold_in(key, t), p.shape)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        start = jnp.zeros_like(target)
+        init = (start, tx.init(start))
+        finals[name] = jax.jit(lambda f=noisy_step, c=init: jax.lax.fori_loop(0, 1000, f, c))()[0]
+    drift = jnp.linalg.norm(finals["int8"] - finals["float32"]) / jnp.linalg.norm(finals["float32"])
+    return {
+        "per_step_mean_abs_error_max": max(abs_err),
+        "per_step_mean_rel_error_max": max(rel_err),
+        "drift_1000_steps": float(drift),
+        "loss_1000_steps": {k: float(jnp.mean((p - target) ** 2)) for k, p in finals.items()},
+    }
+
+
+def train_mnist(mnist_dir: str, state_dtype: str) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = [sys.executable, "-m", "examples.mnist", "--data-dir", mnist_dir, "--epochs", "3",
+               "--state-dtype", state_dtype, "--workdir", workdir, "--no-progress"]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+    return {k: summary[k] for k in ("test_accuracy", "train_time_s", "examples_per_sec")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--mnist-dir", default=None, help="also train the cnn 3 epochs per precision")
+    args = ap.parse_args()
+    payload = {"machine": common.machine(), "shape": SHAPE, "jax": {}, "torch": {}}
+    for label, momentum in (("plain", None), ("momentum 0.9", 0.9)):
+        payload["jax"][label] = measure_jax(args.rounds, momentum)
+        payload["torch"][label] = {
+            kind: measure_torch(kind, args.rounds, momentum or 0.0)
+            for kind in ("torch", "bitsandbytes 32-bit", "bitsandbytes 8-bit")
+        }
+        print(label, payload["jax"][label], payload["torch"][label], flush=True)
+    payload["accuracy"] = accuracy()
+    print(payload["accuracy"], flush=True)
+    if args.mnist_dir:
+        payload["mnist"] = {name: train_mnist(args.mnist_dir, name) for name in PRECISIONS}
+        print(payload["mnist"], flush=True)
+    markdown = to_markdown(payload)
+    print(markdown)
+    common.write("state_precision", payload, markdown)
+
+
+def to_markdown(payload: dict) -> str:
+    m = payload["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), JAX {m['jax']}, "
+        f"torch {m.get('torch', 'n/a')}. One {payload['shape'][0]} x {payload['shape'][1]} "
+        "float32 parameter; step times are medians (JAX: interleaved rounds; PyTorch and "
+        "bitsandbytes: their own processes).",
+        "",
+        "| step | state | nu bytes / param | state bytes / param | XLA bytes / param "
+        "| step (ms) | time / float32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in payload["jax"].items():
+        for name, r in rows.items():
+            lines.append(
+                f"| {label} | optax_rmsprop, {name} | {r['nu_bytes_per_param']:.3f} "
+                f"| {r['state_bytes_per_param']:.3f} | {r['xla_bytes_per_param']:.1f} "
+                f"| {r['step_ms']:.1f} | {r['time_over_float32']:.2f} |"
+            )
+        for kind, r in payload["torch"][label].items():
+            if "error" in r:
+                lines.append(f"| {label} | {kind} | n/a | n/a | n/a | {r['error']} | |")
+            else:
+                lines.append(
+                    f"| {label} | {kind} | | {r['state_bytes_per_param']:.3f} | n/a "
+                    f"| {r['step_ms']:.1f} | |"
+                )
+    a = payload["accuracy"]
+    lines += [
+        "",
+        "int8 state against float32 state on the same gradients: per step, re-synced "
+        f"(1024 x 4097, lr 0.01, 50 steps): mean absolute error at most "
+        f"{a['per_step_mean_abs_error_max']:.2g}, mean relative error at most "
+        f"{a['per_step_mean_rel_error_max']:.2g}; after 1,000 noisy steps without "
+        f"re-syncing (momentum 0.9): parameters differ by {100 * a['drift_1000_steps']:.2f}% "
+        f"(relative norm), final loss {a['loss_1000_steps']['int8']:.5f} against "
+        f"{a['loss_1000_steps']['float32']:.5f}.",
+    ]
+    if "mnist" in payload:
+        lines += ["", "| MNIST cnn, 3 epochs of real MNIST | test accuracy | training s |",
+                  "|---|---|---|"]  # fmt: skip
+        for name, r in payload["mnist"].items():
+            lines.append(f"| {name} state | {100 * r['test_accuracy']:.2f}% "
+                         f"| {r['train_time_s']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
