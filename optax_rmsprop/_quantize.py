@@ -44,19 +44,32 @@ class QuantizedArray(NamedTuple):
 
 
 # -- the dynamic maps -----------------------------------------------------------
+def _power_of_ten(exponent: jax.Array, bits: int) -> jax.Array:
+    """``10.0**-exponent`` for integer ``exponent`` in ``[0, bits)``, in float32, by selects.
+
+    Exact float32 constants and no transcendental: cheap on every backend.
+    """
+    value = jnp.ones(exponent.shape, jnp.float32)
+    for e in range(1, bits):
+        value = jnp.where(exponent == e, np.float32(10.0**-e), value)
+    return value
+
+
 def magnitude(index: jax.Array, bits: int) -> jax.Array:
     """The map's magnitude at ``index`` (0 .. 2**bits - 1), in float32.
 
     Index 0 is 0. Indices ``n .. 2n - 1`` (``n = 2**(bits-1-e)``) are decade
-    ``e``: ``10**-e * (0.1 + 0.9 * (k + 1) / n)`` for ``k = index - n``. Computed,
-    not looked up, so that it runs elementwise on sharded codes (a table gather
-    would need the table on the codes' mesh).
+    ``e``: ``10**-e * (0.1 + 0.9 * (k + 1) / n)`` for ``k = index - n``.
+    Computed with integer and select operations rather than looked up, so that
+    it runs elementwise on sharded codes (a table gather needs the table on the
+    codes' mesh) and costs no transcendental function.
     """
-    i = jnp.maximum(index, 1).astype(jnp.float32)
-    log_n = jnp.floor(jnp.log2(i))
-    n = 2.0**log_n
-    value = 10.0 ** (log_n - (bits - 1)) * (0.1 + 0.9 * (i - n + 1) / n)
-    return jnp.where(index == 0, 0.0, value).astype(jnp.float32)
+    i = jnp.maximum(index.astype(jnp.int32), 1)
+    log_n = 31 - jax.lax.clz(i)  # floor(log2(i))
+    n = jnp.left_shift(1, log_n)
+    fraction = 0.1 + 0.9 * (i - n + 1).astype(jnp.float32) / n.astype(jnp.float32)
+    value = _power_of_ten(bits - 1 - log_n, bits) * fraction
+    return jnp.where(index == 0, 0.0, value)
 
 
 def magnitudes(bits: int) -> np.ndarray:
@@ -67,20 +80,25 @@ def magnitudes(bits: int) -> np.ndarray:
 def _encode_magnitude(v: jax.Array, bits: int) -> jax.Array:
     """The index of the nearest map magnitude to each ``v`` in ``[0, 1]``, as int32.
 
-    Arithmetic, not a search: the decade ``e = floor(-log10 v)`` gives the
-    segment, the position inside it is linear. The candidate and its two
-    neighbours are compared exactly, so segment edges round to nearest too.
+    Arithmetic, not a search: the decade ``e`` (``v`` in ``(10**-(e+1),
+    10**-e]``, found by comparisons) gives the segment, the position inside it
+    is linear. The candidate and its two neighbours are compared exactly, so
+    segment edges round to nearest too.
     """
-    tiny = 10.0 ** -(bits - 1)  # the smallest positive magnitude
-    e = jnp.clip(jnp.floor(-jnp.log10(jnp.maximum(v, tiny))), 0, bits - 1).astype(jnp.int32)
-    n = 2 ** (bits - 1 - e)  # decade e holds n values, at indices n .. 2n - 1
-    scaled = v * 10.0 ** e.astype(v.dtype)  # in (0.1, 1] for this decade
+    e = jnp.zeros(v.shape, jnp.int32)
+    for j in range(1, bits):
+        e = e + (v <= np.float32(10.0**-j)).astype(jnp.int32)
+    n = jnp.left_shift(1, bits - 1 - e)  # decade e holds n values, at indices n .. 2n - 1
+    scaled = v / _power_of_ten(e, bits)  # in (0.1, 1] for this decade
     position = jnp.round((scaled - 0.1) / 0.9 * n.astype(v.dtype)) - 1
     index = jnp.clip(n + position.astype(jnp.int32), 0, 2**bits - 1)
-    best = index
+    best, best_error = index, jnp.abs(magnitude(index, bits) - v)
     for other in (jnp.maximum(index - 1, 0), jnp.minimum(index + 1, 2**bits - 1)):
-        closer = jnp.abs(magnitude(other, bits) - v) < jnp.abs(magnitude(best, bits) - v)
-        best = jnp.where(closer, other, best)
+        error = jnp.abs(magnitude(other, bits) - v)
+        best, best_error = (
+            jnp.where(error < best_error, other, best),
+            jnp.minimum(error, best_error),
+        )
     return best
 
 
