@@ -30,6 +30,7 @@ def test_sphinx_build_with_warnings_as_errors(tmp_path):
         "rmsprop",
         "scale_by_rms",
         "effective_step_size",
+        "dequantize_state",
         "compat.pytorch",
         "recipes.dqn_nature",
     ):
