@@ -45,7 +45,6 @@ def jax_step(tx, sizes):
     grads = [0.01 * p for p in params]
     state = tx.init(params)
 
-    @jax.jit
     def step(params, state, grads):
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
@@ -59,20 +58,6 @@ def jax_step(tx, sizes):
 
     run()
     return run, (params, state, grads)
-
-
-def roofline(sizes):
-    params = [jnp.ones((s,), jnp.float32) for s in sizes]
-    grads = [jnp.full((s,), 0.5, jnp.float32) for s in sizes]
-    add = jax.jit(lambda p, g: [a + b for a, b in zip(p, g, strict=True)], donate_argnums=0)
-    box = {"p": params}
-
-    def run():
-        box["p"] = add(box["p"], grads)
-        jax.block_until_ready(box["p"])
-
-    run()
-    return run
 
 
 def torch_step(sizes, foreach: bool, **kw):
@@ -115,7 +100,7 @@ def main() -> None:
                 # A/A control: a second, separately jitted optax. Its ratio to the
                 # first is pure noise, the yardstick for ours / optax.
                 "optax_again": jax_step(optax.rmsprop(LR, DECAY, EPS, eps_in_sqrt=False), sizes)[0],
-                "roofline_add": roofline(sizes),
+                "roofline_add": common.roofline(sizes),
             }
             if have_torch:
                 contenders["torch_foreach"] = torch_step(sizes, True)
@@ -152,7 +137,7 @@ def main() -> None:
     }.items():
         run, (_, state, _) = jax_step(tx, [n])
         res = common.paired(
-            {"variant": run, "plain": base, "roofline_add": roofline([n])}, args.rounds
+            {"variant": run, "plain": base, "roofline_add": common.roofline([n])}, args.rounds
         )
         state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
         variants.append(

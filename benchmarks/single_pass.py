@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from benchmarks import common
-from benchmarks.optimizer_step import roofline
 
 LR, DECAY, EPS = 1e-3, 0.9, 1e-8
 
@@ -85,7 +84,7 @@ def main() -> None:
             )
         )
         res = common.paired(
-            {"two_pass": plain_run, "blocked": blocked_run, "roofline_add": roofline([n])},
+            {"two_pass": plain_run, "blocked": blocked_run, "roofline_add": common.roofline([n])},
             args.rounds,
         )
         rows.append(

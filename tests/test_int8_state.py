@@ -19,6 +19,7 @@ import pytest
 
 import optax_rmsprop
 from optax_rmsprop import _compat, _quantize, _storage
+from tests.helpers import jitted_step
 
 F32 = jnp.float32
 
@@ -53,7 +54,7 @@ def test_encoding_picks_the_nearest_map_value(bits):
 
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("shape", [(4097,), (3, 1000), (2, 3, 256)])
-def test_round_trip_error_is_half_a_map_step(signed, shape):
+def test_round_trip_error_is_half_a_mapjitted_step(signed, shape):
     x = jax.random.normal(jax.random.key(1), shape, F32)
     x = x if signed else x**2
     q = _quantize.quantize(x, _quantize.num_blocks(shape[-1], 256), signed=signed)
@@ -134,15 +135,6 @@ def test_initial_scale_is_stored_exactly():
 
 
 # -- accuracy ---------------------------------------------------------------------
-def _step(tx):
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
 def test_dequantize_state_is_a_float32_state_of_the_same_optimizer():
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int8")
     params = {**PARAMS, "c": jnp.ones((4, 2048), jnp.complex64)}
@@ -177,7 +169,7 @@ def test_per_step_error_resynced_as_bitsandbytes_measures_it():
     params = 0.1 * jax.random.normal(key, (1024, 4097), F32)
     int8 = optax_rmsprop.rmsprop(0.01, decay=0.9, state_dtype="int8")
     ref = optax_rmsprop.rmsprop(0.01, decay=0.9)
-    step8, step32 = _step(int8), _step(ref)
+    step8, step32 = jitted_step(int8), jitted_step(ref)
     state = int8.init(params)
     abs_errors, rel_errors = [], []
     for t in range(50):
@@ -249,7 +241,7 @@ def test_every_option_and_dtype_tracks_float32_state(options, dtype):
     runs = {}
     for state_dtype in ("int8", None):
         tx = optax_rmsprop.rmsprop(1e-2, state_dtype=state_dtype, **options)
-        p, state, step = params, tx.init(params), _step(tx)
+        p, state, step = params, tx.init(params), jitted_step(tx)
         for t in range(5):
             g = jax.random.normal(jax.random.fold_in(key, t + 2), shape, F32).astype(dtype)
             p, state = step(p, state, g)
@@ -274,7 +266,7 @@ def test_zero_and_tiny_gradients_give_finite_steps(options):
     runs = {}
     for state_dtype in ("int8", None):
         tx = optax_rmsprop.rmsprop(1e-2, eps=1e-8, state_dtype=state_dtype, **options)
-        p, state, step = params, tx.init(params), _step(tx)
+        p, state, step = params, tx.init(params), jitted_step(tx)
         for t in range(20):
             p, state = step(p, state, grads if t % 2 == 0 else jnp.zeros_like(grads))
             assert bool(jnp.all(jnp.isfinite(p))), (state_dtype, t)
@@ -365,7 +357,7 @@ def test_sharded_state_needs_no_collective(axis_types):
     for leaf in jax.tree.leaves(state):  # codes and scales alike
         assert leaf.sharding.is_equivalent_to(sharding, 2), leaf.shape
     with _compat.set_mesh(mesh):
-        compiled = jax.jit(_step(tx).__wrapped__).lower(params, state, params).compile()
+        compiled = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).compile()
         new_params, new_state = compiled(params, state, params)
     hlo = compiled.as_text()
     for collective in ("all-gather", "all-reduce", "all-to-all", "collective-permute"):

@@ -23,6 +23,7 @@ import pytest
 
 import optax_rmsprop
 from optax_rmsprop import _compat, compat
+from tests.helpers import jitted_step
 
 OPTION_SETS = [
     dict(centered=c, momentum=m, nesterov=n, bias_correction=b, eps_in_sqrt=e, weight_decay=w)
@@ -40,15 +41,6 @@ PORTS = {
 }
 PARAMS = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
 GRADS = [jnp.ones((2, 3)), -jnp.full((2, 5, 2), 0.5)]
-
-
-def _jitted_step(tx):
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
 
 
 @pytest.mark.parametrize("options", OPTION_SETS, ids=str)
@@ -81,7 +73,7 @@ def test_compat_port_second_update_does_not_recompile(name):
 
 
 def _assert_compiles_once(tx):
-    step = _jitted_step(tx)
+    step = jitted_step(tx)
     params, state = step(PARAMS, tx.init(PARAMS), GRADS)
     params, state = step(params, state, GRADS)
     params, state = step(params, state, GRADS)

@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-import optax_rmsprop
 from optax_rmsprop import compat, recipes
 from tests.reference import Config, RMSPropReference
 
@@ -98,4 +97,3 @@ def test_efficientnet_masks_weight_decay():
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     assert float(jnp.abs(updates["kernel"]).max()) > 0
     chex.assert_trees_all_equal(updates["bn_scale"], jnp.zeros(2))
-    assert optax_rmsprop.recipes is recipes

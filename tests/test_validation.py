@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import optax_rmsprop
@@ -59,15 +60,30 @@ def test_state_dtype_must_be_floating_or_int8(dtype):
         optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
 
 
-def test_boundaries_are_accepted():
-    optax_rmsprop.rmsprop(0.0, decay=0.0, eps=0.0, initial_scale=0.0, momentum=0.0)
-    optax_rmsprop.rmsprop(1e3, decay=0.999999, momentum=0.999, nesterov=True)
+def test_boundaries_are_accepted_and_behave():
+    params, grads = jnp.ones(2), jnp.asarray([0.5, -2.0])
+    # lr 0: no step at all. decay 0: nu is g**2, so the step is lr * sign(g) (eps 0).
+    frozen = optax_rmsprop.rmsprop(0.0, decay=0.0, eps=0.0, initial_scale=0.0, momentum=0.0)
+    updates, _ = frozen.update(grads, frozen.init(params), params)
+    np.testing.assert_array_equal(updates, [0.0, 0.0])
+    sign = optax_rmsprop.rmsprop(0.1, decay=0.0, eps=0.0)
+    updates, _ = sign.update(grads, sign.init(params), params)
+    np.testing.assert_allclose(updates, [-0.1, 0.1], rtol=1e-6)
+    heavy = optax_rmsprop.rmsprop(1e3, decay=0.999999, momentum=0.999, nesterov=True)
+    updates, _ = heavy.update(grads, heavy.init(params), params)
+    assert bool(jnp.all(jnp.isfinite(updates)))
 
 
 def test_arrays_and_tracers_are_not_checked():
     """inject_hyperparams passes arrays; their value is the user's business."""
-    optax_rmsprop.rmsprop(jnp.asarray(-1.0), decay=jnp.asarray(2.0), momentum=jnp.asarray(0.5))
-    jax.jit(lambda lr: optax_rmsprop.rmsprop(lr).init(jnp.ones(2)))(0.1)
+    params = jnp.ones(2)
+    odd = optax_rmsprop.rmsprop(
+        jnp.asarray(-1.0), decay=jnp.asarray(0.5), momentum=jnp.asarray(0.5)
+    )
+    updates, _ = odd.update(params, odd.init(params), params)  # a negative lr ascends
+    assert bool(jnp.all(updates > 0))
+    nu = jax.jit(lambda lr: optax_rmsprop.rmsprop(lr).init(params).rms.nu)(0.1)
+    np.testing.assert_array_equal(nu, [0.0, 0.0])
 
 
 def test_weight_decay_without_params():
