@@ -6,6 +6,7 @@ This is RMSProp without a learning rate, the building block of
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -132,33 +133,6 @@ def rms_update(
     return g / denominator(nu, mu, correction, eps, eps_in_sqrt), nu, mu
 
 
-def init_rms_state(
-    params: Tree,
-    *,
-    initial_scale: ArrayLike,
-    centered: bool,
-    eps_in_sqrt: bool,
-    bias_correction: bool,
-    precision: _storage.StatePrecision,
-    track_count: bool,
-) -> ScaleByRmsState:
-    """The initial :class:`ScaleByRmsState` for ``params``."""
-    nu, nu_scales = _storage.init_tree(params, initial_scale, precision, real=True)
-    mu, mu_scales = (
-        _storage.init_tree(params, 0.0, precision, real=False) if centered else (None, None)
-    )
-    return ScaleByRmsState(
-        count=jnp.zeros([], jnp.int32) if track_count or bias_correction else None,
-        nu=nu,
-        mu=mu,
-        nu_scales=nu_scales,
-        mu_scales=mu_scales,
-        denominator=RmsDenominator(
-            eps_in_sqrt=bool(eps_in_sqrt), bias_correction=bool(bias_correction)
-        ),
-    )
-
-
 def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
     """Casts each gradient to the dtype its update is computed in."""
     return jax.tree.map(
@@ -172,56 +146,100 @@ def bias_correction_factor(count: jax.Array, decay: ArrayLike) -> jax.Array:
     return 1 / (1 - decay**t)
 
 
-def rms_step(
-    grads: Tree,
-    state: ScaleByRmsState,
-    *,
-    decay: ArrayLike,
-    eps: ArrayLike,
-) -> tuple[Tree, ScaleByRmsState]:
-    """:func:`rms_update` over the tree, on gradients already in their compute dtype.
+@dataclasses.dataclass(frozen=True)
+class RmsCore:
+    """The RMS core, checked once: its settings, the state it starts from, the step it takes.
 
-    The state's arrays are read in the compute dtype and written back in their
-    own dtype; ``eps_in_sqrt`` and bias correction come from the state's
-    static :class:`RmsDenominator`. Returns ``g / denom`` in the compute dtype
-    (the caller casts) and the new state.
+    :func:`scale_by_rms` and :func:`optax_rmsprop.rmsprop` each build one and
+    call :meth:`init` and :meth:`step`; the hyperparameters may be JAX arrays
+    (``optax.inject_hyperparams``), which are not checked.
     """
-    flags = state.denominator
-    correction = bias_correction_factor(state.count, decay) if flags.bias_correction else None
 
-    def leaf(g, nu, nu_scales, mu, mu_scales):
-        real = _dtypes.real_dtype(g.dtype)
-        u, new_nu, new_mu = rms_update(
-            g,
-            _storage.read(nu, nu_scales, real),
-            None if mu is None else _storage.read(mu, mu_scales, g.dtype),
-            decay=decay,
-            eps=eps,
-            eps_in_sqrt=flags.eps_in_sqrt,
-            correction=None if correction is None else correction.astype(real),
+    decay: ArrayLike
+    eps: ArrayLike
+    initial_scale: ArrayLike
+    eps_in_sqrt: bool
+    centered: bool
+    bias_correction: bool
+    precision: _storage.StatePrecision
+
+    @classmethod
+    def checked(
+        cls,
+        decay: ArrayLike,
+        eps: ArrayLike,
+        initial_scale: ArrayLike,
+        eps_in_sqrt: bool,
+        centered: bool,
+        bias_correction: bool,
+        state_dtype: str | np.dtype | type | None,
+        block_size: int | None,
+        min_quantized_size: int | None,
+    ) -> RmsCore:
+        """The core for these arguments (as :func:`scale_by_rms` takes them), validated."""
+        _validation.check_rms_args(decay, eps, initial_scale)
+        precision = _validation.check_state_precision(state_dtype, block_size, min_quantized_size)
+        return cls(decay, eps, initial_scale, bool(eps_in_sqrt), bool(centered),
+                   bool(bias_correction), precision)  # fmt: skip
+
+    def init(self, params: Tree, *, track_count: bool) -> ScaleByRmsState:
+        """The initial state; ``track_count`` keeps a step count (for a schedule)."""
+        nu, nu_scales = _storage.init_tree(params, self.initial_scale, self.precision, real=True)
+        mu, mu_scales = None, None
+        if self.centered:
+            mu, mu_scales = _storage.init_tree(params, 0.0, self.precision, real=False)
+        return ScaleByRmsState(
+            count=jnp.zeros([], jnp.int32) if track_count or self.bias_correction else None,
+            nu=nu,
+            mu=mu,
+            nu_scales=nu_scales,
+            mu_scales=mu_scales,
+            denominator=RmsDenominator(self.eps_in_sqrt, self.bias_correction),
         )
-        nu, nu_scales = _storage.write(new_nu, (nu, nu_scales))
-        mu, mu_scales = (None, None) if mu is None else _storage.write(new_mu, (mu, mu_scales))
-        return u, nu, nu_scales, mu, mu_scales
 
-    nones = _tree.nones_like(grads)
-    trees = (
-        state.nu,
-        _storage.scales_or_nones(state.nu_scales, grads),
-        nones if state.mu is None else state.mu,
-        _storage.scales_or_nones(state.mu_scales, grads),
-    )
-    out = jax.tree.map(leaf, grads, *trees)
-    scaled, nu, nu_scales, mu, mu_scales = _tree.unzip(grads, out, 5)
-    new_state = ScaleByRmsState(
-        count=None if state.count is None else optax.safe_int32_increment(state.count),
-        nu=nu,
-        mu=None if state.mu is None else mu,
-        nu_scales=None if state.nu_scales is None else nu_scales,
-        mu_scales=None if state.mu_scales is None else mu_scales,
-        denominator=flags,
-    )
-    return scaled, new_state
+    def step(self, grads: Tree, state: ScaleByRmsState) -> tuple[Tree, ScaleByRmsState]:
+        """:func:`rms_update` over the tree, on gradients already in their compute dtype.
+
+        The state's buffers are read in the compute dtype and written back in
+        their own storage. Returns ``g / denom`` in the compute dtype (the
+        caller casts) and the new state.
+        """
+        decay, eps = self.decay, self.eps
+        correction = None
+        if self.bias_correction:
+            correction = bias_correction_factor(state.count, decay)
+
+        def leaf(g, nu, nu_scales, mu, mu_scales):
+            real = _dtypes.real_dtype(g.dtype)
+            u, new_nu, new_mu = rms_update(
+                g,
+                _storage.read(nu, nu_scales, real),
+                None if mu is None else _storage.read(mu, mu_scales, g.dtype),
+                decay=decay,
+                eps=eps,
+                eps_in_sqrt=self.eps_in_sqrt,
+                correction=None if correction is None else correction.astype(real),
+            )
+            nu, nu_scales = _storage.write(new_nu, (nu, nu_scales))
+            mu, mu_scales = (None, None) if mu is None else _storage.write(new_mu, (mu, mu_scales))
+            return u, nu, nu_scales, mu, mu_scales
+
+        nones = _tree.nones_like(grads)
+        trees = (
+            state.nu,
+            _storage.scales_or_nones(state.nu_scales, grads),
+            nones if state.mu is None else state.mu,
+            _storage.scales_or_nones(state.mu_scales, grads),
+        )
+        out = jax.tree.map(leaf, grads, *trees)
+        scaled, nu, nu_scales, mu, mu_scales = _tree.unzip(grads, out, 5)
+        return scaled, state._replace(
+            count=None if state.count is None else optax.safe_int32_increment(state.count),
+            nu=nu,
+            mu=None if state.mu is None else mu,
+            nu_scales=None if state.nu_scales is None else nu_scales,
+            mu_scales=None if state.mu_scales is None else mu_scales,
+        )
 
 
 def scale_by_rms(
@@ -290,26 +308,18 @@ def scale_by_rms(
       Graves, `Generating Sequences With Recurrent Neural Networks
       <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
-    _validation.check_rms_args(decay, eps, initial_scale)
-    precision = _validation.check_state_precision(state_dtype, block_size, min_quantized_size)
+    core = RmsCore.checked(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction,
+                           state_dtype, block_size, min_quantized_size)  # fmt: skip
 
     def init_fn(params):
-        return init_rms_state(
-            params,
-            initial_scale=initial_scale,
-            centered=centered,
-            eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction,
-            precision=precision,
-            track_count=False,
-        )
+        return core.init(params, track_count=False)
 
     def update_fn(updates, state, params=None):
         del params
         _validation.check_tree_matches_state(
             updates, state.nu, what="gradient", where="scale_by_rms.update"
         )
-        scaled, state = rms_step(to_compute_dtype(updates, state.nu), state, decay=decay, eps=eps)
+        scaled, state = core.step(to_compute_dtype(updates, state.nu), state)
         scaled = jax.tree.map(lambda s, g: _dtypes.cast(s, g.dtype), scaled, updates)
         return scaled, state
 
