@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from optax_rmsprop import _dtypes, _tree
+from optax_rmsprop._tree import Tree
 
-Tree = Any
 Mask = Tree | Callable[[Tree], Tree] | None
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _validation
-
-Tree = Any
+from optax_rmsprop import _tree, _validation
+from optax_rmsprop._tree import Tree
 
 
 def check_hyperparameters(
@@ -40,7 +39,7 @@ def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) ->
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
 
-def cast(value: Any, like: jax.Array) -> jax.Array:
+def as_dtype_of(value: Any, like: jax.Array) -> jax.Array:
     """``value`` as a scalar of ``like``'s dtype, as frameworks cast hyperparameters."""
     return jnp.asarray(value, dtype=like.dtype)
 
@@ -89,3 +88,70 @@ def require_params(params: Any, where: str, why: str) -> None:
 
 def check_structure(grads: Tree, state_tree: Tree, where: str) -> None:
     _validation.check_tree_matches_state(grads, state_tree, what="gradient", where=where)
+
+
+# -- the frame shared by the PyTorch-style ports (pytorch, timm) -------------------------
+class PyTorchRMSpropState(NamedTuple):
+    """State of :func:`pytorch`, named as in ``torch.optim.RMSprop.state``.
+
+    Attributes:
+      step: number of updates (int32 scalar; torch keeps a float32 tensor per param).
+      square_avg: running average of the squared gradient, shaped like the params.
+      grad_avg: running average of the gradient (``centered=True``), else None.
+      momentum_buffer: the momentum buffer (``momentum > 0``), else None.
+    """
+
+    step: jax.Array
+    square_avg: Tree
+    grad_avg: Tree | None
+    momentum_buffer: Tree | None
+
+
+def init_torch_state(params: Tree, square_avg_init, *, centered: bool, momentum: float):
+    """PyTorch-style lazy state, created eagerly: slots only for the options in use."""
+    zeros = zeros_like_tree(params)
+    return PyTorchRMSpropState(
+        step=jnp.zeros([], jnp.int32),
+        square_avg=jax.tree.map(square_avg_init, params),
+        grad_avg=zeros if centered else None,
+        momentum_buffer=zeros if momentum > 0 else None,
+    )
+
+
+def torch_style_update(
+    leaf,
+    updates,
+    state: PyTorchRMSpropState,
+    params,
+    *,
+    where: str,
+    lr,
+    weight_decay: float,
+    centered: bool,
+    momentum: float,
+) -> tuple[Tree, PyTorchRMSpropState]:
+    """The shared frame of PyTorch-style updates: checks, slots, the per-leaf map, new state.
+
+    ``leaf(g, p, square_avg, grad_avg, momentum_buffer, lr_t)`` returns
+    ``(update, square_avg, grad_avg, momentum_buffer)`` (unused slots as None).
+    """
+    check_structure(updates, state.square_avg, where)
+    if weight_decay != 0:
+        require_params(params, where, f"weight_decay={weight_decay}")
+    lr_t = learning_rate_at(lr, state.step)
+    none = _tree.nones_like(state.square_avg)
+    out = jax.tree.map(
+        lambda g, p, v, m, b: leaf(g, p, v, m, b, lr_t),
+        updates,
+        params if params is not None else none,
+        state.square_avg,
+        state.grad_avg if centered else none,
+        state.momentum_buffer if momentum > 0 else none,
+    )
+    u, v, m, b = _tree.unzip(updates, out, 4)
+    return u, PyTorchRMSpropState(
+        step=optax.safe_int32_increment(state.step),
+        square_avg=v,
+        grad_avg=m if centered else None,
+        momentum_buffer=b if momentum > 0 else None,
+    )

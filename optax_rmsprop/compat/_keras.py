@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optax_rmsprop import _tree
+from optax_rmsprop._tree import Tree
 from optax_rmsprop.compat import _common
 from optax_rmsprop.compat._tensorflow import apply_rmsprop_kernel
-
-Tree = Any
 
 
 class KerasRMSpropState(NamedTuple):
@@ -31,7 +31,8 @@ class KerasRMSpropState(NamedTuple):
     average_gradient: Tree | None
 
 
-def _init(params, momentum: bool, centered: bool) -> KerasRMSpropState:
+def init_keras_state(params, momentum: bool, centered: bool) -> KerasRMSpropState:
+    """Zeros for every slot in use, ``iterations`` at 0."""
     zeros = _common.zeros_like_tree(params)
     return KerasRMSpropState(
         iterations=jnp.zeros([], jnp.int32),
@@ -41,11 +42,8 @@ def _init(params, momentum: bool, centered: bool) -> KerasRMSpropState:
     )
 
 
-def _none_like(tree):
-    return jax.tree.map(lambda _: None, tree)
-
-
-def _finish(updates, out, state, use_momentum, centered):
+def next_keras_state(updates, out, state, use_momentum, centered):
+    """Splits the per-leaf ``(update, velocity, momentum, average)`` tuples; counts the step."""
     u, v, mom, mg = _tree.unzip(updates, out, 4)
     return u, KerasRMSpropState(
         iterations=optax.safe_int32_increment(state.iterations),
@@ -53,6 +51,33 @@ def _finish(updates, out, state, use_momentum, centered):
         momentum=mom if use_momentum else None,
         average_gradient=mg if centered else None,
     )
+
+
+def keras_kernel(g, p, v, mom, avg, *, lr_t, rho, epsilon, momentum, centered, weight_decay):
+    """Keras 3's ``RMSprop.update_step`` for one variable: ``(update, v, mom, avg)``.
+
+    ``lr_t`` is the learning rate as Keras holds it (a ``floatx`` variable, or
+    a schedule's value); ``weight_decay`` is None for none.
+    """
+    lr_t = _common.as_dtype_of(lr_t, v)
+    g = g.astype(v.dtype)
+    v = _common.as_dtype_of(rho, v) * v + _common.as_dtype_of(1 - rho, v) * jnp.square(g)
+    if centered:
+        avg = _common.as_dtype_of(rho, v) * avg + _common.as_dtype_of(1 - rho, v) * g
+        denominator = v - jnp.square(avg) + _common.as_dtype_of(epsilon, v)
+    else:
+        denominator = v + _common.as_dtype_of(epsilon, v)
+    increment = (lr_t * g) / jnp.sqrt(denominator)
+    if momentum > 0:
+        mom = _common.as_dtype_of(momentum, v) * mom + increment
+        step = mom
+    else:
+        step = increment
+    u = -step
+    if weight_decay is not None:
+        decayed = p - p * _common.as_dtype_of(weight_decay, p) * lr_t
+        u = (decayed - step) - p
+    return u, v, mom, avg
 
 
 def keras(
@@ -117,41 +142,56 @@ def keras(
         if use_wd:
             _common.require_params(params, "compat.keras update", f"weight_decay={weight_decay}")
         lr = _common.learning_rate_at(learning_rate, state.iterations)
-        none = _none_like(state.velocity)
+        none = _tree.nones_like(state.velocity)
         mom_tree = state.momentum if momentum > 0 else none
         avg_tree = state.average_gradient if centered else none
         p_tree = params if use_wd else none
 
-        def leaf(g, p, v, mom, avg):
-            # Keras keeps a constant learning rate in a floatx variable, so with
-            # the default float32 floatx, float64 variables step with a
-            # float32-rounded rate.
-            lr_t = _common.cast(lr if callable(learning_rate) else jnp.asarray(lr, lr_dtype), v)
-            g = g.astype(v.dtype)
-            v = _common.cast(rho, v) * v + _common.cast(1 - rho, v) * jnp.square(g)
-            if centered:
-                avg = _common.cast(rho, v) * avg + _common.cast(1 - rho, v) * g
-                denominator = v - jnp.square(avg) + _common.cast(epsilon, v)
-            else:
-                denominator = v + _common.cast(epsilon, v)
-            increment = (lr_t * g) / jnp.sqrt(denominator)
-            if momentum > 0:
-                mom = _common.cast(momentum, v) * mom + increment
-                step = mom
-            else:
-                step = increment
-            u = -step
-            if use_wd:
-                decayed = p - p * _common.cast(weight_decay, p) * lr_t
-                u = (decayed - step) - p
-            return u, v, mom, avg
-
-        out = jax.tree.map(leaf, updates, p_tree, state.velocity, mom_tree, avg_tree)
-        return _finish(updates, out, state, momentum > 0, centered)
+        lr_t = lr if callable(learning_rate) else jnp.asarray(lr, lr_dtype)
+        kernel = functools.partial(
+            keras_kernel,
+            lr_t=lr_t,
+            rho=rho,
+            epsilon=epsilon,
+            momentum=momentum,
+            centered=centered,
+            weight_decay=weight_decay if use_wd else None,
+        )
+        out = jax.tree.map(kernel, updates, p_tree, state.velocity, mom_tree, avg_tree)
+        return next_keras_state(updates, out, state, momentum > 0, centered)
 
     return optax.GradientTransformationExtraArgs(
-        lambda params: _init(params, momentum > 0, centered), update_fn
+        lambda params: init_keras_state(params, momentum > 0, centered), update_fn
     )
+
+
+def keras_legacy_kernel(
+    g, rms, mom, mg, *, base_lr, iterations, rho, momentum, epsilon, centered, decay
+):
+    """optimizer_v2's ``RMSprop`` for one variable: ``(update, rms, mom, mg)``.
+
+    ``rho`` and ``momentum`` come as the float32 variables optimizer_v2 keeps
+    (``mom`` is None without momentum); with momentum the step is TF's C++
+    kernel, else the Python path below.
+    """
+    lr_t = _common.as_dtype_of(_common.floatx(base_lr), rms)
+    if decay > 0:
+        step = iterations.astype(rms.dtype)
+        decay_t = _common.as_dtype_of(_common.floatx(decay), rms)
+        lr_t = lr_t / (jnp.ones([], rms.dtype) + decay_t * step)
+    g = g.astype(rms.dtype)
+    if mom is not None:
+        return apply_rmsprop_kernel(
+            g, rms, mom, mg, lr=lr_t, rho=rho, momentum=momentum, epsilon=epsilon
+        )
+    rho_t = _common.as_dtype_of(rho, rms)
+    one_minus_rho = jnp.ones([], rms.dtype) - rho_t
+    rms = rho_t * rms + one_minus_rho * jnp.square(g)
+    denom = rms
+    if centered:
+        mg = rho_t * mg + one_minus_rho * g
+        denom = rms - jnp.square(mg)
+    return -(lr_t * g / (jnp.sqrt(denom) + _common.as_dtype_of(epsilon, rms))), rms, mom, mg
 
 
 def keras_legacy(
@@ -213,44 +253,26 @@ def keras_legacy(
         del params, extra_args
         _common.check_structure(updates, state.velocity, "compat.keras_legacy update")
         base_lr = _common.learning_rate_at(learning_rate, state.iterations)
-        none = _none_like(state.velocity)
+        none = _tree.nones_like(state.velocity)
         mom_tree = state.momentum if momentum > 0 else none
         mg_tree = state.average_gradient if centered else none
 
         # optimizer_v2 keeps learning_rate, rho and momentum in float32 variables.
         rho_x, momentum_x = _common.floatx(rho), _common.floatx(momentum)
 
-        def leaf(g, rms, mom, mg):
-            lr_t = _common.cast(_common.floatx(base_lr), rms)
-            if decay > 0:
-                step = state.iterations.astype(rms.dtype)
-                decay_t = _common.cast(_common.floatx(decay), rms)
-                lr_t = lr_t / (jnp.ones([], rms.dtype) + decay_t * step)
-            g = g.astype(rms.dtype)
-            if momentum > 0:
-                return apply_rmsprop_kernel(
-                    g,
-                    None,
-                    rms,
-                    mom,
-                    mg,
-                    lr=lr_t,
-                    rho=rho_x,
-                    momentum=momentum_x,
-                    epsilon=epsilon,
-                )
-            rho_t = _common.cast(rho_x, rms)
-            one_minus_rho = jnp.ones([], rms.dtype) - rho_t
-            rms = rho_t * rms + one_minus_rho * jnp.square(g)
-            denom = rms
-            if centered:
-                mg = rho_t * mg + one_minus_rho * g
-                denom = rms - jnp.square(mg)
-            return -(lr_t * g / (jnp.sqrt(denom) + _common.cast(epsilon, rms))), rms, mom, mg
-
-        out = jax.tree.map(leaf, updates, state.velocity, mom_tree, mg_tree)
-        return _finish(updates, out, state, momentum > 0, centered)
+        kernel = functools.partial(
+            keras_legacy_kernel,
+            base_lr=base_lr,
+            iterations=state.iterations,
+            rho=rho_x,
+            momentum=momentum_x,
+            epsilon=epsilon,
+            centered=centered,
+            decay=decay,
+        )
+        out = jax.tree.map(kernel, updates, state.velocity, mom_tree, mg_tree)
+        return next_keras_state(updates, out, state, momentum > 0, centered)
 
     return optax.GradientTransformationExtraArgs(
-        lambda params: _init(params, momentum > 0, centered), update_fn
+        lambda params: init_keras_state(params, momentum > 0, centered), update_fn
     )

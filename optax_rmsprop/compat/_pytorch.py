@@ -2,82 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
 
-import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _tree
 from optax_rmsprop.compat import _common
+from optax_rmsprop.compat._common import PyTorchRMSpropState as PyTorchRMSpropState
 
-Tree = Any
 
+def pytorch_kernel(
+    g, p, v, m, b, lr_t, *, alpha, eps, weight_decay, momentum, centered, maximize
+) -> tuple:
+    """PyTorch's single-tensor RMSprop for one parameter, in its order of operations.
 
-class PyTorchRMSpropState(NamedTuple):
-    """State of :func:`pytorch`, named as in ``torch.optim.RMSprop.state``.
-
-    Attributes:
-      step: number of updates (int32 scalar; torch keeps a float32 tensor per param).
-      square_avg: running average of the squared gradient, shaped like the params.
-      grad_avg: running average of the gradient (``centered=True``), else None.
-      momentum_buffer: the momentum buffer (``momentum > 0``), else None.
+    ``g``, ``p``: gradient and parameter; ``v``, ``m``, ``b``: ``square_avg``,
+    ``grad_avg`` and ``momentum_buffer`` (None when unused); ``lr_t``: this
+    step's learning rate. Complex tensors are computed as two reals each, as
+    ``torch.view_as_real`` does. Returns ``(update, v, m, b)``.
     """
-
-    step: jax.Array
-    square_avg: Tree
-    grad_avg: Tree | None
-    momentum_buffer: Tree | None
-
-
-def init_torch_state(params: Tree, square_avg_init, *, centered: bool, momentum: float):
-    """PyTorch-style lazy state, created eagerly: slots only for the options in use."""
-    zeros = _common.zeros_like_tree(params)
-    return PyTorchRMSpropState(
-        step=jnp.zeros([], jnp.int32),
-        square_avg=jax.tree.map(square_avg_init, params),
-        grad_avg=zeros if centered else None,
-        momentum_buffer=zeros if momentum > 0 else None,
-    )
-
-
-def torch_style_update(
-    leaf,
-    updates,
-    state: PyTorchRMSpropState,
-    params,
-    *,
-    where: str,
-    lr,
-    weight_decay: float,
-    centered: bool,
-    momentum: float,
-) -> tuple[Tree, PyTorchRMSpropState]:
-    """The shared frame of PyTorch-style updates: checks, slots, the per-leaf map, new state.
-
-    ``leaf(g, p, square_avg, grad_avg, momentum_buffer, lr_t)`` returns
-    ``(update, square_avg, grad_avg, momentum_buffer)`` (unused slots as None).
-    """
-    _common.check_structure(updates, state.square_avg, where)
+    like = g
+    g = -g if maximize else g
     if weight_decay != 0:
-        _common.require_params(params, where, f"weight_decay={weight_decay}")
-    lr_t = _common.learning_rate_at(lr, state.step)
-    none = jax.tree.map(lambda _: None, state.square_avg)
-    out = jax.tree.map(
-        lambda g, p, v, m, b: leaf(g, p, v, m, b, lr_t),
-        updates,
-        params if params is not None else none,
-        state.square_avg,
-        state.grad_avg if centered else none,
-        state.momentum_buffer if momentum > 0 else none,
-    )
-    u, v, m, b = _tree.unzip(updates, out, 4)
-    return u, PyTorchRMSpropState(
-        step=optax.safe_int32_increment(state.step),
-        square_avg=v,
-        grad_avg=m if centered else None,
-        momentum_buffer=b if momentum > 0 else None,
-    )
+        g = g + _common.as_dtype_of(weight_decay, g) * p
+    g, v = _common.to_real(g), _common.to_real(v)
+    v = v * _common.as_dtype_of(alpha, v) + _common.as_dtype_of(1 - alpha, v) * (g * g)
+    if centered:
+        m = _common.to_real(m)
+        m = m + _common.as_dtype_of(1 - alpha, m) * (g - m)  # lerp(m, g, w), w < 0.5
+        avg = jnp.sqrt(v - m * m)
+    else:
+        avg = jnp.sqrt(v)
+    avg = avg + _common.as_dtype_of(eps, avg)
+    neg_lr = _common.as_dtype_of(-lr_t, avg)
+    if momentum > 0:
+        b = _common.to_real(b) * _common.as_dtype_of(momentum, avg) + g / avg
+        u = neg_lr * b
+    else:
+        u = neg_lr * (g / avg)
+    back = lambda x: None if x is None else _common.from_real(x, like)  # noqa: E731
+    return back(u), back(v), back(m if centered else None), back(b if momentum > 0 else None)
 
 
 def pytorch(
@@ -133,41 +97,24 @@ def pytorch(
     )
 
     def init_fn(params):
-        return init_torch_state(params, jnp.zeros_like, centered=centered, momentum=momentum)
+        return _common.init_torch_state(
+            params, jnp.zeros_like, centered=centered, momentum=momentum
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
 
-        def leaf(g, p, v, m, b, lr_t):
-            like = g
-            g = -g if maximize else g
-            if weight_decay != 0:
-                g = g + _common.cast(weight_decay, g) * p
-            g, v = _common.to_real(g), _common.to_real(v)
-            v = v * _common.cast(alpha, v) + _common.cast(1 - alpha, v) * (g * g)
-            if centered:
-                m = _common.to_real(m)
-                m = m + _common.cast(1 - alpha, m) * (g - m)  # lerp(m, g, w), w < 0.5
-                avg = jnp.sqrt(v - m * m)
-            else:
-                avg = jnp.sqrt(v)
-            avg = avg + _common.cast(eps, avg)
-            neg_lr = _common.cast(-lr_t, avg)
-            if momentum > 0:
-                b = _common.to_real(b) * _common.cast(momentum, avg) + g / avg
-                u = neg_lr * b
-            else:
-                u = neg_lr * (g / avg)
-            back = lambda x: None if x is None else _common.from_real(x, like)  # noqa: E731
-            return (
-                back(u),
-                back(v),
-                back(m if centered else None),
-                back(b if momentum > 0 else None),
-            )
-
-        return torch_style_update(
-            leaf,
+        kernel = functools.partial(
+            pytorch_kernel,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+            maximize=maximize,
+        )
+        return _common.torch_style_update(
+            kernel,
             updates,
             state,
             params,

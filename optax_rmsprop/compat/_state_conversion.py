@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_rmsprop._tree import Tree
 from optax_rmsprop.compat._pytorch import PyTorchRMSpropState
 
-Tree = Any
 _SLOTS = ("square_avg", "grad_avg", "momentum_buffer")
 # torch.optim.RMSprop's param-group defaults; load_state_dict replaces the group whole.
 TORCH_DEFAULTS = dict(

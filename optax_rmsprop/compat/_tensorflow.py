@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optax_rmsprop import _tree
+from optax_rmsprop._tree import Tree
 from optax_rmsprop.compat import _common
-
-Tree = Any
 
 
 class TFRMSPropState(NamedTuple):
@@ -30,7 +29,7 @@ class TFRMSPropState(NamedTuple):
     mg: Tree | None
 
 
-def apply_rmsprop_kernel(g, var_unused, ms, mom, mg, *, lr, rho, momentum, epsilon):
+def apply_rmsprop_kernel(g, ms, mom, mg, *, lr, rho, momentum, epsilon):
     """TF's CPU ``ApplyRMSProp`` / ``ApplyCenteredRMSProp`` functors, in their op order.
 
     ``ms += (g*g - ms) * (1 - rho)``; centered ``mg += (g - mg) * (1 - rho)``;
@@ -39,16 +38,17 @@ def apply_rmsprop_kernel(g, var_unused, ms, mom, mg, *, lr, rho, momentum, epsil
     dtype, and ``1 - rho`` is computed in that dtype, as the kernel does.
     Returns ``(update, ms, mom, mg)``.
     """
-    del var_unused
-    rho_t = _common.cast(rho, ms)
+    rho_t = _common.as_dtype_of(rho, ms)
     one_minus_rho = jnp.ones([], ms.dtype) - rho_t
     ms = ms + (g * g - ms) * one_minus_rho
     if mg is not None:
         mg = mg + (g - mg) * one_minus_rho
-        denom = (ms - mg * mg) + _common.cast(epsilon, ms)
+        denom = (ms - mg * mg) + _common.as_dtype_of(epsilon, ms)
     else:
-        denom = ms + _common.cast(epsilon, ms)
-    mom = mom * _common.cast(momentum, ms) + (g * _common.cast(lr, ms)) / jnp.sqrt(denom)
+        denom = ms + _common.as_dtype_of(epsilon, ms)
+    mom = mom * _common.as_dtype_of(momentum, ms) + (g * _common.as_dtype_of(lr, ms)) / jnp.sqrt(
+        denom
+    )
     return -mom, ms, mom, mg
 
 
@@ -117,7 +117,7 @@ def tensorflow_v1(
             epsilon=_common.floatx(epsilon),
         )
         out = jax.tree.map(
-            lambda g, ms, mom, m: apply_rmsprop_kernel(g, None, ms, mom, m, **hyper),
+            lambda g, ms, mom, m: apply_rmsprop_kernel(g, ms, mom, m, **hyper),
             updates,
             state.rms,
             state.momentum,

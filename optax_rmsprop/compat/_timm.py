@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import jax.numpy as jnp
 import optax
 
 from optax_rmsprop.compat import _common
-from optax_rmsprop.compat._pytorch import init_torch_state, torch_style_update
 
-Tree = Any
+
+def timm_kernel(
+    g,
+    p,
+    v,
+    m,
+    b,
+    lr_t,
+    *,
+    alpha,
+    eps,
+    weight_decay,
+    momentum,
+    centered,
+    decoupled_decay,
+    lr_in_momentum,
+) -> tuple:
+    """timm's ``RMSpropTF`` step for one parameter: ``(update, v, m, b)``, unused slots None."""
+    decay_step = None
+    if weight_decay != 0:
+        if decoupled_decay:
+            # timm: param.mul_(1. - lr * weight_decay), the factor in float64
+            decay_step = p * _common.as_dtype_of(1.0 - lr_t * weight_decay, p) - p
+        else:
+            g = g + _common.as_dtype_of(weight_decay, g) * p
+    w = _common.as_dtype_of(1.0 - alpha, v)
+    v = v + w * (g * g - v)
+    if centered:
+        m = m + w * (g - m)
+        avg = jnp.sqrt(v - m * m + _common.as_dtype_of(eps, v))
+    else:
+        avg = jnp.sqrt(v + _common.as_dtype_of(eps, v))
+    lr_c = _common.as_dtype_of(lr_t, v)
+    if momentum > 0:
+        b = b * _common.as_dtype_of(momentum, v)
+        if lr_in_momentum:
+            b = b + lr_c * (g / avg)
+            u = -b
+        else:
+            b = b + g / avg
+            u = -lr_c * b
+    else:
+        u = -lr_c * (g / avg)
+    if decay_step is not None:
+        u = decay_step + u
+    return u, v, m, b
 
 
 def timm(
@@ -68,44 +112,22 @@ def timm(
     )
 
     def init_fn(params):  # timm starts the mean square at ones, "PyTorch inits to zero"
-        return init_torch_state(params, jnp.ones_like, centered=centered, momentum=momentum)
+        return _common.init_torch_state(params, jnp.ones_like, centered=centered, momentum=momentum)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        one_minus_alpha = 1.0 - alpha
-
-        def leaf(g, p, v, m, b, lr_t):
-            decay_step = None
-            if weight_decay != 0:
-                if decoupled_decay:
-                    # timm: param.mul_(1. - lr * weight_decay), the factor in float64
-                    decay_step = p * _common.cast(1.0 - lr_t * weight_decay, p) - p
-                else:
-                    g = g + _common.cast(weight_decay, g) * p
-            w = _common.cast(one_minus_alpha, v)
-            v = v + w * (g * g - v)
-            if centered:
-                m = m + w * (g - m)
-                avg = jnp.sqrt(v - m * m + _common.cast(eps, v))
-            else:
-                avg = jnp.sqrt(v + _common.cast(eps, v))
-            lr_c = _common.cast(lr_t, v)
-            if momentum > 0:
-                b = b * _common.cast(momentum, v)
-                if lr_in_momentum:
-                    b = b + lr_c * (g / avg)
-                    u = -b
-                else:
-                    b = b + g / avg
-                    u = -lr_c * b
-            else:
-                u = -lr_c * (g / avg)
-            if decay_step is not None:
-                u = decay_step + u
-            return u, v, m, b
-
-        return torch_style_update(
-            leaf,
+        kernel = functools.partial(
+            timm_kernel,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+            decoupled_decay=decoupled_decay,
+            lr_in_momentum=lr_in_momentum,
+        )
+        return _common.torch_style_update(
+            kernel,
             updates,
             state,
             params,
