@@ -155,3 +155,24 @@ def torch_style_update(
         grad_avg=m if centered else None,
         momentum_buffer=b if momentum > 0 else None,
     )
+
+
+def torch_style(
+    kernel, *, square_avg_init, where: str, lr, weight_decay: float, centered: bool, momentum: float
+) -> optax.GradientTransformationExtraArgs:
+    """A PyTorch-style optimizer from its per-parameter ``kernel`` (see :func:`torch_style_update`).
+
+    ``square_avg_init`` makes the initial mean square from a parameter
+    (``jnp.zeros_like`` for PyTorch, ``jnp.ones_like`` for timm).
+    """
+
+    def init_fn(params):
+        return init_torch_state(params, square_avg_init, centered=centered, momentum=momentum)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return torch_style_update(kernel, updates, state, params, where=where, lr=lr,
+                                  weight_decay=weight_decay, centered=centered,
+                                  momentum=momentum)  # fmt: skip
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

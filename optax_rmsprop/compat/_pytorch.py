@@ -96,33 +96,21 @@ def pytorch(
         weight_decay=weight_decay,
     )
 
-    def init_fn(params):
-        return _common.init_torch_state(
-            params, jnp.zeros_like, centered=centered, momentum=momentum
-        )
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-
-        kernel = functools.partial(
-            pytorch_kernel,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            centered=centered,
-            maximize=maximize,
-        )
-        return _common.torch_style_update(
-            kernel,
-            updates,
-            state,
-            params,
-            where="compat.pytorch update",
-            lr=lr,
-            weight_decay=weight_decay,
-            centered=centered,
-            momentum=momentum,
-        )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    kernel = functools.partial(
+        pytorch_kernel,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+    )
+    return _common.torch_style(
+        kernel,
+        square_avg_init=jnp.zeros_like,
+        where="compat.pytorch update",
+        lr=lr,
+        weight_decay=weight_decay,
+        centered=centered,
+        momentum=momentum,
+    )

@@ -111,31 +111,23 @@ def timm(
         weight_decay=weight_decay,
     )
 
-    def init_fn(params):  # timm starts the mean square at ones, "PyTorch inits to zero"
-        return _common.init_torch_state(params, jnp.ones_like, centered=centered, momentum=momentum)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        kernel = functools.partial(
-            timm_kernel,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            centered=centered,
-            decoupled_decay=decoupled_decay,
-            lr_in_momentum=lr_in_momentum,
-        )
-        return _common.torch_style_update(
-            kernel,
-            updates,
-            state,
-            params,
-            where="compat.timm update",
-            lr=lr,
-            weight_decay=weight_decay,
-            centered=centered,
-            momentum=momentum,
-        )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    kernel = functools.partial(
+        timm_kernel,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        decoupled_decay=decoupled_decay,
+        lr_in_momentum=lr_in_momentum,
+    )
+    # timm starts the mean square at ones, "PyTorch inits to zero"
+    return _common.torch_style(
+        kernel,
+        square_avg_init=jnp.ones_like,
+        where="compat.timm update",
+        lr=lr,
+        weight_decay=weight_decay,
+        centered=centered,
+        momentum=momentum,
+    )
