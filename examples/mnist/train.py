@@ -13,7 +13,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +41,12 @@ def learning_rate_schedule(config: Config, total_steps: int) -> optax.ScalarOrSc
     return optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1))
 
 
-def make_optimizer(config: Config, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: Config, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
+    """``optax_rmsprop.rmsprop`` with the run's settings and learning rate (or schedule)."""
     return optax_rmsprop.rmsprop(
-        learning_rate_schedule(config, total_steps),
+        learning_rate,
         decay=config.decay,
         eps=config.eps,
         momentum=config.momentum or None,
@@ -58,6 +61,37 @@ def loss_and_accuracy(model: nnx.Module, images: jax.Array, labels: jax.Array):
     return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+class EpochSums(NamedTuple):
+    """Running sums over the current epoch's steps, for its mean train loss and accuracy."""
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    steps: float = 0.0
+
+    def add(self, loss: float, accuracy: float) -> EpochSums:
+        return EpochSums(self.loss + loss, self.accuracy + accuracy, self.steps + 1.0)
+
+    def means(self) -> tuple[float, float]:
+        return self.loss / self.steps, self.accuracy / self.steps
+
+
+def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, labels: jax.Array):
+    """One optimizer step on one batch: the new (model, optimizer) state, (loss, accuracy)."""
+    model, optimizer = nnx.merge(graphdef, state)
+    grad_fn = nnx.value_and_grad(loss_and_accuracy, has_aux=True)
+    (loss, accuracy), grads = grad_fn(model, images, labels)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), (loss, accuracy)
+
+
+def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array, weights: jax.Array):
+    """Weighted sums of the loss and of the correct predictions over one batch."""
+    logits = model(images.astype(jnp.float32) / 255.0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return jnp.sum(weights * losses), jnp.sum(weights * correct)
+
+
 def _layer_name(path) -> str:
     names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return "/".join(n for n in names if n != "value")
@@ -70,13 +104,12 @@ class Trainer:
         self.config = config
         self.mesh = mesh
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = config.epochs * steps_per_epoch
-        if config.max_steps is not None:
-            self.total_steps = min(self.total_steps, config.max_steps)
-        self.schedule = learning_rate_schedule(config, config.epochs * steps_per_epoch)
+        scheduled_steps = config.epochs * steps_per_epoch  # the schedule spans every epoch
+        self.total_steps = min(scheduled_steps, config.max_steps or scheduled_steps)
+        self.schedule = learning_rate_schedule(config, scheduled_steps)
         model = models.create(config.model, config.mlp_widths, config.seed)
         self.num_params = models.count_params(model)
-        tx = make_optimizer(config, config.epochs * steps_per_epoch)
+        tx = make_optimizer(config, self.schedule)
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
         self.graphdef, state = nnx.split((model, optimizer))
         self.replicated = NamedSharding(mesh, P())
@@ -101,11 +134,7 @@ class Trainer:
             idx = jax.lax.dynamic_slice_in_dim(perm, i * batch, batch)
             x = jax.lax.with_sharding_constraint(images[idx], self.batch_sharding)
             y = jax.lax.with_sharding_constraint(labels[idx], self.batch_sharding)
-            model, optimizer = nnx.merge(self.graphdef, state)
-            grad_fn = nnx.value_and_grad(loss_and_accuracy, has_aux=True)
-            (loss, accuracy), grads = grad_fn(model, x, y)
-            optimizer.update(model, grads)
-            return nnx.state((model, optimizer)), (loss, accuracy)
+            return train_step(self.graphdef, state, x, y)
 
         # Unrolled: XLA:CPU runs a rolled loop body ~8x slower (measured, see
         # benchmarks/), and the unrolled chunk is still one dispatch.
@@ -116,13 +145,8 @@ class Trainer:
 
         def one_batch(totals, batch):
             x, y, w = (jax.lax.with_sharding_constraint(a, self.batch_sharding) for a in batch)
-            logits = model(x.astype(jnp.float32) / 255.0)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-            return (
-                totals[0] + jnp.sum(w * losses),
-                totals[1] + jnp.sum(w * correct),
-            ), None
+            loss, correct = eval_step(model, x, y, w)
+            return (totals[0] + loss, totals[1] + correct), None
 
         (loss, correct), _ = jax.lax.scan(one_batch, (0.0, 0.0), (images, labels, weights))
         total = jnp.sum(weights)
@@ -173,16 +197,16 @@ class Trainer:
         lr = self.schedule(step) if callable(self.schedule) else self.schedule
         return float(lr)
 
-    def checkpoint_tree(self, step: int, epoch_sums: np.ndarray) -> dict:
+    def checkpoint_tree(self, step: int, epoch_sums: EpochSums) -> dict:
         return {
             "state": nnx.to_pure_dict(self.state),
             "step": np.asarray(step, np.int64),
-            "epoch_sums": epoch_sums,
+            "epoch_sums": np.asarray(epoch_sums, np.float64),
         }
 
-    def load_checkpoint_tree(self, tree: dict) -> tuple[int, np.ndarray]:
+    def load_checkpoint_tree(self, tree: dict) -> tuple[int, EpochSums]:
         nnx.replace_by_pure_dict(self.state, tree["state"])
-        return int(tree["step"]), np.asarray(tree["epoch_sums"], np.float64)
+        return int(tree["step"]), EpochSums(*np.asarray(tree["epoch_sums"], np.float64).tolist())
 
 
 def put_data_on_devices(dataset: input_pipeline.Dataset, mesh, eval_batch: int) -> dict:
@@ -240,7 +264,7 @@ def train_and_evaluate(
     trainer = Trainer(config, mesh, steps_per_epoch)
     main_process = jax.process_index() == 0
     ckpt = checkpoints.Checkpoints(config.workdir)
-    step, epoch_sums = 0, np.zeros(3, np.float64)  # loss sum, accuracy sum, steps
+    step, epoch_sums = 0, EpochSums()
     if config.resume:
         checkpoints.check_config(config.workdir, config.to_dict(), Config.RESUMABLE)
         latest = ckpt.latest_step()
@@ -304,7 +328,7 @@ def train_and_evaluate(
         window_time += elapsed
         window_examples += examples
         for loss, accuracy in zip(losses, accuracies, strict=True):
-            epoch_sums += (loss, accuracy, 1.0)
+            epoch_sums = epoch_sums.add(loss, accuracy)
         step = end
         bar.update(len(losses))
         bar.set_postfix(
@@ -318,8 +342,8 @@ def train_and_evaluate(
             last_record = {
                 "step": step,
                 "epoch": round(step / steps_per_epoch, 4),
-                "train_loss": epoch_sums[0] / epoch_sums[2],
-                "train_accuracy": epoch_sums[1] / epoch_sums[2],
+                "train_loss": epoch_sums.means()[0],
+                "train_accuracy": epoch_sums.means()[1],
                 "test_loss": test_loss,
                 "test_accuracy": test_accuracy,
                 "learning_rate": trainer.learning_rate(step - 1),
@@ -337,7 +361,7 @@ def train_and_evaluate(
             )
             window_time, window_examples = 0.0, 0
             if at_epoch_end:
-                epoch_sums = np.zeros(3, np.float64)
+                epoch_sums = EpochSums()
         crossed = config.checkpoint_every and (
             (step - len(losses)) // config.checkpoint_every != step // config.checkpoint_every
         )

@@ -21,6 +21,33 @@ print(sum('ynn_fusion' in l and 'conv_general_dilated' in l for l in hlo.splitli
 """
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Each test probes with its own cache file, never the user's."""
+    monkeypatch.setattr(xla_cpu, "CACHE_FILE", str(tmp_path / "xla_cpu_flags.json"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+
+
+def test_the_probe_runs_once_per_jaxlib_version(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    first = xla_cpu.configure()
+    monkeypatch.setenv("XLA_FLAGS", "")
+
+    def no_child_process(*args, **kwargs):
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(subprocess, "run", no_child_process)
+    assert xla_cpu.configure() == first  # answered from the cache
+
+
+def test_no_probe_and_no_flag_when_jax_runs_on_an_accelerator(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("probed"))
+    assert xla_cpu.configure() is None
+    assert os.environ["XLA_FLAGS"] == ""
+
+
 def test_disabled_or_user_choice_leaves_xla_flags_alone(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     assert xla_cpu.configure(enable=False) is None
