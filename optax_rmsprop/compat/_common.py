@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -158,13 +159,20 @@ def torch_style_update(
 
 
 def torch_style(
-    kernel, *, square_avg_init, where: str, lr, weight_decay: float, centered: bool, momentum: float
-) -> optax.GradientTransformationExtraArgs:
+    kernel, *, square_avg_init, where: str, lr, alpha: float, eps: float, weight_decay: float,
+    momentum: float, centered: bool, **options,
+) -> optax.GradientTransformationExtraArgs:  # fmt: skip
     """A PyTorch-style optimizer from its per-parameter ``kernel`` (see :func:`torch_style_update`).
 
-    ``square_avg_init`` makes the initial mean square from a parameter
-    (``jnp.zeros_like`` for PyTorch, ``jnp.ones_like`` for timm).
+    The hyperparameters are checked under PyTorch's names, then passed to
+    ``kernel`` with ``options`` (the port's own extras). ``square_avg_init``
+    makes the initial mean square from a parameter (``jnp.zeros_like`` for
+    PyTorch, ``jnp.ones_like`` for timm).
     """
+    check_hyperparameters(lr_name="lr", lr=lr, decay_name="alpha", decay=alpha, eps_name="eps",
+                          eps=eps, momentum=momentum, weight_decay=weight_decay)  # fmt: skip
+    settings = dict(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    kernel = functools.partial(kernel, centered=centered, **settings, **options)
 
     def init_fn(params):
         return init_torch_state(params, square_avg_init, centered=centered, momentum=momentum)

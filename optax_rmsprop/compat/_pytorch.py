@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 import optax
 
@@ -85,32 +83,8 @@ def pytorch(
       >>> [round(float(u), 4) for u in updates]  # -lr * g / (sqrt(0.01 * g**2) + eps)
       [-0.1, 0.1]
     """
-    _common.check_hyperparameters(
-        lr_name="lr",
-        lr=lr,
-        decay_name="alpha",
-        decay=alpha,
-        eps_name="eps",
-        eps=eps,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
-
-    kernel = functools.partial(
-        pytorch_kernel,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
     return _common.torch_style(
-        kernel,
-        square_avg_init=jnp.zeros_like,
-        where="compat.pytorch update",
-        lr=lr,
-        weight_decay=weight_decay,
-        centered=centered,
-        momentum=momentum,
-    )
+        pytorch_kernel, square_avg_init=jnp.zeros_like, where="compat.pytorch update",
+        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+        centered=centered, maximize=maximize,
+    )  # fmt: skip

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 import optax
 
@@ -100,34 +98,9 @@ def timm(
       >>> round(float(u[0]), 5)  # the mean square starts at 1: -0.1 * 3 / sqrt(1 + (9 - 1) * 0.1)
       -0.22361
     """
-    _common.check_hyperparameters(
-        lr_name="lr",
-        lr=lr,
-        decay_name="alpha",
-        decay=alpha,
-        eps_name="eps",
-        eps=eps,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
-
-    kernel = functools.partial(
-        timm_kernel,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        decoupled_decay=decoupled_decay,
-        lr_in_momentum=lr_in_momentum,
-    )
-    # timm starts the mean square at ones, "PyTorch inits to zero"
+    # timm starts the mean square at ones ("PyTorch inits to zero")
     return _common.torch_style(
-        kernel,
-        square_avg_init=jnp.ones_like,
-        where="compat.timm update",
-        lr=lr,
-        weight_decay=weight_decay,
-        centered=centered,
-        momentum=momentum,
-    )
+        timm_kernel, square_avg_init=jnp.ones_like, where="compat.timm update",
+        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+        centered=centered, decoupled_decay=decoupled_decay, lr_in_momentum=lr_in_momentum,
+    )  # fmt: skip
