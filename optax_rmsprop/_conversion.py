@@ -60,7 +60,7 @@ def _read_tree(values: Tree | None, scales: Tree | None, nu: Tree) -> Tree | Non
         return values
 
     def read(v, s, n):
-        if s is None:
+        if not _storage.quantized(s):
             return v
         complex_codes = v.ndim == n.ndim + 1  # a trailing (re, im) axis
         return _storage.read(v, s, jnp.complex64 if complex_codes else jnp.float32)

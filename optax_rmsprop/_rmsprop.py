@@ -37,7 +37,7 @@ class RMSPropState(NamedTuple):
         ``momentum`` is set (and not the Python number 0), else ``None``.
       momentum_scales: with ``state_dtype="int8"`` and momentum, the
         per-block scales of the 8-bit buffer (whose leaves are then ``int8``
-        codes), None at leaves kept unquantized; else None.
+        codes), a scalar 0 at leaves kept unquantized; else None.
     """
 
     rms: _scale_by_rms.ScaleByRmsState

@@ -53,8 +53,8 @@ class ScaleByRmsState(NamedTuple):
       mu: exponential moving average of ``g`` when ``centered=True``
         (complex for complex parameters), else ``None``.
       nu_scales: with ``state_dtype="int8"``, the float32 per-block scales of
-        the 8-bit ``nu`` (whose leaves are then the ``uint8`` codes), None at
-        leaves kept unquantized; else None.
+        the 8-bit ``nu`` (whose leaves are then the ``uint8`` codes), a scalar
+        0 at leaves kept unquantized; else None.
       mu_scales: the same for ``mu`` (``int8`` codes).
       denominator: the static :class:`RmsDenominator` settings.
     """

@@ -12,11 +12,15 @@ computed in, updated there, and written back in their storage format:
   often biases and norms.
 
 A buffer is a pair ``(values, scales)``: ``values`` is shaped like the
-parameter (the float array, or the codes) and ``scales`` is None, or the
-float32 per-block absmax. The state keeps the two in parallel trees, so every
-state leaf is a plain array at its parameter's position, as ``nnx.Optimizer``,
-``optax.tree.map_params`` and checkpointers expect. A complex first moment's
-codes and scales carry a trailing axis of 2: real and imaginary parts.
+parameter (the float array, or the codes) and ``scales`` is the float32
+per-block absmax of 8-bit codes (at least 1-D); for a float buffer it is
+None, or, in an 8-bit state, a float32 scalar 0 (a leaf too small to
+quantize), so that every position of a scales tree holds an array that
+checkpointers can save (orbax refuses zero-size arrays). The state keeps values and
+scales in parallel trees, so every state leaf is a plain array at its
+parameter's position, as ``nnx.Optimizer``, ``optax.tree.map_params`` and
+checkpointers expect. A complex first moment's codes and scales carry a
+trailing axis of 2: real and imaginary parts.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def init(
     dtype_of = _dtypes.nu_dtype if real else _dtypes.moment_dtype
     dtype = dtype_of(param.dtype, precision.dtype, path)  # also rejects integer params
     if not precision.quantizes(param):
-        return jnp.full_like(param, fill, dtype=dtype), None
+        unquantized = jnp.zeros((), jnp.float32) if precision.int8 else None
+        return jnp.full_like(param, fill, dtype=dtype), unquantized
     value = jnp.full_like(param, fill, dtype=dtype)  # full_like keeps param's sharding
     n_blocks = _quantize.num_blocks(param.shape[-1], precision.block_size)
     return write(value, _Layout(n_blocks, signed=not real))
@@ -81,6 +86,11 @@ def init_tree(
     return values, scales if precision.int8 else None
 
 
+def quantized(scales: jax.Array | None) -> bool:
+    """Whether a buffer with these ``scales`` holds 8-bit codes."""
+    return scales is not None and scales.ndim > 0
+
+
 def scales_or_nones(scales: Tree | None, like: Tree) -> Tree:
     """A scales tree to map over beside ``like``: None at every leaf when there is none."""
     return _tree.nones_like(like) if scales is None else scales
@@ -96,7 +106,7 @@ class _Layout:
 
 def read(values: jax.Array, scales: jax.Array | None, dtype: np.dtype) -> jax.Array:
     """The buffer's values in ``dtype`` (complex for complex buffers)."""
-    if scales is None:
+    if not quantized(scales):
         return _dtypes.cast(values, dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating):  # (re, im) on a trailing axis
         real = _dtypes.real_dtype(dtype)
@@ -114,8 +124,8 @@ def write(
         layout = like
     else:
         values, scales = like
-        if scales is None:
-            return _dtypes.cast(value, values.dtype), None
+        if not quantized(scales):
+            return _dtypes.cast(value, values.dtype), scales
         n_blocks = scales.shape[-2 if jnp.iscomplexobj(value) else -1]
         layout = _Layout(n_blocks, signed=values.dtype == jnp.int8)
     if jnp.iscomplexobj(value):  # (re, im) on a trailing axis, each on the signed map

@@ -102,9 +102,9 @@ def test_large_leaves_are_quantized_and_small_ones_stay_float32():
             assert values[k].dtype == codes and values[k].shape == PARAMS[k].shape
             assert scales[k].dtype == F32
         assert scales["w"].shape == (64, 1) and scales["v"].shape == (7, 4)
-        for k in ("b", "s"):  # small leaves: float32, no scales
+        for k in ("b", "s"):  # small leaves: float32, a scalar 0 for scales
             assert values[k].dtype == F32 and values[k].shape == PARAMS[k].shape
-            assert scales[k] is None
+            assert scales[k].shape == ()
     small = optax_rmsprop.rmsprop(1e-2, state_dtype="int8", min_quantized_size=100)
     assert small.init(PARAMS).rms.nu["b"].dtype == jnp.uint8
 
