@@ -37,21 +37,18 @@ BATCH = 128
 
 def jax_round(steps: int) -> Callable[[], float]:
     """A function that trains ``steps`` steps with the trainer and returns examples/s."""
-    import jax
-
     ds = input_pipeline.load_bundled_sample()
     config = Config(batch_size=BATCH, progress=False, steps_per_dispatch=8)
     mesh = train.make_mesh()
-    steps_per_epoch = ds.num_train // BATCH
+    steps_per_epoch = train.steps_per_epoch(config, ds.num_train, mesh.size)
     trainer = train.Trainer(config, mesh, steps_per_epoch)
-    data = train.put_data_on_devices(ds, mesh, 1000)
-    perm = input_pipeline.epoch_permutation(jax.random.key(0), 0, ds.num_train)
-    trainer.train_chunk(data, perm, 0, 8)  # compile
+    data = input_pipeline.put_on_devices(ds, mesh, config.eval_batch_size)
+    trainer.train_chunk(data, 0, 8)  # compile
 
     def run() -> float:
         t0 = time.perf_counter()
         for start in range(0, steps, 8):
-            trainer.train_chunk(data, perm, start % (steps_per_epoch - 8), 8)
+            trainer.train_chunk(data, start % (steps_per_epoch - 8), 8)
         return steps * BATCH / (time.perf_counter() - t0)
 
     return run

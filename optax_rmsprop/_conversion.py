@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from optax_rmsprop import _storage
 from optax_rmsprop._rmsprop import RMSPropState
@@ -58,11 +57,5 @@ def _dequantize(state: RMSPropState | ScaleByRmsState) -> RMSPropState | ScaleBy
 def _read_tree(values: Tree | None, scales: Tree | None, nu: Tree) -> Tree | None:
     if values is None or scales is None:
         return values
-
-    def read(v, s, n):
-        if not _storage.quantized(s):
-            return v
-        complex_codes = v.ndim == n.ndim + 1  # a trailing (re, im) axis
-        return _storage.read(v, s, jnp.complex64 if complex_codes else jnp.float32)
-
-    return jax.tree.map(read, values, _storage.scales_or_nones(scales, values), nu)
+    scales = _storage.scales_or_nones(scales, values)
+    return jax.tree.map(_storage.read_stored, values, scales, nu)

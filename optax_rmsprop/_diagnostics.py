@@ -94,17 +94,9 @@ def effective_step_size(
         lr = 1.0 if learning_rate is None else learning_rate
 
     def leaf(nu_values, nu_scales, mu, mu_scales):
-        dtype = jnp.dtype(jnp.float32) if _storage.quantized(nu_scales) else nu_values.dtype
-        nu = _storage.read(nu_values, nu_scales, dtype)
-        if mu is not None:
-            # 8-bit complex codes carry a trailing (re, im) axis that nu never has.
-            complex_mu = mu.ndim == nu_values.ndim + 1
-            mu_dtype = (
-                (jnp.complex64 if complex_mu else dtype)
-                if _storage.quantized(mu_scales)
-                else mu.dtype
-            )
-            mu = _storage.read(mu, mu_scales, mu_dtype)
+        nu = _storage.read_stored(nu_values, nu_scales, nu_values)
+        mu = None if mu is None else _storage.read_stored(mu, mu_scales, nu_values)
+        dtype = nu.dtype
         c = None if correction is None else jnp.asarray(correction, dtype)
         denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), flags.eps_in_sqrt)
         return (jnp.asarray(lr, dtype) / denom).astype(dtype)

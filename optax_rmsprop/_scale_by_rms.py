@@ -302,11 +302,8 @@ def scale_by_rms(
       Array([-0.31622776,  0.31622776], dtype=float32)
 
     References:
-      Hinton, `Lecture 6e: rmsprop
-      <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_,
-      2012.
-      Graves, `Generating Sequences With Recurrent Neural Networks
-      <https://arxiv.org/abs/1308.0850>`_, 2013.
+      Hinton, Lecture 6e, 2012; Graves, 2013 (centered); linked from
+      :func:`optax_rmsprop.rmsprop`.
     """
     core = RmsCore.checked(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction,
                            state_dtype, block_size, min_quantized_size)  # fmt: skip

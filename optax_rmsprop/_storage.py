@@ -116,6 +116,19 @@ def read(values: jax.Array, scales: jax.Array | None, dtype: np.dtype) -> jax.Ar
     return _quantize.dequantize(QuantizedArray(values, scales), dtype)
 
 
+def read_stored(values: jax.Array, scales: jax.Array | None, nu_values: jax.Array) -> jax.Array:
+    """A state buffer as float32 (complex64) values if it holds codes, else unchanged.
+
+    ``nu_values`` is the same parameter's ``nu`` buffer: ``nu`` is never
+    complex, so codes with one more axis than it are a complex moment's
+    (re, im) pair.
+    """
+    if not quantized(scales):
+        return values
+    complex_codes = values.ndim == nu_values.ndim + 1
+    return read(values, scales, jnp.complex64 if complex_codes else jnp.float32)
+
+
 def write(
     value: jax.Array, like: tuple[jax.Array, jax.Array | None] | _Layout
 ) -> tuple[jax.Array, jax.Array | None]:

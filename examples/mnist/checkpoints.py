@@ -1,9 +1,10 @@
-"""Checkpoints with orbax: save every N steps and at the end, resume from the latest."""
+"""Checkpoints with orbax: save every N steps and at the end; resume, or start afresh."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -54,6 +55,46 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def open_run(
+    workdir: str,
+    config: dict,
+    resumable: tuple[str, ...],
+    *,
+    resume: bool,
+    target: Any,
+    main_process: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[Checkpoints, Any | None]:
+    """The checkpoints of the run in ``workdir``, and the tree to resume from (or None).
+
+    With ``resume``, the run must have been started with the same ``resumable``
+    settings (else :class:`CheckpointError`) and its latest checkpoint is
+    restored into ``target``'s structure; with none there, training starts
+    from step 0. Without it, this is a new run: the checkpoints of a previous
+    run in ``workdir`` are removed, so that they cannot be mixed with this
+    one's. Either way ``config.json`` then records this run's settings.
+    """
+    ckpt = Checkpoints(workdir)
+    restored = None
+    latest = ckpt.latest_step()
+    if resume:
+        check_config(workdir, config, resumable)
+        if latest is None:
+            log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0.")
+        else:
+            restored = ckpt.restore(latest, target)
+            log(f"Resumed from the checkpoint at step {latest}.")
+    elif main_process and latest is not None:
+        removed = ckpt.clear()
+        log(
+            f"New run in {workdir}: removed {removed} checkpoint(s) of the previous run "
+            "(pass --resume to continue a run instead)."
+        )
+    if main_process:
+        write_config(workdir, config)
+    return ckpt, restored
 
 
 def check_config(workdir: str, config: dict, keys: tuple[str, ...]) -> None:

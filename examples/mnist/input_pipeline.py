@@ -16,9 +16,11 @@ order is a function of the seed and the epoch alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -114,27 +116,30 @@ def load_tfds(
     return Dataset(f"tfds {name}", train_x, train_y, test_x, test_y)
 
 
+DEFAULT_DATASET = "mnist"
+
+
 def load(
-    dataset: str = "mnist",
+    dataset: str | None = None,
     data_dir: str | None = None,
     *,
-    dataset_explicit: bool = False,
     tfds_data_dir: str | None = None,
     log: Callable[[str], None] = print,
     reachable: Callable[[], bool] = network_reachable,
 ) -> Dataset:
     """The training data, chosen as the CLI documents.
 
-    ``data_dir`` wins. Otherwise tfds; if it cannot give the data and the user
-    did not name ``--dataset`` explicitly, say so in one line and use the
-    bundled sample. If they did, fail with the reason instead.
+    ``data_dir`` wins. Otherwise tfds gives ``dataset``. When it is None (no
+    ``--dataset``), tfds is asked for MNIST, and if it cannot give it, one
+    line says so and the bundled sample is used. A dataset named explicitly
+    never falls back: the error says why it is unavailable.
     """
     if data_dir is not None:
         return load_idx_dir(data_dir)
     try:
-        return load_tfds(dataset, tfds_data_dir, reachable)
+        return load_tfds(dataset or DEFAULT_DATASET, tfds_data_dir, reachable)
     except DataUnavailable as err:
-        if dataset_explicit:
+        if dataset is not None:
             raise DataUnavailable(
                 f"--dataset {dataset}: {err}. Pass --data-dir with the IDX files, "
                 f"or drop --dataset to train on the bundled MNIST sample."
@@ -147,6 +152,45 @@ def replicate(mesh: jax.sharding.Mesh, array: np.ndarray) -> jax.Array:
     """``array`` (the same on every process) replicated on every device of ``mesh``."""
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.make_array_from_process_local_data(sharding, array)
+
+
+class DeviceData(NamedTuple):
+    """The whole dataset on the devices, replicated; the test set in padded batches."""
+
+    train_images: jax.Array  # (num_train, 28, 28, 1) uint8
+    train_labels: jax.Array  # (num_train,) int32
+    test_images: jax.Array  # (num_batches, batch, 28, 28, 1) uint8
+    test_labels: jax.Array  # (num_batches, batch) int32
+    test_weights: jax.Array  # (num_batches, batch) float32: 1 for an example, 0 for padding
+
+    @property
+    def num_train(self) -> int:
+        return self.train_labels.shape[0]
+
+
+def put_on_devices(dataset: Dataset, mesh: jax.sharding.Mesh, eval_batch_size: int) -> DeviceData:
+    """``dataset`` replicated on every device of ``mesh``.
+
+    The test set is cut into batches of ``eval_batch_size`` rounded up to a
+    multiple of the device count, the last one padded with weight-0 examples.
+    """
+    batch = mesh.size * math.ceil(eval_batch_size / mesh.size)
+    n = len(dataset.test_labels)
+    num_batches = max(1, math.ceil(n / batch))
+    pad = num_batches * batch - n
+
+    def batched(array: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([array, np.broadcast_to(fill, (pad, *array.shape[1:]))])
+        return padded.reshape(num_batches, batch, *array.shape[1:])
+
+    host = DeviceData(
+        dataset.train_images,
+        dataset.train_labels,
+        batched(dataset.test_images, np.uint8(0)),
+        batched(dataset.test_labels, np.int32(0)),
+        batched(np.ones(n, np.float32), np.float32(0)),
+    )
+    return DeviceData(*(replicate(mesh, a) for a in host))
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:

@@ -1,4 +1,4 @@
-"""What a run leaves in its workdir: metrics.jsonl, TensorBoard events, plots, summary.json."""
+"""What a run reports: console lines, metrics.jsonl, TensorBoard events, plots, summary.json."""
 
 from __future__ import annotations
 
@@ -70,6 +70,26 @@ class Reporter:
         plot(self.workdir)
         if self._tb:
             self._tb.close()
+
+
+def epoch_line(record: dict) -> str:
+    """The line a run prints after each evaluation."""
+    rate = record["examples_per_sec"]
+    return (
+        f"step {record['step']:>6} epoch {record['epoch']:.2f} | train loss "
+        f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | test loss "
+        f"{record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
+        f"{rate or 0:,.0f} ex/s"
+    )
+
+
+def done_line(summary: dict, workdir: str) -> str:
+    """The line a run ends with."""
+    return (
+        f"Done: test accuracy {summary['test_accuracy']:.4f}, test loss "
+        f"{summary['test_loss']:.4f}, {summary['steps']} steps in "
+        f"{summary['wall_time_s']:.1f} s. Results in {workdir}/"
+    )
 
 
 def _flatten(record: dict, prefix: str = "") -> Iterable[tuple[str, float]]:

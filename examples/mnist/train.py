@@ -10,7 +10,6 @@ neither Python dispatch nor the input pipeline is the bottleneck.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -71,6 +70,12 @@ class EpochSums(NamedTuple):
     def add(self, loss: float, accuracy: float) -> EpochSums:
         return EpochSums(self.loss + loss, self.accuracy + accuracy, self.steps + 1.0)
 
+    def add_all(self, losses: np.ndarray, accuracies: np.ndarray) -> EpochSums:
+        sums = self
+        for loss, accuracy in zip(losses, accuracies, strict=True):
+            sums = sums.add(float(loss), float(accuracy))
+        return sums
+
     def means(self) -> tuple[float, float]:
         return self.loss / self.steps, self.accuracy / self.steps
 
@@ -95,6 +100,33 @@ def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array, weights: 
 def _layer_name(path) -> str:
     names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
     return "/".join(n for n in names if n != "value")
+
+
+class Chunk(NamedTuple):
+    """What one jitted call of several train steps reports."""
+
+    losses: np.ndarray  # one per step
+    accuracies: np.ndarray  # one per step
+    seconds: float  # wall time of the call, compilation excluded
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.losses)
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Examples trained and the seconds they took (compilation excluded)."""
+
+    examples: int = 0
+    seconds: float = 0.0
+
+    def add(self, examples: int, seconds: float) -> None:
+        self.examples += examples
+        self.seconds += seconds
+
+    def per_second(self) -> float | None:
+        return self.examples / self.seconds if self.seconds else None
 
 
 class Trainer:
@@ -123,6 +155,11 @@ class Trainer:
         )
         self._eval = jax.jit(self._evaluate, out_shardings=self.replicated)
         self._sizes = jax.jit(self._step_size_quantiles, out_shardings=self.replicated)
+        self._permute = jax.jit(
+            input_pipeline.epoch_permutation, static_argnums=2, out_shardings=self.replicated
+        )
+        self._key = jax.random.key(config.seed)
+        self._permutation: tuple[int, jax.Array | None] = (-1, None)  # (epoch, its order)
         self._compiled: dict[int, Any] = {}
         self.compile_time_s = 0.0
 
@@ -164,25 +201,43 @@ class Trainer:
         }
 
     # -- host-side API ------------------------------------------------------
-    def train_chunk(self, data: dict, perm: jax.Array, start: int, num_steps: int):
-        """Runs ``num_steps`` steps from position ``start`` of the epoch's ``perm``."""
-        args = (
-            self.state,
-            data["train_images"],
-            data["train_labels"],
-            perm,
-            jnp.int32(start),
-        )
+    def chunk_end(self, step: int) -> int:
+        """The step at which the chunk that starts at ``step`` ends.
+
+        Chunks are ``steps_per_dispatch`` long counted from the start of each
+        epoch (so only two chunk lengths are ever compiled), cut at the
+        epoch's end and at ``total_steps``. The boundaries depend on the step
+        alone, so a run resumed from a checkpoint (always written at a
+        boundary) replays the same chunks.
+        """
+        epoch_start = step - step % self.steps_per_epoch
+        k = self.config.steps_per_dispatch
+        next_dispatch = epoch_start + ((step - epoch_start) // k + 1) * k
+        return min(next_dispatch, epoch_start + self.steps_per_epoch, self.total_steps)
+
+    def _epoch_order(self, epoch: int, num_train: int) -> jax.Array:
+        if self._permutation[0] != epoch:
+            self._permutation = (epoch, self._permute(self._key, epoch, num_train))
+        return self._permutation[1]
+
+    def train_chunk(self, data: input_pipeline.DeviceData, step: int, num_steps: int) -> Chunk:
+        """Runs ``num_steps`` steps from ``step`` (within one epoch) in one jitted call."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = self._epoch_order(epoch, data.num_train)
+        args = (self.state, data.train_images, data.train_labels, order, jnp.int32(position))
         if num_steps not in self._compiled:
             t0 = time.perf_counter()
             self._compiled[num_steps] = self._train.lower(*args, num_steps=num_steps).compile()
             self.compile_time_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.state, (losses, accuracies) = self._compiled[num_steps](*args)
-        return np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
+        losses, accuracies = np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
+        return Chunk(losses, accuracies, time.perf_counter() - t0)
 
-    def evaluate(self, data: dict) -> tuple[float, float]:
+    def evaluate(self, data: input_pipeline.DeviceData) -> tuple[float, float]:
+        """Test loss and accuracy of the current model."""
         loss, accuracy = self._eval(
-            self.state, data["test_images"], data["test_labels"], data["test_weights"]
+            self.state, data.test_images, data.test_labels, data.test_weights
         )
         return float(loss), float(accuracy)
 
@@ -197,6 +252,28 @@ class Trainer:
         lr = self.schedule(step) if callable(self.schedule) else self.schedule
         return float(lr)
 
+    def evaluation_record(
+        self,
+        step: int,
+        data: input_pipeline.DeviceData,
+        epoch_sums: EpochSums,
+        examples_per_sec: float | None,
+    ) -> dict:
+        """One line of metrics.jsonl: the epoch's train means, the test metrics, the step sizes."""
+        test_loss, test_accuracy = self.evaluate(data)
+        train_loss, train_accuracy = epoch_sums.means()
+        return {
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "learning_rate": self.learning_rate(step - 1),
+            "examples_per_sec": examples_per_sec,
+            "effective_step_size": self.effective_step_sizes(),
+        }
+
     def checkpoint_tree(self, step: int, epoch_sums: EpochSums) -> dict:
         return {
             "state": nnx.to_pure_dict(self.state),
@@ -209,38 +286,47 @@ class Trainer:
         return int(tree["step"]), EpochSums(*np.asarray(tree["epoch_sums"], np.float64).tolist())
 
 
-def put_data_on_devices(dataset: input_pipeline.Dataset, mesh, eval_batch: int) -> dict:
-    """Every array replicated on every device; the test set padded into eval batches."""
-    n = len(dataset.test_labels)
-    num_batches = max(1, math.ceil(n / eval_batch))
-    pad = num_batches * eval_batch - n
-    weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    test_images = np.concatenate(
-        [dataset.test_images, np.zeros((pad, 28, 28, 1), np.uint8)]
-    ).reshape(num_batches, eval_batch, 28, 28, 1)
-    test_labels = np.concatenate([dataset.test_labels, np.zeros(pad, np.int32)])
-    host = {
-        "train_images": dataset.train_images,
-        "train_labels": dataset.train_labels,
-        "test_images": test_images,
-        "test_labels": test_labels.reshape(num_batches, eval_batch),
-        "test_weights": weights.reshape(num_batches, eval_batch),
+def steps_per_epoch(config: Config, num_train: int, num_devices: int) -> int:
+    """Full batches per epoch; ValueError if the batch does not fit the devices or the data."""
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"--batch-size {config.batch_size} must be a multiple of the {num_devices} devices"
+        )
+    if config.batch_size > num_train:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the {num_train} training examples"
+        )
+    return num_train // config.batch_size
+
+
+def checkpoint_due(previous: int, step: int, every: int) -> bool:
+    """Whether the steps from ``previous`` to ``step`` crossed a multiple of ``every``."""
+    return bool(every) and previous // every != step // every
+
+
+def _summary(
+    trainer: Trainer,
+    record: dict,
+    step: int,
+    throughput: Throughput,
+    wall_time_s: float,
+    dataset_source: str,
+) -> dict:
+    """summary.json: the final test metrics, where and how fast the run trained."""
+    return {
+        "test_accuracy": record["test_accuracy"],
+        "test_loss": record["test_loss"],
+        "epochs": step / trainer.steps_per_epoch,
+        "steps": step,
+        "wall_time_s": wall_time_s,
+        "train_time_s": throughput.seconds,
+        "compile_time_s": trainer.compile_time_s,
+        "examples_per_sec": throughput.per_second(),
+        "devices": [str(d) for d in jax.devices()],
+        "dataset": dataset_source,
+        "num_params": trainer.num_params,
+        "config": trainer.config.to_dict(),
     }
-    return {k: input_pipeline.replicate(mesh, v) for k, v in host.items()}
-
-
-def _next_boundary(step: int, config: Config, steps_per_epoch: int, total: int) -> int:
-    """The end of the chunk that starts at ``step``.
-
-    Chunks are ``steps_per_dispatch`` long counted from the start of each epoch
-    (so only two chunk lengths are ever compiled), cut at the epoch's end and
-    at ``total``. The boundaries depend on the step alone, so a run resumed
-    from a checkpoint (always written at a boundary) replays the same chunks.
-    """
-    epoch_start = step - step % steps_per_epoch
-    k = config.steps_per_dispatch
-    next_dispatch = epoch_start + ((step - epoch_start) // k + 1) * k
-    return min(next_dispatch, epoch_start + steps_per_epoch, total)
 
 
 def train_and_evaluate(
@@ -249,147 +335,65 @@ def train_and_evaluate(
     """Trains ``config.model`` on ``dataset``; returns the summary (also in summary.json)."""
     t_start = time.perf_counter()
     mesh = make_mesh()
-    devices = jax.device_count()
-    if config.batch_size % devices:
-        raise ValueError(
-            f"--batch-size {config.batch_size} must be a multiple of the {devices} devices"
-        )
-    steps_per_epoch = dataset.num_train // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"--batch-size {config.batch_size} is larger than the {dataset.num_train} "
-            "training examples"
-        )
-    eval_batch = devices * math.ceil(config.eval_batch_size / devices)
-    trainer = Trainer(config, mesh, steps_per_epoch)
+    trainer = Trainer(config, mesh, steps_per_epoch(config, dataset.num_train, mesh.size))
     main_process = jax.process_index() == 0
-    ckpt = checkpoints.Checkpoints(config.workdir)
-    step, epoch_sums = 0, EpochSums()
-    if config.resume:
-        checkpoints.check_config(config.workdir, config.to_dict(), Config.RESUMABLE)
-        latest = ckpt.latest_step()
-        if latest is not None:
-            restored = ckpt.restore(latest, trainer.checkpoint_tree(0, epoch_sums))
-            step, epoch_sums = trainer.load_checkpoint_tree(restored)
-            log(f"Resumed from the checkpoint at step {step}.")
-        else:
-            log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0.")
-    elif main_process and ckpt.latest_step() is not None:
-        removed = ckpt.clear()
-        log(
-            f"New run in {config.workdir}: removed {removed} checkpoint(s) of the previous run "
-            "(pass --resume to continue a run instead)."
-        )
-    if main_process:
-        checkpoints.write_config(config.workdir, config.to_dict())
-    reporter = reporting.Reporter(
+    ckpt, restored = checkpoints.open_run(
         config.workdir,
-        enabled=main_process,
-        resume_step=step if config.resume else None,
+        config.to_dict(),
+        Config.resumable_fields(),
+        resume=config.resume,
+        target=trainer.checkpoint_tree(0, EpochSums()),
+        main_process=main_process,
+        log=log,
     )
+    step, epoch_sums = trainer.load_checkpoint_tree(restored) if restored else (0, EpochSums())
+    resume_step = step if config.resume else None
+    reporter = reporting.Reporter(config.workdir, enabled=main_process, resume_step=resume_step)
     log(
         f"{config.model}: {trainer.num_params:,} params | data: {dataset.source} "
         f"({dataset.num_train:,} train, {len(dataset.test_labels):,} test) | "
-        f"{steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"
+        f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"
     )
-    data = put_data_on_devices(dataset, mesh, eval_batch)
-    key = jax.random.key(config.seed)
-    permute = jax.jit(
-        input_pipeline.epoch_permutation,
-        static_argnums=2,
-        out_shardings=trainer.replicated,
-    )
-
+    data = input_pipeline.put_on_devices(dataset, mesh, config.eval_batch_size)
     from tqdm.auto import tqdm
 
+    shown = config.progress and main_process
     bar = tqdm(
-        total=trainer.total_steps,
-        initial=step,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (config.progress and main_process),
+        total=trainer.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not shown
     )
-    perm, perm_epoch = None, -1
-    train_time, trained_examples = 0.0, 0
-    window_time, window_examples = 0.0, 0
-    last_record: dict = {}
+    # Epoch lines go through the bar when it is shown (so it stays at the bottom),
+    # else through ``log``: quiet on other processes and when the caller says so.
+    say = bar.write if shown else log
+    total, window, record = Throughput(), Throughput(), {}
     while step < trainer.total_steps:
-        epoch, position = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:
-            perm, perm_epoch = permute(key, epoch, dataset.num_train), epoch
-        end = _next_boundary(step, config, steps_per_epoch, trainer.total_steps)
-        t0 = time.perf_counter()
-        compile_before = trainer.compile_time_s
-        losses, accuracies = trainer.train_chunk(data, perm, position, end - step)
-        elapsed = time.perf_counter() - t0 - (trainer.compile_time_s - compile_before)
-        examples = (end - step) * config.batch_size
-        train_time += elapsed
-        trained_examples += examples
-        window_time += elapsed
-        window_examples += examples
-        for loss, accuracy in zip(losses, accuracies, strict=True):
-            epoch_sums = epoch_sums.add(loss, accuracy)
-        step = end
-        bar.update(len(losses))
+        chunk = trainer.train_chunk(data, step, trainer.chunk_end(step) - step)
+        previous, step = step, step + chunk.num_steps
+        examples = chunk.num_steps * config.batch_size
+        total.add(examples, chunk.seconds)
+        window.add(examples, chunk.seconds)
+        epoch_sums = epoch_sums.add_all(chunk.losses, chunk.accuracies)
+        bar.update(chunk.num_steps)
         bar.set_postfix(
-            loss=f"{losses[-1]:.4f}",
-            acc=f"{accuracies[-1]:.3f}",
-            ex_per_s=f"{examples / max(elapsed, 1e-9):,.0f}",
+            loss=f"{chunk.losses[-1]:.4f}",
+            acc=f"{chunk.accuracies[-1]:.3f}",
+            ex_per_s=f"{examples / chunk.seconds:,.0f}",
         )
-        at_epoch_end = step % steps_per_epoch == 0
-        if at_epoch_end or step == trainer.total_steps:
-            test_loss, test_accuracy = trainer.evaluate(data)
-            last_record = {
-                "step": step,
-                "epoch": round(step / steps_per_epoch, 4),
-                "train_loss": epoch_sums.means()[0],
-                "train_accuracy": epoch_sums.means()[1],
-                "test_loss": test_loss,
-                "test_accuracy": test_accuracy,
-                "learning_rate": trainer.learning_rate(step - 1),
-                "examples_per_sec": window_examples / max(window_time, 1e-9),
-                "effective_step_size": trainer.effective_step_sizes(),
-            }
-            reporter.record(last_record)
-            # Through the bar when it is shown (so it stays at the bottom), else
-            # through ``log``: quiet on other processes and when the caller says so.
-            (log if bar.disable else bar.write)(
-                f"step {step:>6} epoch {last_record['epoch']:.2f} | train loss "
-                f"{last_record['train_loss']:.4f} acc {last_record['train_accuracy']:.4f}"
-                f" | test loss {test_loss:.4f} acc {test_accuracy:.4f} | "
-                f"{last_record['examples_per_sec']:,.0f} ex/s"
-            )
-            window_time, window_examples = 0.0, 0
-            if at_epoch_end:
+        epoch_end = step % trainer.steps_per_epoch == 0
+        if epoch_end or step == trainer.total_steps:
+            record = trainer.evaluation_record(step, data, epoch_sums, window.per_second())
+            reporter.record(record)
+            say(reporting.epoch_line(record))
+            window = Throughput()
+            if epoch_end:
                 epoch_sums = EpochSums()
-        crossed = config.checkpoint_every and (
-            (step - len(losses)) // config.checkpoint_every != step // config.checkpoint_every
-        )
-        if crossed or step == trainer.total_steps:
+        if checkpoint_due(previous, step, config.checkpoint_every) or step == trainer.total_steps:
             ckpt.save(step, trainer.checkpoint_tree(step, epoch_sums))
     bar.close()
     ckpt.close()
-    if not last_record:  # resumed after the last step: evaluate what was restored
-        test_loss, test_accuracy = trainer.evaluate(data)
-        last_record = {"test_loss": test_loss, "test_accuracy": test_accuracy}
-    summary = {
-        "test_accuracy": last_record["test_accuracy"],
-        "test_loss": last_record["test_loss"],
-        "epochs": step / steps_per_epoch,
-        "steps": step,
-        "wall_time_s": time.perf_counter() - t_start,
-        "train_time_s": train_time,
-        "compile_time_s": trainer.compile_time_s,
-        "examples_per_sec": trained_examples / train_time if train_time else None,
-        "devices": [str(d) for d in jax.devices()],
-        "dataset": dataset.source,
-        "num_params": trainer.num_params,
-        "config": dataclasses.asdict(config),
-    }
+    if not record:  # resumed after the last step: evaluate what was restored
+        record = dict(zip(("test_loss", "test_accuracy"), trainer.evaluate(data), strict=True))
+    wall_time_s = time.perf_counter() - t_start
+    summary = _summary(trainer, record, step, total, wall_time_s, dataset.source)
     reporter.finish(summary)
-    log(
-        f"Done: test accuracy {summary['test_accuracy']:.4f}, test loss "
-        f"{summary['test_loss']:.4f}, {step} steps in {summary['wall_time_s']:.1f} s. "
-        f"Results in {config.workdir}/"
-    )
+    log(reporting.done_line(summary, config.workdir))
     return summary

@@ -12,27 +12,20 @@ import optax
 from optax_rmsprop import _tree, _validation
 from optax_rmsprop._tree import Tree
 
+Named = tuple[str, Any]  # (the framework's name of a hyperparameter, its value)
+
 
 def check_hyperparameters(
-    *,
-    lr_name: str,
-    lr: Any,
-    decay_name: str,
-    decay: Any,
-    eps_name: str,
-    eps: Any,
-    momentum: Any,
-    weight_decay: Any = 0.0,
-    weight_decay_name: str = "weight_decay",
+    lr: Named, decay: Named, eps: Named, momentum: Any, weight_decay: Named = ("", None)
 ) -> None:
-    """Range checks with the framework's own argument names."""
-    if not callable(lr):
-        _validation.check_range(lr_name, lr, 0.0)
-    _validation.check_range(decay_name, decay, 0.0, 1.0, high_inclusive=True)
-    _validation.check_range(eps_name, eps, 0.0)
+    """Range checks, each error under the framework's own name of the argument."""
+    if not callable(lr[1]):
+        _validation.check_range(*lr, 0.0)
+    _validation.check_range(*decay, 0.0, 1.0, high_inclusive=True)
+    _validation.check_range(*eps, 0.0)
     _validation.check_range("momentum", momentum, 0.0, 1.0)
-    if weight_decay is not None:
-        _validation.check_range(weight_decay_name, weight_decay, 0.0)
+    if weight_decay[1] is not None:
+        _validation.check_range(*weight_decay, 0.0)
 
 
 def learning_rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> Any:
@@ -169,8 +162,8 @@ def torch_style(
     makes the initial mean square from a parameter (``jnp.zeros_like`` for
     PyTorch, ``jnp.ones_like`` for timm).
     """
-    check_hyperparameters(lr_name="lr", lr=lr, decay_name="alpha", decay=alpha, eps_name="eps",
-                          eps=eps, momentum=momentum, weight_decay=weight_decay)  # fmt: skip
+    check_hyperparameters(("lr", lr), ("alpha", alpha), ("eps", eps), momentum,
+                          ("weight_decay", weight_decay))  # fmt: skip
     settings = dict(alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
     kernel = functools.partial(kernel, centered=centered, **settings, **options)
 

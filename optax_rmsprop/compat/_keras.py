@@ -123,16 +123,9 @@ def keras(
       >>> [round(float(v), 4) for v in optax.apply_updates(x, u)]
       [-0.5811, 0.4189, 1.4189, 2.4189]
     """
-    _common.check_hyperparameters(
-        lr_name="learning_rate",
-        lr=learning_rate,
-        decay_name="rho",
-        decay=rho,
-        eps_name="epsilon",
-        eps=epsilon,
-        momentum=momentum,
-        weight_decay=weight_decay,
-    )
+    _common.check_hyperparameters(("learning_rate", learning_rate), ("rho", rho),
+                                  ("epsilon", epsilon), momentum,
+                                  ("weight_decay", weight_decay))  # fmt: skip
     use_wd = bool(weight_decay)
     lr_dtype = _common.check_floatx(floatx)
 
@@ -236,17 +229,8 @@ def keras_legacy(
       >>> round(float(u[0]), 4)  # -0.1 / (1 + 0.9 * 2) / (sqrt(1 - 0.9**3) + eps)
       -0.0686
     """
-    _common.check_hyperparameters(
-        lr_name="learning_rate",
-        lr=learning_rate,
-        decay_name="rho",
-        decay=rho,
-        eps_name="epsilon",
-        eps=epsilon,
-        momentum=momentum,
-        weight_decay=decay,
-        weight_decay_name="decay",
-    )
+    _common.check_hyperparameters(("learning_rate", learning_rate), ("rho", rho),
+                                  ("epsilon", epsilon), momentum, ("decay", decay))  # fmt: skip
     epsilon = epsilon or 1e-7
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -86,15 +86,8 @@ def tensorflow_v1(
       >>> round(float(updates[0]), 5)  # -0.1 * 3 / sqrt(0.9 * 1 + 0.1 * 9)
       -0.22361
     """
-    _common.check_hyperparameters(
-        lr_name="learning_rate",
-        lr=learning_rate,
-        decay_name="decay",
-        decay=decay,
-        eps_name="epsilon",
-        eps=epsilon,
-        momentum=momentum,
-    )
+    _common.check_hyperparameters(("learning_rate", learning_rate), ("decay", decay),
+                                  ("epsilon", epsilon), momentum)  # fmt: skip
 
     def init_fn(params):
         return TFRMSPropState(

@@ -45,7 +45,7 @@ def test_bundled_sample():
 def test_tfds_path_with_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
-        ds = input_pipeline.load("mnist", dataset_explicit=True, reachable=lambda: False)
+        ds = input_pipeline.load("mnist", reachable=lambda: False)
     assert ds.source == "tfds mnist"
     assert ds.train_images.shape == (12, 28, 28, 1) and ds.train_images.dtype == np.uint8
     assert ds.test_labels.dtype == np.int32 and ds.test_labels.max() <= 9
@@ -55,7 +55,7 @@ def test_tfds_rejects_datasets_of_another_shape():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=3):
         with pytest.raises(input_pipeline.DataUnavailable, match="needs 28x28x1 images"):
-            input_pipeline.load("cifar10", dataset_explicit=True, reachable=lambda: False)
+            input_pipeline.load("cifar10", reachable=lambda: False)
 
 
 def _closed_loopback_port() -> tuple[str, int]:
@@ -74,7 +74,7 @@ def test_offline_falls_back_to_the_sample_within_seconds(tmp_path):
     messages = []
     start = time.perf_counter()
     ds = input_pipeline.load(
-        "mnist",
+        None,  # no --dataset: MNIST, or the sample
         tfds_data_dir=str(tmp_path),
         log=messages.append,
         reachable=_unreachable,
@@ -99,11 +99,10 @@ def test_explicit_dataset_never_falls_back(tmp_path):
         input_pipeline.load(
             "fashion_mnist",
             tfds_data_dir=str(tmp_path),
-            dataset_explicit=True,
             reachable=lambda: False,
         )
     with pytest.raises(input_pipeline.DataUnavailable, match="no dataset named 'no_such_set'"):
-        input_pipeline.load("no_such_set", dataset_explicit=True, reachable=_unreachable)
+        input_pipeline.load("no_such_set", reachable=_unreachable)
 
 
 def test_data_dir_wins():
@@ -118,3 +117,27 @@ def test_epoch_permutation_is_a_function_of_seed_and_epoch():
     c = np.asarray(input_pipeline.epoch_permutation(key, 4, 100))
     np.testing.assert_array_equal(a, b)
     assert sorted(a.tolist()) == list(range(100)) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("eval_batch_size", [1, 7, 500, 2000, 5000])
+def test_test_set_is_padded_into_batches_with_weight_zero(eval_batch_size):
+    rng = np.random.default_rng(0)
+    n = 2000
+    ds = input_pipeline.Dataset(
+        "random",
+        rng.integers(0, 256, (16, 28, 28, 1), np.uint8),
+        rng.integers(0, 10, 16).astype(np.int32),
+        rng.integers(0, 256, (n, 28, 28, 1), np.uint8),
+        rng.integers(0, 10, n).astype(np.int32),
+    )
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    data = input_pipeline.put_on_devices(ds, mesh, eval_batch_size)
+    batch = data.test_labels.shape[1]
+    assert batch % jax.device_count() == 0 and eval_batch_size <= batch
+    assert batch < eval_batch_size + jax.device_count()
+    weights = np.asarray(data.test_weights).ravel()
+    np.testing.assert_array_equal(weights, np.arange(weights.size) < n)
+    np.testing.assert_array_equal(np.asarray(data.test_labels).ravel()[:n], ds.test_labels)
+    images = np.asarray(data.test_images).reshape(-1, 28, 28, 1)
+    np.testing.assert_array_equal(images[:n], ds.test_images)
+    assert data.num_train == 16

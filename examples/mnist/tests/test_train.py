@@ -278,3 +278,32 @@ def test_a_new_run_replaces_the_old_checkpoints(tmp_path, sample):
     assert any("removed 1 checkpoint(s) of the previous run" in m for m in messages)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
     assert [r["step"] for r in helpers.metrics(str(tmp_path))] == [4]
+
+
+def test_chunks_restart_at_each_epoch_and_stop_at_the_end():
+    config = Config(model="mlp", mlp_widths=(4,), steps_per_dispatch=4, max_steps=25)
+    trainer = train.Trainer(config, train.make_mesh(), steps_per_epoch=10)
+    ends, step = [], 0
+    while step < trainer.total_steps:
+        step = trainer.chunk_end(step)
+        ends.append(step)
+    assert ends == [4, 8, 10, 14, 18, 20, 24, 25]
+    for start, end in zip([0, *ends], ends, strict=False):  # resumed at any boundary
+        assert trainer.chunk_end(start) == end
+
+
+@pytest.mark.parametrize(
+    "previous,step,every,due",
+    [(0, 8, 40, False), (32, 40, 40, True), (38, 46, 40, True), (40, 48, 40, False),
+     (0, 8, 0, False), (0, 8, 1, True)],
+)  # fmt: skip
+def test_checkpoint_is_due_when_a_multiple_is_crossed(previous, step, every, due):
+    assert train.checkpoint_due(previous, step, every) is due
+
+
+def test_batch_that_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="must be a multiple of the 8 devices"):
+        train.steps_per_epoch(Config(batch_size=12), 1000, 8)
+    with pytest.raises(ValueError, match="larger than the 100 training examples"):
+        train.steps_per_epoch(Config(batch_size=128), 100, 8)
+    assert train.steps_per_epoch(Config(batch_size=64), 1000, 8) == 15
