@@ -15,6 +15,11 @@ import numpy as np
 from optax_rmsprop import _compat
 
 
+def is_weak_scalar(value: object) -> bool:
+    """A Python int or float, which JAX keeps weakly typed (a NumPy scalar is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, (bool, np.generic))
+
+
 def real_dtype(dtype: np.dtype) -> np.dtype:
     """The real counterpart of ``dtype`` (complex64 -> float32)."""
     dtype = jnp.dtype(dtype)

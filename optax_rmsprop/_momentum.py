@@ -56,7 +56,7 @@ def momentum_step(
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:
-    """Python numbers stay weakly typed; arrays are cast to the leaf's real dtype."""
-    if isinstance(value, (int, float)):
+    """Python numbers stay weakly typed; anything else is cast to the leaf's real dtype."""
+    if _dtypes.is_weak_scalar(value):
         return value
     return _dtypes.cast(value, _dtypes.real_dtype(like.dtype))

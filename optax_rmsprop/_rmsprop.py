@@ -166,11 +166,11 @@ def rmsprop(
         _validation.check_range("momentum", momentum, 0.0, 1.0)
     _validation.check_range("weight_decay", weight_decay, 0.0)
     use_momentum = momentum is not None and not (
-        _validation.is_python_number(momentum) and momentum == 0
+        _validation.is_concrete_real(momentum) and momentum == 0
     )
     if nesterov and not use_momentum:
         raise ValueError(f"nesterov=True needs momentum in (0, 1), got momentum={momentum!r}.")
-    use_weight_decay = not (_validation.is_python_number(weight_decay) and weight_decay == 0)
+    use_weight_decay = not (_validation.is_concrete_real(weight_decay) and weight_decay == 0)
 
     def init_fn(params):
         rms = core.init(params, track_count=callable(learning_rate))

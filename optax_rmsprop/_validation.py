@@ -18,8 +18,12 @@ import numpy as np
 from optax_rmsprop import _storage
 
 
-def is_python_number(value: Any) -> bool:
-    """True for Python and NumPy real scalars (not bool), False for arrays."""
+def is_concrete_real(value: Any) -> bool:
+    """A Python or NumPy real scalar (not a bool, not an array or tracer).
+
+    Its value is known when the optimizer is built: it can be range-checked,
+    and it can decide the state's structure (momentum 0: no buffer).
+    """
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -38,7 +42,7 @@ def check_range(
     """
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got the bool {value!r}.")
-    if not is_python_number(value):
+    if not is_concrete_real(value):
         if isinstance(value, (str, bytes)):
             raise ValueError(f"{name} must be a number, got {value!r}.")
         return

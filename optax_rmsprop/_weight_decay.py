@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+from jax.typing import ArrayLike
 
 from optax_rmsprop import _dtypes, _tree
 from optax_rmsprop._tree import Tree
@@ -11,7 +12,7 @@ from optax_rmsprop._tree import Tree
 Mask = Tree | Callable[[Tree], Tree] | None
 
 
-def add_l2_to_gradient(grads: Tree, params: Tree, weight_decay: Any, mask: Mask) -> Tree:
+def add_l2_to_gradient(grads: Tree, params: Tree, weight_decay: ArrayLike, mask: Mask) -> Tree:
     """Coupled weight decay: ``g + wd * p`` where the mask is True."""
     return _tree.map_masked(
         lambda g, p: g + weight_decay * _dtypes.cast(p, g.dtype),
@@ -22,7 +23,7 @@ def add_l2_to_gradient(grads: Tree, params: Tree, weight_decay: Any, mask: Mask)
 
 
 def add_decoupled_decay(
-    step: Tree, params: Tree, learning_rate: Any, weight_decay: Any, mask: Mask
+    step: Tree, params: Tree, learning_rate: ArrayLike, weight_decay: ArrayLike, mask: Mask
 ) -> Tree:
     """Decoupled weight decay: ``step + lr * wd * p`` where the mask is True."""
     return _tree.map_masked(

@@ -10,13 +10,11 @@ that port where bit-level agreement with TF's order of operations matters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import optax
 
 from optax_rmsprop._rmsprop import rmsprop
-
-Tree = Any
+from optax_rmsprop._tree import Tree
 
 
 def graves_2013(learning_rate: optax.ScalarOrSchedule = 1e-4) -> optax.GradientTransformation:

@@ -171,9 +171,14 @@ class Config:
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["resumable"])
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
 def value_type(field: dataclasses.Field) -> tuple[type, bool]:
     """The field's value type (``tuple`` for a tuple of ints) and whether None is allowed."""
-    hint = typing.get_type_hints(Config)[field.name]
+    hint = _type_hints()[field.name]
     args = typing.get_args(hint)
     optional = typing.get_origin(hint) is types.UnionType and type(None) in args
     if optional:

@@ -51,15 +51,18 @@ def _count(interval: config_lib.Interval) -> Callable[[str], int]:
     return _checked(int, "a valid int", interval.problem)
 
 
-def _help(field: dataclasses.Field, kind: type) -> str:
-    """The field's help, its range and its default as one would type it.
+def _flag(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
 
-    (A bool's flag pair says its default.)
-    """
+
+def _help(field: dataclasses.Field, kind: type) -> str:
+    """The field's help, its range and its default as one would type it."""
     notes = []
     if field.metadata["interval"] is not None:
         notes.append(f"in {field.metadata['interval']}")
-    if field.default is not None and kind is not bool:
+    if kind is bool:
+        notes.append(f"default: {'on' if field.default else 'off'}")
+    elif field.default is not None:
         shown = ",".join(map(str, field.default)) if kind is tuple else field.default
         notes.append(f"default: {shown}")
     return field.metadata["help"] + (f" ({'; '.join(notes)})" if notes else "")
@@ -67,11 +70,11 @@ def _help(field: dataclasses.Field, kind: type) -> str:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field, ``--field-name``, with the field's help, default and check."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups: dict[str, Any] = {}  # section title -> argparse argument group
     for field in dataclasses.fields(Config):
         meta = field.metadata
-        group = groups.get(meta["group"]) or parser.add_argument_group(meta["group"])
-        groups[meta["group"]] = group
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
         kind, _ = config_lib.value_type(field)
         kwargs: dict[str, Any] = dict(default=field.default, help=_help(field, kind))
         if kind is bool:
@@ -82,7 +85,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = _field_type(field)
         if meta["metavar"]:
             kwargs["metavar"] = meta["metavar"]
-        group.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+        groups[meta["group"]].add_argument(_flag(field), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,7 +101,7 @@ def tensorflow_v1(
         del params, extra_args
         _common.check_structure(updates, state.rms, "compat.tensorflow_v1 update")
         lr = _common.learning_rate_at(learning_rate, state.step)
-        mg = state.mg if centered else jax.tree.map(lambda _: None, state.rms)
+        mg = state.mg if centered else _tree.nones_like(state.rms)
         # TF1 converts each hyperparameter to a float32 tensor, then casts it.
         hyper = dict(
             lr=_common.floatx(lr),
