@@ -2,7 +2,7 @@
 
 from optax_rmsprop import compat as compat
 from optax_rmsprop import recipes as recipes
-from optax_rmsprop._conversion import dequantize_state as dequantize_state
+from optax_rmsprop._dequantize import dequantize_state as dequantize_state
 from optax_rmsprop._diagnostics import effective_step_size as effective_step_size
 from optax_rmsprop._rmsprop import RMSPropState as RMSPropState
 from optax_rmsprop._rmsprop import rmsprop as rmsprop

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _compat
+from optax_rmsprop import _jax_versions
 
 
 def is_weak_scalar(value: object) -> bool:
@@ -72,4 +72,4 @@ def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:
 
 
 def _weakly_typed(x: jax.Array) -> bool:
-    return _compat.typeof(x).weak_type
+    return _jax_versions.typeof(x).weak_type

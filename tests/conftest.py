@@ -2,10 +2,10 @@
 
 import pytest
 
-from optax_rmsprop import _compat
+from optax_rmsprop import _jax_versions
 
 
 @pytest.fixture(autouse=True)
 def _float64():
-    with _compat.enable_x64(True):
+    with _jax_versions.enable_x64(True):
         yield

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _compat, _quantize, _storage
+from optax_rmsprop import _jax_versions, _quantize, _storage
 from tests.helpers import jitted_step
 
 F32 = jnp.float32
@@ -338,7 +338,7 @@ def test_complex_moments_are_quantized_as_real_and_imaginary_parts():
     assert float(jnp.max(jnp.abs(back - value))) < 0.01 * 2
 
 
-AXIS_TYPES = ["auto", "explicit"] if _compat.HAS_EXPLICIT_SHARDING else ["auto"]
+AXIS_TYPES = ["auto", "explicit"] if _jax_versions.HAS_EXPLICIT_SHARDING else ["auto"]
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
@@ -346,17 +346,17 @@ AXIS_TYPES = ["auto", "explicit"] if _compat.HAS_EXPLICIT_SHARDING else ["auto"]
 def test_sharded_state_needs_no_collective(axis_types):
     # Blocks run along the last axis inside each shard, so a step on params
     # sharded (data, model) over 4 x 2 devices moves nothing between devices.
-    mesh = _compat.make_mesh((4, 2), ("data", "model"), explicit=axis_types == "explicit")
+    mesh = _jax_versions.make_mesh((4, 2), ("data", "model"), explicit=axis_types == "explicit")
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
     params = jax.device_put(jnp.ones((64, 4096), F32), sharding)
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int8")
-    with _compat.set_mesh(mesh):
+    with _jax_versions.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
     if axis_types == "auto":  # jit(init) of constants cannot know the sharding: place it
         state = jax.device_put(state, sharding)
     for leaf in jax.tree.leaves(state):  # codes and scales alike
         assert leaf.sharding.is_equivalent_to(sharding, 2), leaf.shape
-    with _compat.set_mesh(mesh):
+    with _jax_versions.set_mesh(mesh):
         compiled = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).compile()
         new_params, new_state = compiled(params, state, params)
     hlo = compiled.as_text()

@@ -12,10 +12,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_rmsprop
-from optax_rmsprop import _compat
+from optax_rmsprop import _jax_versions
 
 pytestmark = pytest.mark.skipif(
-    jax.device_count() < 8 or not _compat.HAS_EXPLICIT_SHARDING,
+    jax.device_count() < 8 or not _jax_versions.HAS_EXPLICIT_SHARDING,
     reason="needs 8 devices and jax's explicit sharding",
 )
 
@@ -36,7 +36,7 @@ def test_state_is_sharded_like_params_and_numbers_match():
     }
     params = jax.tree.map(jax.device_put, host, shardings)
     tx = optax_rmsprop.rmsprop(0.1, momentum=0.9, centered=True, weight_decay=0.01)
-    with _compat.set_mesh(mesh):
+    with _jax_versions.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
     for tree in (state.rms.nu, state.rms.mu, state.momentum):
         for k in host:
@@ -48,7 +48,7 @@ def test_state_is_sharded_like_params_and_numbers_match():
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
-    with _compat.set_mesh(mesh):
+    with _jax_versions.set_mesh(mesh):
         for _ in range(5):
             params, state = step(params, state)
     for k in host:

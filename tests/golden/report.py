@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 
-from optax_rmsprop import _compat
+from optax_rmsprop import _jax_versions
 from tests import test_compat
 
 
 def main() -> None:
     worst: dict = {}
-    with _compat.enable_x64(True):
+    with _jax_versions.enable_x64(True):
         for framework, i, dtype in test_compat.GOLDEN_CASES:
             meta, data = test_compat._golden(framework)
             record = test_compat._record(data, i, dtype)
