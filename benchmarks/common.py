@@ -1,4 +1,9 @@
-"""Timing helpers shared by the benchmarks: medians, paired ratios, machine info, output."""
+"""What the benchmarks (and the tests) share: the step, its compiled facts, timing, output.
+
+The step (update + apply), the leaf layouts, and what XLA says about a compiled
+step (bytes accessed, the entry computation's ops, buffer sizes) live here once;
+``tests/`` imports them too. Timing helpers give medians and paired ratios.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import json
 import os
 import platform
 import statistics
+import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -139,3 +146,80 @@ def roofline(sizes: list[int]) -> Callable[[], None]:
 
     run()
     return run
+
+
+# -- the step and what XLA makes of it ---------------------------------------
+def update_and_apply(tx) -> Callable:
+    """``(params, state, grads) -> (params, state)``: one update of ``tx``, applied."""
+    import optax
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def compile_step(tx, params, grads=None, *, donate: bool = True) -> tuple[Any, Any]:
+    """The jitted step of ``tx`` (params and state donated), compiled; and a fresh state.
+
+    ``grads`` defaults to ``params`` (only shapes and dtypes matter to the compiler).
+    """
+    import jax
+
+    state = tx.init(params)
+    jitted = jax.jit(update_and_apply(tx), donate_argnums=(0, 1) if donate else ())
+    compiled = jitted.lower(params, state, params if grads is None else grads).compile()
+    return compiled, state
+
+
+def leaves_for(n: int, count: int) -> list[int]:
+    """Sizes of ``count`` leaves (at most ``n``) that hold ``n`` parameters together."""
+    count = min(count, n)
+    sizes = [n // count] * count
+    sizes[0] += n - sum(sizes)
+    return sizes
+
+
+def bytes_accessed(compiled) -> float:
+    """The bytes XLA's cost analysis counts for a compiled function."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis  # jax < 0.4.36
+    return float(analysis.get("bytes accessed", float("nan")))
+
+
+def entry_ops(compiled) -> list[str]:
+    """The op of each instruction of the optimised HLO's entry computation, in order.
+
+    ``%fusion.3 = (f32[64]{0}, f32[64]{0}) fusion(%p0, ...), kind=kLoop`` gives
+    ``fusion``: the first ``name(`` after the ``=`` (a tuple shape has none).
+    """
+    text = compiled.as_text()
+    entry = text[text.index("ENTRY") :].split("\n}", 1)[0]
+    return re.findall(r"^\s*(?:ROOT )?\S+ = .*? ([\w-]+)\(", entry, flags=re.M)
+
+
+NOT_KERNELS = frozenset({"parameter", "tuple", "get-tuple-element", "bitcast", "constant"})
+
+
+def kernels(ops: list[str]) -> int:
+    """Entry ops that launch work: fusions, custom calls and lone ops (not plumbing)."""
+    return sum(op not in NOT_KERNELS for op in ops)
+
+
+def memory(compiled) -> dict[str, int]:
+    """XLA's buffer assignment of a compiled function, in bytes.
+
+    ``peak`` is what the step holds at once: arguments, outputs and temporaries,
+    less the outputs that reuse a donated argument's buffer (with every output
+    aliased, arguments plus temporaries).
+    """
+    m = compiled.memory_analysis()
+    sizes = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,
+        "temporaries": m.temp_size_in_bytes,
+    }
+    sizes["peak"] = sum(sizes[k] for k in ("arguments", "outputs", "temporaries")) - sizes["aliased"]
+    return sizes
