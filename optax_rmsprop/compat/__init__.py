@@ -15,11 +15,11 @@ from optax_rmsprop.compat._keras import keras as keras
 from optax_rmsprop.compat._keras import keras_legacy as keras_legacy
 from optax_rmsprop.compat._pytorch import PyTorchRMSpropState as PyTorchRMSpropState
 from optax_rmsprop.compat._pytorch import pytorch as pytorch
-from optax_rmsprop.compat._torch_state import from_pytorch_state as from_pytorch_state
-from optax_rmsprop.compat._torch_state import to_pytorch_state as to_pytorch_state
 from optax_rmsprop.compat._tensorflow import TFRMSPropState as TFRMSPropState
 from optax_rmsprop.compat._tensorflow import tensorflow_v1 as tensorflow_v1
 from optax_rmsprop.compat._timm import timm as timm
+from optax_rmsprop.compat._torch_state import from_pytorch_state as from_pytorch_state
+from optax_rmsprop.compat._torch_state import to_pytorch_state as to_pytorch_state
 
 __all__ = [
     "KerasRMSpropState",

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _tree
 from optax_rmsprop._tree import Tree
-from optax_rmsprop.compat import _common
-from optax_rmsprop.compat._tensorflow import apply_rmsprop_kernel
+from optax_rmsprop.compat import _common, _frame
+from optax_rmsprop.compat._frame import Leaf, Slots
+from optax_rmsprop.compat._tensorflow import TFHyper, apply_rmsprop
 
 
 class KerasRMSpropState(NamedTuple):
@@ -21,7 +23,7 @@ class KerasRMSpropState(NamedTuple):
     Attributes:
       iterations: number of updates; schedules are called with it (0-based).
       velocity: mean square (legacy: the ``rms`` slot), initialised to zeros.
-      momentum: momentum buffer (``momentum > 0``), else None.
+      momentum: momentum buffer (``momentum > 0``; legacy: the momentum path), else None.
       average_gradient: mean gradient (``centered=True``; legacy ``mg``), else None.
     """
 
@@ -31,53 +33,77 @@ class KerasRMSpropState(NamedTuple):
     average_gradient: Tree | None
 
 
-def init_keras_state(params, momentum: bool, centered: bool) -> KerasRMSpropState:
-    """Zeros for every slot in use, ``iterations`` at 0."""
-    zeros = _common.zeros_like_tree(params)
-    return KerasRMSpropState(
-        iterations=jnp.zeros([], jnp.int32),
-        velocity=zeros,
-        momentum=zeros if momentum else None,
-        average_gradient=zeros if centered else None,
-    )
+KERAS_LAYOUT = _frame.Layout(
+    KerasRMSpropState,
+    count="iterations",
+    square="velocity",
+    grad_avg="average_gradient",
+    momentum="momentum",
+)
 
 
-def next_keras_state(updates, out, state, use_momentum, centered):
-    """Splits the per-leaf ``(update, velocity, momentum, average)`` tuples; counts the step."""
-    u, v, mom, mg = _tree.unzip(updates, out, 4)
-    return u, KerasRMSpropState(
-        iterations=optax.safe_int32_increment(state.iterations),
-        velocity=v,
-        momentum=mom if use_momentum else None,
-        average_gradient=mg if centered else None,
-    )
+# -- Keras 3 -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class KerasStep:
+    """Keras 3's ``RMSprop.update_step`` for one variable, after its weight decay.
 
-
-def keras_kernel(g, p, v, mom, avg, *, lr_t, rho, epsilon, momentum, centered, weight_decay):
-    """Keras 3's ``RMSprop.update_step`` for one variable: ``(update, v, mom, avg)``.
-
-    ``lr_t`` is the learning rate as Keras holds it (a ``floatx`` variable, or
-    a schedule's value); ``weight_decay`` is None for none.
+    Called with the learning rate as Keras holds it (a ``floatx`` variable, or
+    a schedule's value). ``weight_decay`` is None for none; it applies to the
+    leaves the frame marks ``decay``.
     """
-    lr_t = _common.as_dtype_of(lr_t, v)
-    g = g.astype(v.dtype)
-    v = _common.as_dtype_of(rho, v) * v + _common.as_dtype_of(1 - rho, v) * jnp.square(g)
-    if centered:
-        avg = _common.as_dtype_of(rho, v) * avg + _common.as_dtype_of(1 - rho, v) * g
-        denominator = v - jnp.square(avg) + _common.as_dtype_of(epsilon, v)
-    else:
-        denominator = v + _common.as_dtype_of(epsilon, v)
-    increment = (lr_t * g) / jnp.sqrt(denominator)
-    if momentum > 0:
-        mom = _common.as_dtype_of(momentum, v) * mom + increment
-        step = mom
-    else:
-        step = increment
-    u = -step
-    if weight_decay is not None:
-        decayed = p - p * _common.as_dtype_of(weight_decay, p) * lr_t
-        u = (decayed - step) - p
-    return u, v, mom, avg
+
+    rho: float
+    momentum: float
+    epsilon: float
+    centered: bool
+    weight_decay: float | None
+
+    def __call__(self, leaf: Leaf, lr: jax.Array) -> tuple[jax.Array, Slots]:
+        v, avg = leaf.slots.square, leaf.slots.grad_avg
+        lr = _common.as_dtype_of(lr, v)
+        g = leaf.grad.astype(v.dtype)
+        rho, one_minus_rho = _common.as_dtype_of(self.rho, v), _common.as_dtype_of(1 - self.rho, v)
+        v = rho * v + one_minus_rho * jnp.square(g)
+        if self.centered:
+            avg = rho * avg + one_minus_rho * g
+            denominator = v - jnp.square(avg) + _common.as_dtype_of(self.epsilon, v)
+        else:
+            denominator = v + _common.as_dtype_of(self.epsilon, v)
+        increment = (lr * g) / jnp.sqrt(denominator)
+        mom = None
+        if self.momentum > 0:
+            mom = _common.as_dtype_of(self.momentum, v) * leaf.slots.momentum + increment
+            step = mom
+        else:
+            step = increment
+        u = -step
+        if self.weight_decay is not None and leaf.decay:
+            # Keras decays first, p - p * wd * lr, then subtracts the step
+            p = leaf.param
+            decayed = p - p * _common.as_dtype_of(self.weight_decay, p) * lr
+            u = (decayed - step) - p
+        return u, Slots(v, avg, mom)
+
+
+def check_excluded_names(names: Any) -> tuple[str, ...]:
+    """Keras's ``var_names``: a list of regular expressions, checked and compiled once."""
+    if names is None:
+        return ()
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError(
+            f"exclude_from_weight_decay must be a list of strings (Keras's var_names), got "
+            f"{names!r}; for one name write [{names!r}]."
+        )
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"exclude_from_weight_decay must hold strings, got {name!r}.")
+        try:
+            re.compile(name)
+        except re.error as err:
+            raise ValueError(
+                f"exclude_from_weight_decay: {name!r} is not a regular expression ({err})."
+            ) from err
+    return tuple(names)
 
 
 def keras(
@@ -88,6 +114,8 @@ def keras(
     centered: bool = False,
     weight_decay: float | None = None,
     *,
+    exclude_from_weight_decay: Sequence[str] | None = None,
+    weight_decay_mask: _frame.Mask = None,
     floatx: str = "float32",
 ) -> optax.GradientTransformationExtraArgs:
     """``keras.optimizers.RMSprop`` of Keras 3 (and tf.keras >= 2.11), step for step.
@@ -99,20 +127,40 @@ def keras(
     **inside** the root), momentum ``m = momentum * m + increment`` (lr
     **inside** the buffer) and ``p -= m``, else ``p -= increment``.
 
+    Keras's ``optimizer.exclude_from_weight_decay(var_names=[...])`` is
+    ``exclude_from_weight_decay=[...]`` here: the parameters it excludes keep
+    their RMSProp step and lose only the weight decay. (``optax.masked`` would
+    not do this: it passes their raw gradient through, with no RMSProp scaling.)
+    Keras searches each pattern in the variable's name (``"bias"``); here it is
+    searched in the parameter's path, its keys joined by ``/``
+    (``"Dense_0/bias"``), which ends with that name. For ``var_list`` (given
+    variables) pass ``weight_decay_mask``.
+
     Args:
       learning_rate: a float or an optax schedule of the 0-based iteration,
         like a ``keras.optimizers.schedules.LearningRateSchedule``. A constant
         is rounded to ``floatx``, as Keras's learning-rate variable is.
-      rho: discounting factor of the mean square.
-      momentum: momentum factor; 0 allocates no buffer.
-      epsilon: added to the mean square, inside the root.
+      rho: discounting factor of the mean square, in [0, 1].
+      momentum: momentum factor in [0, 1); 0 allocates no buffer.
+      epsilon: added to the mean square, inside the root, >= 0.
       centered: normalise by the estimated variance.
-      weight_decay: decoupled decay ``p *= 1 - wd * lr`` (needs ``params``);
-        None or 0 for none. Mask leaves with ``optax.masked`` as Keras's
-        ``exclude_from_weight_decay`` would.
+      weight_decay: decoupled decay ``p *= 1 - wd * lr``, >= 0 (needs
+        ``params``); None or 0 for none.
+      exclude_from_weight_decay: Keras's ``var_names``: regular expressions; a
+        parameter whose path contains a match (``re.search``) is not decayed.
+      weight_decay_mask: which parameters are decayed: a tree of bools (or a
+        prefix of one) shaped like the params, or a function of the params
+        returning one, as in ``optax.adamw``; None: all. Combined with
+        ``exclude_from_weight_decay``: decayed where both allow it.
+      floatx: Keras's ``keras.config.floatx()``, the dtype of its learning-rate
+        variable.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a :class:`KerasRMSpropState`.
+
+    Raises:
+      ValueError: at construction, for a value out of its range, a callable
+        other than ``learning_rate``, a bad ``floatx`` or bad excluded names.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -122,102 +170,142 @@ def keras(
       >>> u, _ = tx.update(jnp.array([1.0, 6.0, 7.0, 2.0]), tx.init(x), x)
       >>> [round(float(v), 4) for v in optax.apply_updates(x, u)]
       [-0.5811, 0.4189, 1.4189, 2.4189]
+      >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+      >>> tx = compat.keras(0.1, weight_decay=0.5, exclude_from_weight_decay=["b"])
+      >>> u, _ = tx.update({"w": jnp.zeros(2), "b": jnp.zeros(2)}, tx.init(params), params)
+      >>> new = optax.apply_updates(params, u)  # a zero gradient: only w's decay moves
+      >>> [round(float(new[k][0]), 6) for k in ("w", "b")]
+      [0.95, 1.0]
     """
-    _common.check_hyperparameters(("learning_rate", learning_rate), ("rho", rho),
-                                  ("epsilon", epsilon), momentum,
-                                  ("weight_decay", weight_decay))  # fmt: skip
-    use_wd = bool(weight_decay)
-    lr_dtype = _common.check_floatx(floatx)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        _common.check_structure(updates, state.velocity, "compat.keras update")
-        if use_wd:
-            _common.require_params(params, "compat.keras update", f"weight_decay={weight_decay}")
-        lr = _common.learning_rate_at(learning_rate, state.iterations)
-        none = _tree.nones_like(state.velocity)
-        mom_tree = state.momentum if momentum > 0 else none
-        avg_tree = state.average_gradient if centered else none
-        p_tree = params if use_wd else none
-
-        lr_t = lr if callable(learning_rate) else jnp.asarray(lr, lr_dtype)
-        kernel = functools.partial(
-            keras_kernel,
-            lr_t=lr_t,
-            rho=rho,
-            epsilon=epsilon,
-            momentum=momentum,
-            centered=centered,
-            weight_decay=weight_decay if use_wd else None,
-        )
-        out = jax.tree.map(kernel, updates, p_tree, state.velocity, mom_tree, avg_tree)
-        return next_keras_state(updates, out, state, momentum > 0, centered)
-
-    return optax.GradientTransformationExtraArgs(
-        lambda params: init_keras_state(params, momentum > 0, centered), update_fn
+    _common.check_hyperparameters(
+        callables=("learning_rate",),
+        lr=("learning_rate", learning_rate),
+        decay=("rho", rho),
+        eps=("epsilon", epsilon),
+        momentum=("momentum", momentum),
+        weight_decay=("weight_decay", weight_decay),
     )
+    _common.check_flags(centered=centered)
+    excluded = check_excluded_names(exclude_from_weight_decay)
+    lr_dtype = _common.check_floatx(floatx)
+    use_wd = bool(weight_decay)
+
+    def hyper_at(count: jax.Array) -> jax.Array:
+        if callable(learning_rate):
+            return learning_rate(count)
+        return jnp.asarray(learning_rate, lr_dtype)
+
+    port = _frame.Port(
+        name="compat.keras",
+        layout=KERAS_LAYOUT,
+        kernel=KerasStep(rho, momentum, epsilon, centered, weight_decay if use_wd else None),
+        hyper_at=hyper_at,
+        square_init=0.0,
+        centered=centered,
+        momentum_slot=momentum > 0,
+        needs_params=f"weight_decay={weight_decay}" if use_wd else None,
+        decay_mask=weight_decay_mask,
+        decay_excluded=excluded,
+    )
+    return _frame.transformation(port)
 
 
-def keras_legacy_kernel(
-    g, rms, mom, mg, *, base_lr, iterations, rho, momentum, epsilon, centered, decay
-):
-    """optimizer_v2's ``RMSprop`` for one variable: ``(update, rms, mom, mg)``.
+# -- legacy tf.keras (optimizer_v2) --------------------------------------------------------
+class LegacyHyper(NamedTuple):
+    """optimizer_v2's hyperparameters for one step, as its float32 variables hold them."""
 
-    ``rho`` and ``momentum`` come as the float32 variables optimizer_v2 keeps
-    (``mom`` is None without momentum); with momentum the step is TF's C++
-    kernel, else the Python path below.
+    lr: jax.Array
+    rho: jax.Array
+    momentum: jax.Array
+    iterations: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasLegacyStep:
+    """optimizer_v2's ``RMSprop._resource_apply_dense`` for one variable.
+
+    On the momentum path the step is TF's C++ kernel (:func:`apply_rmsprop`),
+    else the Python path: ``p -= lr * g / (sqrt(rms [- mg**2]) + epsilon)``.
     """
-    lr_t = _common.as_dtype_of(_common.floatx(base_lr), rms)
-    if decay > 0:
-        step = iterations.astype(rms.dtype)
-        decay_t = _common.as_dtype_of(_common.floatx(decay), rms)
-        lr_t = lr_t / (jnp.ones([], rms.dtype) + decay_t * step)
-    g = g.astype(rms.dtype)
-    if mom is not None:
-        return apply_rmsprop_kernel(
-            g, rms, mom, mg, lr=lr_t, rho=rho, momentum=momentum, epsilon=epsilon
-        )
-    rho_t = _common.as_dtype_of(rho, rms)
-    one_minus_rho = jnp.ones([], rms.dtype) - rho_t
-    rms = rho_t * rms + one_minus_rho * jnp.square(g)
-    denom = rms
-    if centered:
-        mg = rho_t * mg + one_minus_rho * g
-        denom = rms - jnp.square(mg)
-    return -(lr_t * g / (jnp.sqrt(denom) + _common.as_dtype_of(epsilon, rms))), rms, mom, mg
+
+    epsilon: float
+    decay: float
+    momentum_path: bool
+
+    def __call__(self, leaf: Leaf, hyper: LegacyHyper) -> tuple[jax.Array, Slots]:
+        rms = leaf.slots.square
+        lr = _common.as_dtype_of(hyper.lr, rms)
+        if self.decay > 0:  # optimizer_v2._decayed_lr, in the variable's dtype
+            step = hyper.iterations.astype(rms.dtype)
+            decay = _common.as_dtype_of(_common.floatx(self.decay), rms)
+            lr = lr / (jnp.ones([], rms.dtype) + decay * step)
+        leaf = leaf._replace(grad=leaf.grad.astype(rms.dtype))
+        if self.momentum_path:
+            return apply_rmsprop(leaf, TFHyper(lr, hyper.rho, hyper.momentum, self.epsilon))
+        g, mg = leaf.grad, leaf.slots.grad_avg
+        rho = _common.as_dtype_of(hyper.rho, rms)
+        one_minus_rho = jnp.ones([], rms.dtype) - rho
+        rms = rho * rms + one_minus_rho * jnp.square(g)
+        denom = rms
+        if mg is not None:
+            mg = rho * mg + one_minus_rho * g
+            denom = rms - jnp.square(mg)
+        u = -(lr * g / (jnp.sqrt(denom) + _common.as_dtype_of(self.epsilon, rms)))
+        return u, Slots(rms, mg, None)
+
+
+def takes_momentum_path(momentum: Any) -> bool:
+    """optimizer_v2's test: a tensor (here an array) or a callable momentum, or one > 0."""
+    return callable(momentum) or isinstance(momentum, jax.Array) or momentum > 0
 
 
 def keras_legacy(
     learning_rate: optax.ScalarOrSchedule = 1e-3,
-    rho: float = 0.9,
-    momentum: float = 0.0,
+    rho: float | optax.Schedule = 0.9,
+    momentum: float | optax.Schedule = 0.0,
     epsilon: float = 1e-7,
     centered: bool = False,
     decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     """``tf.keras.optimizers.RMSprop`` of TF <= 2.10 (optimizer_v2, now ``tf_keras...legacy``).
 
-    Two code paths, as in the original: with ``momentum == 0`` a Python path
-    with eps **outside** the root, ``p -= lr * g / (sqrt(rms [- mg**2]) + eps)``;
-    with ``momentum > 0`` TF's C++ kernel, eps **inside** the root and lr inside
+    Two code paths, as in the original. Without momentum a Python path with
+    eps **outside** the root, ``p -= lr * g / (sqrt(rms [- mg**2]) + eps)``. On
+    the momentum path, TF's C++ kernel: eps **inside** the root and lr inside
     the buffer (as :func:`tensorflow_v1`, but with the mean square starting at
-    0). ``epsilon=0`` silently becomes 1e-7, as ``epsilon or K.epsilon()`` does.
+    0). The momentum path is taken when ``momentum > 0``, and also, as
+    optimizer_v2 decides, when ``momentum`` is a callable or an array, whatever
+    its value: ``momentum=lambda count: 0.0`` puts eps inside the root.
+    ``epsilon=0`` silently becomes 1e-7, as ``epsilon or K.epsilon()`` does.
 
     ``decay`` is **not** rho: it is inverse-time learning-rate decay,
     ``lr / (1 + decay * iterations)``. ``RMSprop(decay=0.9)`` ported as
     ``rho=0.9`` is a different optimizer; ported as written it divides the
     learning rate by 10 after 10 steps and by 100 after 110.
 
+    optimizer_v2 calls a callable ``learning_rate``, ``rho`` or ``momentum`` at
+    every step; here it is called with the 0-based iteration count (write the
+    original's ``lambda: f(optimizer.iterations)`` as ``lambda count: f(count)``).
+    Like the float32 tensor TF makes of the Python number a callable returns,
+    its value is rounded to float32. A callable ``epsilon`` or ``decay`` is
+    refused: tf.keras fails on it (``epsilon`` at the first step, ``decay`` at
+    construction).
+
     Args:
-      learning_rate: a float or an optax schedule of the 0-based iteration.
-      rho: discounting factor of the mean square.
-      momentum: momentum factor; > 0 switches to the C++ kernel.
-      epsilon: see above; ``0`` means 1e-7.
+      learning_rate: a float or a schedule of the 0-based iteration.
+      rho: discounting factor of the mean square, in [0, 1], or a schedule.
+      momentum: momentum factor in [0, 1), or a schedule (momentum path).
+      epsilon: see above, >= 0; ``0`` means 1e-7.
       centered: normalise by the estimated variance.
       decay: inverse-time decay of the learning rate, >= 0.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a :class:`KerasRMSpropState`.
+
+    Raises:
+      ValueError: at construction, for a value out of its range, a callable
+        ``epsilon`` or ``decay``, a callable that does not take the count, or a
+        non-bool ``centered``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -229,34 +317,30 @@ def keras_legacy(
       >>> round(float(u[0]), 4)  # -0.1 / (1 + 0.9 * 2) / (sqrt(1 - 0.9**3) + eps)
       -0.0686
     """
-    _common.check_hyperparameters(("learning_rate", learning_rate), ("rho", rho),
-                                  ("epsilon", epsilon), momentum, ("decay", decay))  # fmt: skip
-    epsilon = epsilon or 1e-7
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        _common.check_structure(updates, state.velocity, "compat.keras_legacy update")
-        base_lr = _common.learning_rate_at(learning_rate, state.iterations)
-        none = _tree.nones_like(state.velocity)
-        mom_tree = state.momentum if momentum > 0 else none
-        mg_tree = state.average_gradient if centered else none
-
-        # optimizer_v2 keeps learning_rate, rho and momentum in float32 variables.
-        rho_x, momentum_x = _common.floatx(rho), _common.floatx(momentum)
-
-        kernel = functools.partial(
-            keras_legacy_kernel,
-            base_lr=base_lr,
-            iterations=state.iterations,
-            rho=rho_x,
-            momentum=momentum_x,
-            epsilon=epsilon,
-            centered=centered,
-            decay=decay,
-        )
-        out = jax.tree.map(kernel, updates, state.velocity, mom_tree, mg_tree)
-        return next_keras_state(updates, out, state, momentum > 0, centered)
-
-    return optax.GradientTransformationExtraArgs(
-        lambda params: init_keras_state(params, momentum > 0, centered), update_fn
+    _common.check_hyperparameters(
+        callables=("learning_rate", "rho", "momentum"),
+        lr=("learning_rate", learning_rate),
+        decay=("rho", rho),
+        eps=("epsilon", epsilon),
+        momentum=("momentum", momentum),
+        weight_decay=("decay", decay),
     )
+    _common.check_flags(centered=centered)
+    momentum_path = takes_momentum_path(momentum)
+    values = (learning_rate, rho, momentum)
+
+    def hyper_at(count: jax.Array) -> LegacyHyper:
+        # optimizer_v2 keeps learning_rate, rho and momentum in float32 variables
+        lr, rho_t, momentum_t = (_common.floatx(_common.value_at(v, count)) for v in values)
+        return LegacyHyper(lr, rho_t, momentum_t, count)
+
+    port = _frame.Port(
+        name="compat.keras_legacy",
+        layout=KERAS_LAYOUT,
+        kernel=KerasLegacyStep(epsilon or 1e-7, decay, momentum_path),
+        hyper_at=hyper_at,
+        square_init=0.0,
+        centered=centered,
+        momentum_slot=momentum_path,
+    )
+    return _frame.transformation(port)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optax_rmsprop import _tree
 from optax_rmsprop._tree import Tree
-from optax_rmsprop.compat import _common
+from optax_rmsprop.compat import _common, _frame
+from optax_rmsprop.compat._frame import Leaf, Slots
 
 
 class TFRMSPropState(NamedTuple):
@@ -29,53 +29,79 @@ class TFRMSPropState(NamedTuple):
     mg: Tree | None
 
 
-def apply_rmsprop_kernel(g, ms, mom, mg, *, lr, rho, momentum, epsilon):
+class TFHyper(NamedTuple):
+    """The hyperparameters TF's ``ApplyRMSProp`` kernel takes, each cast to the variable's dtype.
+
+    TF1 passes float32 tensors (so float64 variables see float32-rounded
+    values); legacy tf.keras passes its ``epsilon`` as a Python number.
+    """
+
+    lr: Any
+    rho: Any
+    momentum: Any
+    epsilon: Any
+
+
+def apply_rmsprop(leaf: Leaf, hyper: TFHyper) -> tuple[jax.Array, Slots]:
     """TF's CPU ``ApplyRMSProp`` / ``ApplyCenteredRMSProp`` functors, in their op order.
 
-    ``ms += (g*g - ms) * (1 - rho)``; centered ``mg += (g - mg) * (1 - rho)``;
-    ``mom = mom * momentum + (g * lr) / sqrt(ms [- mg*mg] + epsilon)``; the
-    update is ``-mom``. Every hyperparameter is first cast to the variable's
-    dtype, and ``1 - rho`` is computed in that dtype, as the kernel does.
-    Returns ``(update, ms, mom, mg)``.
+    ``ms += (g*g - ms) * (1 - rho)``; centered (a ``grad_avg`` slot)
+    ``mg += (g - mg) * (1 - rho)``; ``mom = mom * momentum + (g * lr) /
+    sqrt(ms [- mg*mg] + epsilon)``; the update is ``-mom``. Every hyperparameter
+    is first cast to the variable's dtype, and ``1 - rho`` is computed in that
+    dtype, as the kernel does.
     """
-    rho_t = _common.as_dtype_of(rho, ms)
-    one_minus_rho = jnp.ones([], ms.dtype) - rho_t
+    g, ms, mg = leaf.grad, leaf.slots.square, leaf.slots.grad_avg
+    rho = _common.as_dtype_of(hyper.rho, ms)
+    one_minus_rho = jnp.ones([], ms.dtype) - rho
     ms = ms + (g * g - ms) * one_minus_rho
     if mg is not None:
         mg = mg + (g - mg) * one_minus_rho
-        denom = (ms - mg * mg) + _common.as_dtype_of(epsilon, ms)
+        denom = (ms - mg * mg) + _common.as_dtype_of(hyper.epsilon, ms)
     else:
-        denom = ms + _common.as_dtype_of(epsilon, ms)
-    mom = mom * _common.as_dtype_of(momentum, ms) + (g * _common.as_dtype_of(lr, ms)) / jnp.sqrt(
-        denom
-    )
-    return -mom, ms, mom, mg
+        denom = ms + _common.as_dtype_of(hyper.epsilon, ms)
+    momentum = _common.as_dtype_of(hyper.momentum, ms)
+    mom = leaf.slots.momentum * momentum + (g * _common.as_dtype_of(hyper.lr, ms)) / jnp.sqrt(denom)
+    return -mom, Slots(ms, mg, mom)
+
+
+TF1_LAYOUT = _frame.Layout(
+    TFRMSPropState, count="step", square="rms", grad_avg="mg", momentum="momentum"
+)
 
 
 def tensorflow_v1(
     learning_rate: optax.ScalarOrSchedule,
-    decay: float = 0.9,
-    momentum: float = 0.0,
-    epsilon: float = 1e-10,
+    decay: float | optax.Schedule = 0.9,
+    momentum: float | optax.Schedule = 0.0,
+    epsilon: float | optax.Schedule = 1e-10,
     centered: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """``tf.compat.v1.train.RMSPropOptimizer(learning_rate, decay, momentum, epsilon, centered)``.
 
     TF1's conventions: the mean square starts at **1**, eps sits **inside** the
     root, the learning rate sits **inside** the momentum buffer, and the mean
-    square is updated as ``ms += (g*g - ms) * (1 - decay)``. This is the
-    optimizer of Inception, MobileNet, EfficientNet and IMPALA.
+    square is updated as ``ms += (g*g - ms) * (1 - decay)``. Every
+    hyperparameter is held as a float32 tensor, then cast to the variable's
+    dtype. This is the optimizer of Inception, MobileNet, EfficientNet and IMPALA.
+
+    TF1 calls a callable hyperparameter at every step; here a callable is
+    called with the 0-based step count (``global_step`` when passed to
+    ``minimize``), as an optax schedule.
 
     Args:
-      learning_rate: a float or an optax schedule of the 0-based step (TF1
-        schedules read ``global_step``, also 0 on the first update).
-      decay: discounting factor of the mean square (rho).
-      momentum: momentum factor; the slot exists even when 0.
-      epsilon: added to the mean square, inside the root.
+      learning_rate: a float or a schedule of the 0-based step.
+      decay: discounting factor of the mean square (rho), in [0, 1], or a schedule.
+      momentum: momentum factor in [0, 1), or a schedule; the slot exists even when 0.
+      epsilon: added to the mean square, inside the root, >= 0, or a schedule.
       centered: normalise by the estimated variance.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a :class:`TFRMSPropState`.
+
+    Raises:
+      ValueError: at construction, for a value out of its range, a callable
+        that does not take the step count, or a non-bool ``centered``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -86,42 +112,28 @@ def tensorflow_v1(
       >>> round(float(updates[0]), 5)  # -0.1 * 3 / sqrt(0.9 * 1 + 0.1 * 9)
       -0.22361
     """
-    _common.check_hyperparameters(("learning_rate", learning_rate), ("decay", decay),
-                                  ("epsilon", epsilon), momentum)  # fmt: skip
+    names = ("learning_rate", "decay", "momentum", "epsilon")
+    _common.check_hyperparameters(
+        callables=names,
+        lr=("learning_rate", learning_rate),
+        decay=("decay", decay),
+        momentum=("momentum", momentum),
+        eps=("epsilon", epsilon),
+    )
+    _common.check_flags(centered=centered)
+    values = (learning_rate, decay, momentum, epsilon)
 
-    def init_fn(params):
-        return TFRMSPropState(
-            step=jnp.zeros([], jnp.int32),
-            rms=jax.tree.map(jnp.ones_like, params),
-            momentum=_common.zeros_like_tree(params),
-            mg=_common.zeros_like_tree(params) if centered else None,
-        )
+    def hyper_at(count: jax.Array) -> TFHyper:
+        # TF1 converts each value to a float32 tensor, then casts it per variable
+        return TFHyper(*(_common.floatx(_common.value_at(v, count)) for v in values))
 
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        _common.check_structure(updates, state.rms, "compat.tensorflow_v1 update")
-        lr = _common.learning_rate_at(learning_rate, state.step)
-        mg = state.mg if centered else _tree.nones_like(state.rms)
-        # TF1 converts each hyperparameter to a float32 tensor, then casts it.
-        hyper = dict(
-            lr=_common.floatx(lr),
-            rho=_common.floatx(decay),
-            momentum=_common.floatx(momentum),
-            epsilon=_common.floatx(epsilon),
-        )
-        out = jax.tree.map(
-            lambda g, ms, mom, m: apply_rmsprop_kernel(g, ms, mom, m, **hyper),
-            updates,
-            state.rms,
-            state.momentum,
-            mg,
-        )
-        u, ms, mom, mg = _tree.unzip(updates, out, 4)
-        return u, TFRMSPropState(
-            step=optax.safe_int32_increment(state.step),
-            rms=ms,
-            momentum=mom,
-            mg=mg if centered else None,
-        )
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    port = _frame.Port(
+        name="compat.tensorflow_v1",
+        layout=TF1_LAYOUT,
+        kernel=apply_rmsprop,
+        hyper_at=hyper_at,
+        square_init=1.0,
+        centered=centered,
+        momentum_slot=True,
+    )
+    return _frame.transformation(port)

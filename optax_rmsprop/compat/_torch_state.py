@@ -28,12 +28,15 @@ TORCH_DEFAULTS = dict(
 
 
 def _to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy of a torch tensor (or array): never a view of the optimizer's memory.
+
+    ``Tensor.numpy()`` shares the tensor's buffer, and ``jnp.asarray`` may keep
+    sharing it on CPU; a later ``optimizer.step()`` would then change the JAX
+    state in place. The copy is what makes the converted state a value.
+    """
     if hasattr(x, "detach"):  # a torch tensor, without importing torch
-        x = x.detach().cpu()
-        if x.is_complex():
-            return x.resolve_conj().numpy()
-        return x.numpy()
-    return np.asarray(x)
+        x = x.detach().cpu().resolve_conj().numpy()
+    return np.array(x, copy=True)
 
 
 def from_pytorch_state(state_dict: dict, params: Tree) -> PyTorchRMSpropState:
@@ -88,7 +91,7 @@ def from_pytorch_state(state_dict: dict, params: Tree) -> PyTorchRMSpropState:
                     f"from_pytorch_state: {slot} of torch parameter {n} has shape {value.shape} "
                     f"but leaf {n} of params has shape {jnp.shape(leaf)}."
                 )
-            arrays.append(jnp.asarray(value, dtype=jnp.result_type(leaf)))
+            arrays.append(jnp.array(value, dtype=jnp.result_type(leaf), copy=True))
         slots[slot] = jax.tree.unflatten(treedef, arrays)
     steps = {int(_to_numpy(per_param[i]["step"])) for i in ids}
     if len(steps) != 1:
@@ -122,7 +125,9 @@ def to_pytorch_state(
         for slot in _SLOTS:
             tree = getattr(opt_state, slot)
             if tree is not None:
-                entry[slot] = torch.from_numpy(np.array(jax.tree.leaves(tree)[n]))
+                # a copy: torch's load_state_dict keeps tensors it need not cast, and
+                # optimizer.step() then writes into them in place
+                entry[slot] = torch.tensor(np.array(jax.tree.leaves(tree)[n], copy=True))
         state[n] = entry
     group = dict(TORCH_DEFAULTS, **(hyperparams or {}))
     group["params"] = list(range(len(leaves)))
