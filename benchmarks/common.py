@@ -12,11 +12,10 @@ import functools
 import json
 import os
 import platform
-import statistics
 import re
+import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -118,11 +117,13 @@ def _cpu_model() -> str | None:
     return None
 
 
-def write(name: str, payload: dict, markdown: str) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
-        json.dump(payload, f, indent=1)
-    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+def write(name: str, payload: dict, markdown: str, out: str | None = None) -> None:
+    """Writes ``name``.json and ``name``.md to ``out`` (default: benchmarks/results)."""
+    out = out or RESULTS
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
         f.write(markdown)
 
 
@@ -160,17 +161,25 @@ def update_and_apply(tx) -> Callable:
     return step
 
 
-def compile_step(tx, params, grads=None, *, donate: bool = True) -> tuple[Any, Any]:
-    """The jitted step of ``tx`` (params and state donated), compiled; and a fresh state.
+def jitted_step(tx, *, donate: bool = False) -> Callable:
+    """The step of ``tx``, jitted; with ``donate``, params and state are donated."""
+    import jax
 
-    ``grads`` defaults to ``params`` (only shapes and dtypes matter to the compiler).
+    return jax.jit(update_and_apply(tx), donate_argnums=(0, 1) if donate else ())
+
+
+def compile_step(tx, params, grads=None, *, donate: bool = True):
+    """The jitted step of ``tx`` for ``params``' shapes and dtypes, compiled.
+
+    ``params`` may be arrays or ``jax.ShapeDtypeStruct``s: nothing is allocated
+    or initialised (the state's shapes come from ``jax.eval_shape``). ``grads``
+    defaults to ``params``.
     """
     import jax
 
-    state = tx.init(params)
-    jitted = jax.jit(update_and_apply(tx), donate_argnums=(0, 1) if donate else ())
-    compiled = jitted.lower(params, state, params if grads is None else grads).compile()
-    return compiled, state
+    state = jax.eval_shape(tx.init, params)
+    grads = params if grads is None else grads
+    return jitted_step(tx, donate=donate).lower(params, state, grads).compile()
 
 
 def leaves_for(n: int, count: int) -> list[int]:

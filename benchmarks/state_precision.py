@@ -1,13 +1,19 @@
 """State precision: memory, bytes moved, step time and accuracy of float32, bfloat16 and int8 state.
 
-    python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR]
+    python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR] [--small] [--out DIR]
 
 For one 4096 x 4096 float32 parameter (16.8M) and ``optax_rmsprop.rmsprop``
 (plain, and with momentum 0.9) it records, per state precision:
 
-* state bytes per parameter (``nu`` alone, and the whole state), from the arrays;
+* state bytes per parameter (the RMS state alone, and the whole state), from the arrays;
 * the bytes XLA's cost analysis counts for one compiled, donated step;
 * the step time, interleaved with the other precisions, median of rounds.
+
+The step's memory at its peak, from XLA's own buffer assignment
+(``compiled.memory_analysis()``, deterministic): for one jitted, donated step
+over 4 leaves of 2048 x 2048, plain, with momentum and centered with momentum,
+the temporaries and the peak (arguments, outputs and temporaries less the
+outputs that reuse donated buffers) in bytes per parameter.
 
 Beside them, in child processes: PyTorch's ``torch.optim.RMSprop`` and
 bitsandbytes' ``RMSprop32bit`` / ``RMSprop8bit`` on the same shape (when
@@ -15,7 +21,9 @@ installed). Accuracy of the 8-bit state against float32 state on the same
 gradients: the per-step error with the reference re-synced to the 8-bit run
 (bitsandbytes' measure) and the drift after 1,000 noisy steps without
 re-syncing. With ``--mnist-dir``, the MNIST cnn trained 3 epochs with each
-state precision. Writes benchmarks/results/state_precision.{json,md}.
+state precision. ``--small`` shrinks the shapes and skips the child processes
+(the check that the command runs). Writes
+benchmarks/results/state_precision.{json,md} (or to ``--out``).
 """
 
 from __future__ import annotations
@@ -29,51 +37,39 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
-import optax
 
 import optax_rmsprop
 from benchmarks import common
 
 SHAPE = (4096, 4096)
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8"}
-
-
-def step_function(tx):
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
-def compiled_step(tx, params, grads):
-    """The donated step, compiled, with its state; and XLA's bytes accessed."""
-    state = tx.init(params)
-    compiled = jax.jit(step_function(tx), donate_argnums=(0, 1)).lower(params, state, grads)
-    compiled = compiled.compile()
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    return compiled, state, float(analysis["bytes accessed"])
+PEAK_LEAVES, PEAK_SHAPE = 4, (2048, 2048)
+STEP_OPTIONS = {
+    "plain": {},
+    "momentum": {"momentum": 0.9},
+    "centered + momentum": {"centered": True, "momentum": 0.9},
+}
+SMALL = {"shape": (256, 512), "peak_shape": (256, 256), "per_step": (64, 4097), "drift": (16, 4096)}
 
 
 def state_bytes(tree) -> int:
     return sum(x.nbytes for x in jax.tree.leaves(tree))
 
 
-def measure_jax(rounds: int, momentum: float | None) -> dict:
+def measure_jax(rounds: int, momentum: float | None, shape: tuple[int, int] = SHAPE) -> dict:
     key = jax.random.key(0)
-    n = SHAPE[0] * SHAPE[1]
-    grads = 0.01 * jax.random.normal(key, SHAPE)
+    n = shape[0] * shape[1]
+    grads = 0.01 * jax.random.normal(key, shape)
     runners, rows = {}, {}
     for name, state_dtype in PRECISIONS.items():
         tx = optax_rmsprop.rmsprop(1e-3, momentum=momentum, state_dtype=state_dtype)
-        params = jax.random.normal(jax.random.fold_in(key, 1), SHAPE)
-        compiled, state, xla_bytes = compiled_step(tx, params, grads)
-        rms = state.rms
+        params = jax.random.normal(jax.random.fold_in(key, 1), shape)
+        compiled = common.compile_step(tx, params, grads)
+        state = tx.init(params)
         rows[name] = {
-            "nu_bytes_per_param": state_bytes((rms.nu, rms.nu_scales)) / n,
+            "rms_bytes_per_param": state_bytes(state.rms) / n,
             "state_bytes_per_param": state_bytes(state) / n,
-            "xla_bytes_per_param": xla_bytes / n,
+            "xla_bytes_per_param": common.bytes_accessed(compiled) / n,
         }
         box = {"p": params, "s": state}
 
@@ -87,6 +83,31 @@ def measure_jax(rounds: int, momentum: float | None) -> dict:
     for name in rows:
         rows[name]["step_ms"] = 1e3 * timing[name]["median_s"]
         rows[name]["time_over_float32"] = common.ratio(timing, name, "float32")
+    return rows
+
+
+def peak_memory(leaves: int = PEAK_LEAVES, shape: tuple[int, int] = PEAK_SHAPE) -> list[dict]:
+    """XLA's buffer sizes for one jitted, donated step, in bytes per parameter.
+
+    Per state precision and option set: ``temporaries`` and ``peak`` (what the
+    step holds at once), and ``arguments`` (params, grads and state at rest).
+    Deterministic: nothing runs, and nothing is initialised.
+    """
+    params = [jax.ShapeDtypeStruct(shape, jnp.float32) for _ in range(leaves)]
+    n = leaves * shape[0] * shape[1]
+    rows = []
+    for label, options in STEP_OPTIONS.items():
+        for name, state_dtype in PRECISIONS.items():
+            tx = optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype, **options)
+            sizes = common.memory(common.compile_step(tx, params))
+            rows.append(
+                {
+                    "step": label,
+                    "state": name,
+                    **{k: sizes[k] / n for k in ("arguments", "temporaries", "peak")},
+                }
+            )
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -117,21 +138,27 @@ print(json.dumps({{"step_ms": 1e3 * sorted(times)[len(times) // 2],
 def measure_torch(kind: str, rounds: int, momentum: float) -> dict:
     """One PyTorch optimizer, alone in a child process (thread pools do not mix)."""
     code = TORCH_CHILD.format(threads=os.cpu_count() or 1, shape=SHAPE, rounds=rounds)
-    run = subprocess.run([sys.executable, "-c", code, kind, str(momentum)],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", code, kind, str(momentum)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if run.returncode:
         return {"error": (run.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     return json.loads(run.stdout.splitlines()[-1])
 
 
-def accuracy() -> dict:
+def accuracy(
+    per_step_shape: tuple[int, int] = (1024, 4097), drift_shape: tuple[int, int] = (64, 4096)
+) -> dict:
     """Per-step error (re-synced, bitsandbytes' measure) and 1,000-step drift of int8 state."""
     key = jax.random.key(0)
     int8 = optax_rmsprop.rmsprop(0.01, decay=0.9, state_dtype="int8")
     reference = optax_rmsprop.rmsprop(0.01, decay=0.9)
-    params = 0.1 * jax.random.normal(key, (1024, 4097))
+    params = 0.1 * jax.random.normal(key, per_step_shape)
     state = int8.init(params)
-    int8_step, reference_step = jax.jit(step_function(int8)), jax.jit(step_function(reference))
+    int8_step, reference_step = common.jitted_step(int8), common.jitted_step(reference)
     abs_err, rel_err = [], []
     for t in range(50):
         grads = 0.01 * jax.random.normal(jax.random.fold_in(key, t + 1), params.shape)
@@ -141,22 +168,23 @@ def accuracy() -> dict:
         abs_err.append(float(jnp.mean(err)))
         rel_err.append(float(jnp.mean(err / (jnp.abs(want) + 1e-9))))
 
-    target = jax.random.normal(key, (64, 4096))
+    target = jax.random.normal(key, drift_shape)
     finals = {}
     for name in ("int8", "float32"):
         tx = optax_rmsprop.rmsprop(1e-3, decay=0.99, momentum=0.9, state_dtype=PRECISIONS[name])
+        step = common.update_and_apply(tx)
 
-        def noisy_step(t, carry, tx=tx):
+        def noisy_step(t, carry, step=step):
             p, s = carry
             g = (p - target) + 0.5 * jax.random.normal(jax.random.fold_in(key, t), p.shape)
-            u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s
+            return step(p, s, g)
 
         start = jnp.zeros_like(target)
         init = (start, tx.init(start))
         finals[name] = jax.jit(lambda f=noisy_step, c=init: jax.lax.fori_loop(0, 1000, f, c))()[0]
     drift = jnp.linalg.norm(finals["int8"] - finals["float32"]) / jnp.linalg.norm(finals["float32"])
     return {
+        "per_step_shape": per_step_shape,
         "per_step_mean_abs_error_max": max(abs_err),
         "per_step_mean_rel_error_max": max(rel_err),
         "drift_1000_steps": float(drift),
@@ -166,35 +194,61 @@ def accuracy() -> dict:
 
 def train_mnist(mnist_dir: str, state_dtype: str) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
-        cmd = [sys.executable, "-m", "examples.mnist", "--data-dir", mnist_dir, "--epochs", "3",
-               "--state-dtype", state_dtype, "--workdir", workdir, "--no-progress"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "examples.mnist",
+            "--data-dir",
+            mnist_dir,
+            "--epochs",
+            "3",
+            "--state-dtype",
+            state_dtype,
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
         subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
     return {k: summary[k] for k in ("test_accuracy", "train_time_s", "examples_per_sec")}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--mnist-dir", default=None, help="also train the cnn 3 epochs per precision")
-    args = ap.parse_args()
-    payload = {"machine": common.machine(), "shape": SHAPE, "jax": {}, "torch": {}}
+    ap.add_argument("--small", action="store_true", help="small shapes, no PyTorch (a check)")
+    ap.add_argument("--out", default=None, help="folder for the JSON and table")
+    args = ap.parse_args(argv)
+    shape = SMALL["shape"] if args.small else SHAPE
+    payload = {
+        "machine": common.machine(),
+        "shape": shape,
+        "small": args.small,
+        "jax": {},
+        "torch": {},
+    }
     for label, momentum in (("plain", None), ("momentum 0.9", 0.9)):
-        payload["jax"][label] = measure_jax(args.rounds, momentum)
+        payload["jax"][label] = measure_jax(args.rounds, momentum, shape)
         payload["torch"][label] = {
             kind: measure_torch(kind, args.rounds, momentum or 0.0)
-            for kind in ("torch", "bitsandbytes 32-bit", "bitsandbytes 8-bit")
+            for kind in (
+                [] if args.small else ["torch", "bitsandbytes 32-bit", "bitsandbytes 8-bit"]
+            )
         }
         print(label, payload["jax"][label], payload["torch"][label], flush=True)
-    payload["accuracy"] = accuracy()
+    payload["peak_shape"] = SMALL["peak_shape"] if args.small else PEAK_SHAPE
+    payload["peak_memory"] = peak_memory(PEAK_LEAVES, payload["peak_shape"])
+    sizes = (SMALL["per_step"], SMALL["drift"]) if args.small else ()
+    payload["accuracy"] = accuracy(*sizes)
     print(payload["accuracy"], flush=True)
     if args.mnist_dir:
         payload["mnist"] = {name: train_mnist(args.mnist_dir, name) for name in PRECISIONS}
         print(payload["mnist"], flush=True)
     markdown = to_markdown(payload)
     print(markdown)
-    common.write("state_precision", payload, markdown)
+    common.write("state_precision", payload, markdown, args.out)
 
 
 def to_markdown(payload: dict) -> str:
@@ -205,14 +259,14 @@ def to_markdown(payload: dict) -> str:
         "float32 parameter; step times are medians (JAX: interleaved rounds; PyTorch and "
         "bitsandbytes: their own processes).",
         "",
-        "| step | state | nu bytes / param | state bytes / param | XLA bytes / param "
+        "| step | state | RMS state bytes / param | state bytes / param | XLA bytes / param "
         "| step (ms) | time / float32 |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, rows in payload["jax"].items():
         for name, r in rows.items():
             lines.append(
-                f"| {label} | optax_rmsprop, {name} | {r['nu_bytes_per_param']:.3f} "
+                f"| {label} | optax_rmsprop, {name} | {r['rms_bytes_per_param']:.3f} "
                 f"| {r['state_bytes_per_param']:.3f} | {r['xla_bytes_per_param']:.1f} "
                 f"| {r['step_ms']:.1f} | {r['time_over_float32']:.2f} |"
             )
@@ -224,11 +278,26 @@ def to_markdown(payload: dict) -> str:
                     f"| {label} | {kind} | | {r['state_bytes_per_param']:.3f} | n/a "
                     f"| {r['step_ms']:.1f} | |"
                 )
+    lines += [
+        "",
+        f"The step's memory (XLA's buffer assignment, `compiled.memory_analysis()`): one "
+        f"jitted, donated step over {PEAK_LEAVES} float32 leaves of "
+        f"{' x '.join(map(str, payload['peak_shape']))}, in bytes per parameter. Peak: "
+        "arguments, outputs and temporaries, less the outputs that reuse donated buffers.",
+        "",
+        "| step | state | at rest: arguments | temporaries | peak |",
+        "|---|---|---|---|---|",
+    ]
+    for r in payload["peak_memory"]:
+        lines.append(
+            f"| {r['step']} | {r['state']} | {r['arguments']:.2f} | {r['temporaries']:.2f} "
+            f"| {r['peak']:.2f} |"
+        )
     a = payload["accuracy"]
     lines += [
         "",
         "int8 state against float32 state on the same gradients: per step, re-synced "
-        f"(1024 x 4097, lr 0.01, 50 steps): mean absolute error at most "
+        f"({' x '.join(map(str, a['per_step_shape']))}, lr 0.01, 50 steps): mean absolute error at most "
         f"{a['per_step_mean_abs_error_max']:.2g}, mean relative error at most "
         f"{a['per_step_mean_rel_error_max']:.2g}; after 1,000 noisy steps without "
         f"re-syncing (momentum 0.9): parameters differ by {100 * a['drift_1000_steps']:.2f}% "
@@ -236,11 +305,15 @@ def to_markdown(payload: dict) -> str:
         f"{a['loss_1000_steps']['float32']:.5f}.",
     ]
     if "mnist" in payload:
-        lines += ["", "| MNIST cnn, 3 epochs of real MNIST | test accuracy | training s |",
-                  "|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| MNIST cnn, 3 epochs of real MNIST | test accuracy | training s |",
+            "|---|---|---|",
+        ]
         for name, r in payload["mnist"].items():
-            lines.append(f"| {name} state | {100 * r['test_accuracy']:.2f}% "
-                         f"| {r['train_time_s']:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {name} state | {100 * r['test_accuracy']:.2f}% | {r['train_time_s']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -18,15 +18,10 @@ import numpy as np
 import optax
 
 import optax_rmsprop
-from benchmarks.common import update_and_apply
+from benchmarks.common import jitted_step as jitted_step  # the step's one home
 from tests.reference import Config, RMSPropReference
 
 STEPS = 120
-
-
-def jitted_step(tx: optax.GradientTransformation):
-    """``(params, state, grads) -> (params, state)``: one jitted update and apply."""
-    return jax.jit(update_and_apply(tx))
 
 
 def schedule(t):

@@ -10,21 +10,19 @@ kernels than optax's, and the same number of entry parameters.
 from __future__ import annotations
 
 import itertools
-import re
 
-import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
 import optax_rmsprop
+from benchmarks import common
 
 PARAMS = {
     "w": jnp.ones((64, 32), jnp.float32),
     "b": jnp.ones((32,), jnp.float32),
     "s": jnp.ones((), jnp.float32),
 }
-NOT_KERNELS = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
 OPTIONS = [
     dict(centered=c, momentum=m, nesterov=n, eps_in_sqrt=e)
     for c, m, n, e in itertools.product([False, True], [None, 0.9], [False, True], [False, True])
@@ -33,23 +31,13 @@ OPTIONS = [
 
 
 def _cost(tx) -> dict:
-    state = tx.init(PARAMS)
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(PARAMS, state, PARAMS).compile()
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    text = compiled.as_text()
-    entry = text[text.index("ENTRY") :]
-    ops = re.findall(r"= \S+ ([\w-]+)\(", entry)  # the op of each ENTRY instruction
+    compiled = common.compile_step(tx, PARAMS)
+    ops = common.entry_ops(compiled)
     return {
-        "bytes": analysis["bytes accessed"],
+        "bytes": common.bytes_accessed(compiled),
         # Kernels: fused or not (older XLA leaves a lone `add` unfused where newer
         # XLA fuses a `negate_add`: one kernel either way).
-        "kernels": sum(op not in NOT_KERNELS for op in ops),
+        "kernels": common.kernels(ops),
         "parameters": ops.count("parameter"),
     }
 
