@@ -1,16 +1,15 @@
 """optax_rmsprop.compat against the real frameworks.
 
-Always against the golden trajectories in tests/golden (made by
+Always against the golden records in tests/golden (made by
 ``python -m tests.golden.generate`` with the real torch, timm, Keras and
 TensorFlow), and against the live framework too when it is importable here.
-The recorded gradients are replayed open loop, so every step is compared.
+Each record is checked step by step, every step started from the framework's
+own params and state, and as a short free run (``tests/golden/parity.py``).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,139 +18,130 @@ import optax
 import pytest
 
 from optax_rmsprop import compat
-from tests.golden import frameworks
-
-HERE = os.path.join(os.path.dirname(__file__), "golden")
-PORTS = {
-    "pytorch": compat.pytorch,
-    "timm": compat.timm,
-    "keras": compat.keras,
-    "keras_legacy": compat.keras_legacy,
-    "tensorflow_v1": compat.tensorflow_v1,
-}
-LIVE = {
-    "pytorch": "torch",
-    "timm": "timm",
-    "keras": "keras",
-    "keras_legacy": "tf_keras",
-    "tensorflow_v1": "tensorflow",
-}
-# float32: the largest error allowed after t steps, in units of float32 epsilon
-# times the parameter's magnitude, per step: rounding differs (FMA, op fusion),
-# never the formula.
-F32_ULPS_PER_STEP = 4
+from tests.golden import frameworks, parity
 
 
-def _schedule(t):
-    return frameworks.SCHEDULE["initial"] * frameworks.SCHEDULE["rate"] ** t
+@pytest.mark.parametrize("framework,case_index,dtype", parity.golden_cases())
+def test_matches_golden_record(framework, case_index, dtype):
+    case, record = parity.golden(framework, case_index, dtype)
+    parity.check(framework, case, record, dtype)
 
 
-def _port(framework: str, case: dict):
-    kwargs = dict(case)
-    if kwargs.pop("schedule", False):
-        kwargs["lr" if framework in ("pytorch", "timm") else "learning_rate"] = _schedule
-    return PORTS[framework](**kwargs)
-
-
-def _replay(framework: str, case: dict, record: dict, dtype: str) -> dict[str, np.ndarray]:
-    leaves = sorted({k.split("/")[1] for k in record if k.startswith("params/")})
-    params = {k: jnp.asarray(record[f"params/{k}"][0]) for k in leaves}
-    tx = _port(framework, case)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    out = {k: [np.asarray(v)] for k, v in params.items()}
-    for t in range(record[f"grads/{leaves[0]}"].shape[0]):
-        grads = {k: jnp.asarray(record[f"grads/{k}"][t]) for k in leaves}
-        updates, state = update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        for k in leaves:
-            out[k].append(np.asarray(params[k]))
-    return {k: np.stack(v) for k, v in out.items()}
-
-
-def _compare(ours: dict, record: dict, dtype: str) -> float:
-    """Asserts agreement; returns the largest deviation (relative, or in f32 ulps/step)."""
-    worst = 0.0
-    for k, got in ours.items():
-        want = record[f"params/{k}"]
-        assert got.dtype == want.dtype, k
-        scale = np.maximum(np.abs(want), 1.0)
-        err = np.abs(got - want) / scale
-        if dtype == "float64":
-            np.testing.assert_array_less(err, 1e-12, err_msg=k)
-            worst = max(worst, float(err.max()))
-        else:
-            steps = np.arange(1, len(err) + 1).reshape((-1,) + (1,) * (err.ndim - 1))
-            ulps = err / np.finfo(np.float32).eps / steps
-            np.testing.assert_array_less(ulps, F32_ULPS_PER_STEP, err_msg=k)
-            worst = max(worst, float(ulps.max()))
-    return worst
-
-
-def _golden(framework: str):
-    with open(os.path.join(HERE, f"{framework}.json")) as f:
-        meta = json.load(f)
-    data = np.load(os.path.join(HERE, f"{framework}.npz"))
-    return meta, data
-
-
-def _record(data, i: int, dtype: str) -> dict:
-    prefix = f"{i}/{dtype}/"
-    return {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
-
-
-GOLDEN_CASES = [
-    (fw, i, dtype)
-    for fw in PORTS
-    if os.path.exists(os.path.join(HERE, f"{fw}.json"))
-    for i in range(len(frameworks.CASES[fw]))
-    for dtype in frameworks.DTYPES
-]
-
-
-@pytest.mark.parametrize("framework,case_index,dtype", GOLDEN_CASES)
-def test_matches_golden_trajectory(framework, case_index, dtype):
-    meta, data = _golden(framework)
-    case = meta["cases"][case_index]
-    assert case == frameworks.CASES[framework][case_index], "regenerate the golden files"
-    record = _record(data, case_index, dtype)
-    _compare(_replay(framework, case, record, dtype), record, dtype)
-
-
-def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-@pytest.mark.parametrize("framework", list(PORTS))
+@pytest.mark.parametrize("framework", list(parity.PORTS))
 def test_matches_live_framework(framework):
-    if not _importable(LIVE[framework]):
-        pytest.skip(f"{LIVE[framework]} is not installed: golden files only")
+    if importlib.util.find_spec(parity.LIVE[framework]) is None:
+        pytest.skip(f"{parity.LIVE[framework]} is not installed: golden files only")
     for case in frameworks.CASES[framework]:
         for dtype in frameworks.DTYPES:
-            record = frameworks.RUNNERS[framework](case, dtype, steps=50)
-            _compare(_replay(framework, case, record, dtype), record, dtype)
+            record = frameworks.RUNNERS[framework](case, dtype)
+            parity.check(framework, case, record, dtype)
 
 
-def test_golden_files_can_detect_a_wrong_port():
-    _, data = _golden("pytorch")
-    record = _record(data, 0, "float64")
-    wrong = _replay("pytorch", dict(frameworks.CASES["pytorch"][0], alpha=0.91), record, "float64")
+def _fails_on(framework: str, case_index: int, tx: optax.GradientTransformation) -> None:
+    """``tx`` is not the framework's ``case``: both checks say so."""
+    _, record = parity.golden(framework, case_index, "float64")
     with pytest.raises(AssertionError):
-        _compare(wrong, record, "float64")
-
-
-def test_keras_floatx_float64_is_not_the_float32_default():
-    # With keras.config.set_floatx("float64") Keras keeps the learning rate in
-    # float64; the float32-rounded default port then misses by ~1e-8.
-    meta, data = _golden("keras")
-    i = next(i for i, c in enumerate(meta["cases"]) if c.get("floatx") == "float64")
-    record = _record(data, i, "float64")
-    _compare(_replay("keras", meta["cases"][i], record, "float64"), record, "float64")
-    default = {k: v for k, v in meta["cases"][i].items() if k != "floatx"}
+        parity.check_single_steps(framework, tx, record, "float64")
     with pytest.raises(AssertionError):
-        _compare(_replay("keras", default, record, "float64"), record, "float64")
+        parity.check_free_run(tx, record, "float64")
 
 
-def test_keras_floatx_names_a_float_dtype():
-    with pytest.raises(ValueError, match="floatx must be one of float16, bfloat16"):
-        compat.keras(floatx="int8")
+def _case_index(framework: str, **wanted) -> int:
+    return next(i for i, c in enumerate(frameworks.CASES[framework]) if c == wanted)
+
+
+def test_golden_records_detect_a_wrong_port():
+    _fails_on(
+        "pytorch", 0, parity.port("pytorch", dict(frameworks.CASES["pytorch"][0], alpha=0.91))
+    )
+
+
+def test_keras_legacy_callable_momentum_is_not_a_zero_momentum():
+    # tf.keras 2 takes the momentum kernel (eps inside the root) for any callable
+    # momentum, even one returning 0; the float 0.0 takes the Python path.
+    i = _case_index("keras_legacy", learning_rate=0.01, momentum=0.0, callables=["momentum"])
+    _, record = parity.golden("keras_legacy", i, "float64")
+    with pytest.raises(AssertionError):
+        parity.check_free_run(compat.keras_legacy(0.01, momentum=0.0), record, "float64")
+
+
+def test_keras_legacy_callables_are_called_every_step():
+    case = frameworks.CASES["keras_legacy"][-1]
+    i = len(frameworks.CASES["keras_legacy"]) - 1
+    assert case["callables"] == ["learning_rate", "rho", "momentum"]
+    frozen = {k: v for k, v in case.items() if k != "callables"}  # the values at step 0
+    _fails_on("keras_legacy", i, parity.port("keras_legacy", frozen))
+
+
+def test_keras_exclusion_is_not_optax_masked():
+    # optax.masked passes the excluded leaves' raw gradients through (no RMSProp
+    # at all); Keras excludes them from the weight decay only.
+    i = _case_index("keras", learning_rate=0.01, weight_decay=0.1, exclude_from_weight_decay=["b"])
+    _fails_on("keras", i, compat.keras(0.01, weight_decay=0.1))
+    masked = optax.masked(compat.keras(0.01, weight_decay=0.1), {"w": True, "b": False})
+    _, record = parity.golden("keras", i, "float64")
+    with pytest.raises(AssertionError):
+        parity.check_free_run(masked, record, "float64")
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [{"w": True, "b": False}, lambda params: {k: k != "b" for k in params}],
+    ids=["tree", "callable"],
+)
+def test_keras_weight_decay_mask_is_keras_exclusion(mask):
+    i = _case_index("keras", learning_rate=0.01, weight_decay=0.1, exclude_from_weight_decay=["b"])
+    for dtype in frameworks.DTYPES:
+        _, record = parity.golden("keras", i, dtype)
+        tx = compat.keras(0.01, weight_decay=0.1, weight_decay_mask=mask)
+        parity.check_single_steps("keras", tx, record, dtype)
+        parity.check_free_run(tx, record, dtype)
+
+
+def _decay_only(params, **kwargs):
+    """The params after one zero-gradient step of Keras's port: its weight decay alone."""
+    tx = compat.keras(0.1, weight_decay=0.5, **kwargs)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return optax.apply_updates(params, tx.update(zeros, tx.init(params), params)[0])
+
+
+def test_keras_excluded_names_search_the_parameter_path():
+    params = {
+        "Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+        "norm": {"scale": jnp.ones(2)},
+    }
+    out = _decay_only(params, exclude_from_weight_decay=["bias", "^norm/"])
+    np.testing.assert_allclose(out["Dense_0"]["kernel"], 0.95)  # 1 - 1 * 0.5 * 0.1
+    np.testing.assert_array_equal(out["Dense_0"]["bias"], 1.0)
+    np.testing.assert_array_equal(out["norm"]["scale"], 1.0)
+    prefix = _decay_only(params, weight_decay_mask={"Dense_0": False, "norm": True})
+    np.testing.assert_array_equal(prefix["Dense_0"]["kernel"], 1.0)
+    np.testing.assert_allclose(prefix["norm"]["scale"], 0.95)
+    mask = {"Dense_0": True, "norm": False}
+    both = _decay_only(params, weight_decay_mask=mask, exclude_from_weight_decay=["bias"])
+    np.testing.assert_allclose(both["Dense_0"]["kernel"], 0.95)
+    np.testing.assert_array_equal(both["Dense_0"]["bias"], 1.0)
+    np.testing.assert_array_equal(both["norm"]["scale"], 1.0)
+
+
+def test_keras_callable_mask_needs_params():
+    tx = compat.keras(0.1, weight_decay=0.5, weight_decay_mask=lambda p: True)
+    g = jnp.ones(2)
+    with pytest.raises(ValueError, match="weight_decay=0.5 needs the parameters"):
+        tx.update(g, tx.init(g))
+
+
+def test_timm_caution_changes_the_step():
+    case = dict(lr=0.01, momentum=0.9, caution=True, lr_in_momentum=True, centered=False)
+    _fails_on("timm", _case_index("timm", **case), compat.timm(0.01, momentum=0.9))
+
+
+def test_timm_caution_masks_and_rescales_one_step():
+    # alpha=0, eps=0, |g| = 1: the buffer becomes 0.5 * b + g = [1.2, -1, 2, 0]. Two
+    # of four signs agree with g (0 does not), so those two are kept and doubled.
+    tx = compat.timm(lr=1.0, alpha=0.0, eps=0.0, momentum=0.5, caution=True)
+    g = jnp.array([1.0, 1.0, 1.0, -1.0])
+    state = tx.init(g)._replace(momentum_buffer=jnp.array([0.4, -4.0, 2.0, 2.0]))
+    u, new = tx.update(g, state)
+    np.testing.assert_allclose(new.momentum_buffer, [1.2, -1.0, 2.0, 0.0])  # kept unmasked
+    np.testing.assert_allclose(u, [-2.4, 0.0, -4.0, 0.0])

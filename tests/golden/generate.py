@@ -3,6 +3,11 @@
     python -m tests.golden.generate pytorch timm keras        # needs torch, timm, keras+jax
     python -m tests.golden.generate keras_legacy tensorflow_v1  # needs tensorflow, tf_keras
 
+TensorFlow need not share a virtual environment with JAX: the runners import
+only NumPy and the framework, e.g. ``.venv-tf/bin/python -m tests.golden.generate
+keras_legacy tensorflow_v1`` after ``python3.11 -m venv .venv-tf &&
+.venv-tf/bin/pip install tensorflow tf_keras``.
+
 Writes ``tests/golden/<framework>.npz`` (every case, float32 and float64) and
 ``tests/golden/<framework>.json`` (the cases and the versions that made them).
 """
@@ -23,8 +28,8 @@ PACKAGES = {
     "pytorch": ["torch"],
     "timm": ["torch", "timm"],
     "keras": ["keras", "jax"],
-    "keras_legacy": ["tensorflow-cpu", "tf_keras"],
-    "tensorflow_v1": ["tensorflow-cpu"],
+    "keras_legacy": ["tensorflow", "tf_keras"],
+    "tensorflow_v1": ["tensorflow"],
 }
 
 
