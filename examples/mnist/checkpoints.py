@@ -1,15 +1,23 @@
-"""Checkpoints with orbax: save every N steps and at the end; resume, or start afresh."""
+"""Checkpoints with orbax: save every N steps and at the end; resume, or start afresh.
+
+A damaged newest checkpoint (a write cut off by a crash, a bad disk) does not
+end the run's life: ``--resume`` warns, naming its step, moves it to
+``WORKDIR/damaged_checkpoints/`` and resumes from the newest one that restores.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 CONFIG = "config.json"
+DAMAGED = "damaged_checkpoints"
 
 
 class CheckpointError(RuntimeError):
@@ -17,7 +25,10 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpoints:
+    """The run's orbax checkpoints in ``WORKDIR/checkpoints/STEP``; the newest two are kept."""
+
     def __init__(self, workdir: str):
+        self.workdir = workdir
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -53,6 +64,47 @@ class Checkpoints:
                 f"corrupt or from an incompatible run: delete it or use a new --workdir."
             ) from err
 
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def restore_newest_good(
+        self, target: Any, main_process: bool, log: Callable[[str], None]
+    ) -> tuple[int, Any]:
+        """The newest checkpoint that restores into ``target``, and its step.
+
+        Newer ones that fail are moved to ``WORKDIR/damaged_checkpoints/``
+        (so that the run can write those steps again), each with a warning
+        naming its step. When none restores, nothing is moved and the newest
+        one's :class:`CheckpointError` is raised.
+        """
+        failed: list[tuple[int, CheckpointError]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                tree = self.restore(step, target)
+            except CheckpointError as err:
+                failed.append((step, err))
+                continue
+            for bad, err in failed:
+                log(
+                    f"Warning: the checkpoint at step {bad} is damaged ({err.__cause__!r:.200}); "
+                    f"moved it to {self._set_aside(bad, main_process)} and resuming from "
+                    f"the previous good one, step {step}."
+                )
+            if failed:
+                multihost_utils.sync_global_devices("damaged checkpoints set aside")
+                self._manager.reload()
+            return step, tree
+        raise failed[0][1]
+
+    def _set_aside(self, step: int, main_process: bool) -> str:
+        destination = os.path.join(
+            self.workdir, DAMAGED, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        if main_process:
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            os.rename(self.step_path(step), destination)
+        return destination
+
     def close(self) -> None:
         self._manager.close()
 
@@ -70,7 +122,7 @@ def open_run(
     """The checkpoints of the run in ``workdir``, and the tree to resume from (or None).
 
     With ``resume``, the run must have been started with the same ``resumable``
-    settings (else :class:`CheckpointError`) and its latest checkpoint is
+    settings (else :class:`CheckpointError`) and its newest good checkpoint is
     restored into ``target``'s structure; with none there, training starts
     from step 0. Without it, this is a new run: the checkpoints of a previous
     run in ``workdir`` are removed, so that they cannot be mixed with this
@@ -84,8 +136,8 @@ def open_run(
         if latest is None:
             log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0.")
         else:
-            restored = ckpt.restore(latest, target)
-            log(f"Resumed from the checkpoint at step {latest}.")
+            step, restored = ckpt.restore_newest_good(target, main_process, log)
+            log(f"Resumed from the checkpoint at step {step}.")
     elif main_process and latest is not None:
         removed = ckpt.clear()
         log(

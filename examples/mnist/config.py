@@ -24,18 +24,19 @@ class Interval:
     low: float | None = None
     high: float | None = None
     high_open: bool = False
+    low_open: bool = False
 
     def __contains__(self, value: float) -> bool:
         if not math.isfinite(value):
             return False
-        if self.low is not None and value < self.low:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def __str__(self) -> str:
         low = "-inf" if self.low is None else self.low
         high = "inf" if self.high is None else self.high
-        return f"[{low}, {high}{')' if self.high_open else ']'}"
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
     def problem(self, value: float) -> str | None:
         """The error message for ``value``, or None when it is in range."""
@@ -45,6 +46,7 @@ class Interval:
 POSITIVE = Interval(1)
 NON_NEGATIVE_INT = Interval(0)
 NON_NEGATIVE = Interval(0.0)
+POSITIVE_REAL = Interval(0.0, low_open=True)
 UNIT = Interval(0.0, 1.0, high_open=True)
 
 
@@ -105,7 +107,12 @@ class Config:
     decay: float = _optimizer(
         0.9, "RMSProp decay (rho) of the squared-gradient average", interval=UNIT
     )
-    eps: float = _optimizer(1e-8, "epsilon added to sqrt(nu)", interval=NON_NEGATIVE)
+    eps: float = _optimizer(
+        1e-8,
+        "epsilon added to sqrt(nu); 0 is refused: a weight whose gradient is exactly 0 "
+        "(those of MNIST's always-black border pixels) would get 0/0 = nan at the first step",
+        interval=POSITIVE_REAL,
+    )
     momentum: float = _optimizer(0.0, "momentum; 0 disables it", interval=UNIT)
     centered: bool = _optimizer(False, "centered RMSProp (Graves 2013)")
     state_dtype: str = _optimizer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from examples.mnist import input_pipeline, train
     from examples.mnist.checkpoints import CheckpointError
+    from examples.mnist.workdir_lock import WorkdirBusy
 
     log = print if jax.process_index() == 0 else (lambda _msg: None)
     log(f"JAX {jax.__version__} | devices: {', '.join(str(d) for d in jax.devices())}")
@@ -151,7 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             log=log,
         )
         train.train_and_evaluate(config, dataset, log=log)
-    except (input_pipeline.DataUnavailable, ValueError, CheckpointError) as err:
+    except train.Preempted as err:
+        if jax.process_index() == 0:
+            print(f"{err} Resume: {resume_command(argv)}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except train.RunStopped as err:
+        print(err, file=sys.stderr, flush=True)
+        return err.exit_code
+    except (input_pipeline.DataUnavailable, ValueError, CheckpointError, WorkdirBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command that continues this run: the same flags, with ``--resume``."""
+    flags = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in flags:
+        flags.append("--resume")
+    return shlex.join(["python", "-m", "examples.mnist", *flags])

@@ -6,10 +6,36 @@ import json
 import os
 from collections.abc import Iterable
 
+import jax
+
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CURVES_PNG = "curves.png"
 STEP_SIZES_PNG = "effective_step_sizes.png"
+
+
+# What JAX itself reports about each compilation (jax.monitoring): tracing,
+# lowering to MLIR and XLA's compile. The trainer subtracts it from the time of
+# a dispatch, so examples/s measures training, not compiling.
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_seconds = [0.0]
+
+
+def _on_duration(event: str, duration_secs: float, **_: object) -> None:
+    if event in COMPILE_EVENTS:
+        _compile_seconds[0] += duration_secs
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling so far, as JAX's monitoring events report them."""
+    return _compile_seconds[0]
 
 
 class Reporter:
@@ -68,8 +94,12 @@ class Reporter:
         with open(os.path.join(self.workdir, SUMMARY), "w") as f:
             json.dump(summary, f, indent=2)
         plot(self.workdir)
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard events (metrics.jsonl is closed after each line)."""
         if self._tb:
             self._tb.close()
+            self._tb = None
 
 
 def epoch_line(record: dict) -> str:

@@ -9,7 +9,10 @@ neither Python dispatch nor the input pipeline is the bottleneck.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,7 +26,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_rmsprop
-from examples.mnist import checkpoints, input_pipeline, models, reporting
+from examples.mnist import (
+    checkpoints,
+    input_pipeline,
+    models,
+    preemption,
+    reporting,
+    workdir_lock,
+)
 from examples.mnist.config import Config
 
 QUANTILES = {"p0": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p100": 1.0}
@@ -97,9 +107,106 @@ def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array, weights: 
     return jnp.sum(weights * losses), jnp.sum(weights * correct)
 
 
-def _layer_name(path) -> str:
-    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-    return "/".join(n for n in names if n != "value")
+def _params(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.State:
+    model, _ = nnx.merge(graphdef, state)
+    return nnx.state(model, nnx.Param)
+
+
+def leaf_names(tree: Any) -> list[str]:
+    """``layer/leaf`` names of the arrays of an nnx State, in ``jax.tree.leaves`` order."""
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(tree))
+    return [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in leaves]
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """One bool: every element of every leaf of ``tree`` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "mesh", "batch_size", "num_steps"), donate_argnums=1
+)
+def train_chunk(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    images: jax.Array,
+    labels: jax.Array,
+    order: jax.Array,
+    start: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    num_steps: int,
+):
+    """``num_steps`` train steps on the batches ``order[start * batch_size:]``, in one call.
+
+    Returns the new state (replicated), the loss and accuracy of each step,
+    and whether every parameter is still finite (one bool, so that the host
+    learns of a divergence from what it fetches anyway).
+    """
+    batch = NamedSharding(mesh, P("data"))
+
+    def one_step(state, i):
+        idx = jax.lax.dynamic_slice_in_dim(order, i * batch_size, batch_size)
+        x = jax.lax.with_sharding_constraint(images[idx], batch)
+        y = jax.lax.with_sharding_constraint(labels[idx], batch)
+        return train_step(graphdef, state, x, y)
+
+    # Unrolled: XLA:CPU runs a rolled loop body ~8x slower (measured, see
+    # benchmarks/), and the unrolled chunk is still one dispatch.
+    state, (losses, accuracies) = jax.lax.scan(
+        one_step, state, start + jnp.arange(num_steps), unroll=True
+    )
+    state = jax.lax.with_sharding_constraint(state, NamedSharding(mesh, P()))
+    return state, losses, accuracies, all_finite(_params(graphdef, state))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh"))
+def evaluate(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    images: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh,
+):
+    """Test loss and accuracy over the padded test batches (weight 0 marks padding)."""
+    model, _ = nnx.merge(graphdef, state)
+    batch = NamedSharding(mesh, P("data"))
+
+    def one_batch(totals, arrays):
+        x, y, w = (jax.lax.with_sharding_constraint(a, batch) for a in arrays)
+        loss, correct = eval_step(model, x, y, w)
+        return (totals[0] + loss, totals[1] + correct), None
+
+    (loss, correct), _ = jax.lax.scan(one_batch, (0.0, 0.0), (images, labels, weights))
+    total = jnp.sum(weights)
+    return loss / total, correct / total
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "learning_rate", "eps"))
+def step_size_quantiles(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    eps: float,
+) -> jax.Array:
+    """Quantiles (``QUANTILES``) of each parameter's effective step size, one row per leaf."""
+    _, optimizer = nnx.merge(graphdef, state)
+    sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, learning_rate, eps=eps)
+    qs = jnp.asarray(list(QUANTILES.values()))
+    return jnp.stack([jnp.quantile(leaf.ravel(), qs) for leaf in jax.tree.leaves(sizes)])
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples", "mesh"))
+def epoch_order(
+    seed: jax.Array, epoch: jax.Array, *, num_examples: int, mesh: jax.sharding.Mesh
+) -> jax.Array:
+    """The epoch's permutation of the training examples, replicated on ``mesh``."""
+    order = input_pipeline.epoch_permutation(jax.random.key(seed), epoch, num_examples)
+    return jax.lax.with_sharding_constraint(order, NamedSharding(mesh, P()))
 
 
 class Chunk(NamedTuple):
@@ -107,6 +214,7 @@ class Chunk(NamedTuple):
 
     losses: np.ndarray  # one per step
     accuracies: np.ndarray  # one per step
+    params_finite: bool  # after the last step
     seconds: float  # wall time of the call, compilation excluded
 
     @property
@@ -130,7 +238,7 @@ class Throughput:
 
 
 class Trainer:
-    """The model, the optimizer and the jitted functions that train and evaluate them."""
+    """The model and optimizer state of one run, and the calls that advance and measure it."""
 
     def __init__(self, config: Config, mesh: jax.sharding.Mesh, steps_per_epoch: int):
         self.config = config
@@ -141,66 +249,12 @@ class Trainer:
         self.schedule = learning_rate_schedule(config, scheduled_steps)
         model = models.create(config.model, config.mlp_widths, config.seed)
         self.num_params = models.count_params(model)
-        tx = make_optimizer(config, self.schedule)
-        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        optimizer = nnx.Optimizer(model, make_optimizer(config, self.schedule), wrt=nnx.Param)
         self.graphdef, state = nnx.split((model, optimizer))
-        self.replicated = NamedSharding(mesh, P())
-        self.batch_sharding = NamedSharding(mesh, P("data"))
         self.state = jax.tree.map(lambda x: input_pipeline.replicate(mesh, np.asarray(x)), state)
-        self._train = jax.jit(
-            self._train_chunk,
-            static_argnames="num_steps",
-            donate_argnums=0,
-            out_shardings=(self.replicated, self.replicated),
-        )
-        self._eval = jax.jit(self._evaluate, out_shardings=self.replicated)
-        self._sizes = jax.jit(self._step_size_quantiles, out_shardings=self.replicated)
-        self._permute = jax.jit(
-            input_pipeline.epoch_permutation, static_argnums=2, out_shardings=self.replicated
-        )
-        self._key = jax.random.key(config.seed)
-        self._permutation: tuple[int, jax.Array | None] = (-1, None)  # (epoch, its order)
-        self._compiled: dict[int, Any] = {}
-        self.compile_time_s = 0.0
+        self.layers = leaf_names(nnx.state(model, nnx.Param))
+        self._order: tuple[int, jax.Array | None] = (-1, None)  # (epoch, its permutation)
 
-    # -- jitted bodies -------------------------------------------------------
-    def _train_chunk(self, state, images, labels, perm, start, *, num_steps: int):
-        batch = self.config.batch_size
-
-        def one_step(state, i):
-            idx = jax.lax.dynamic_slice_in_dim(perm, i * batch, batch)
-            x = jax.lax.with_sharding_constraint(images[idx], self.batch_sharding)
-            y = jax.lax.with_sharding_constraint(labels[idx], self.batch_sharding)
-            return train_step(self.graphdef, state, x, y)
-
-        # Unrolled: XLA:CPU runs a rolled loop body ~8x slower (measured, see
-        # benchmarks/), and the unrolled chunk is still one dispatch.
-        return jax.lax.scan(one_step, state, start + jnp.arange(num_steps), unroll=True)
-
-    def _evaluate(self, state, images, labels, weights):
-        model, _ = nnx.merge(self.graphdef, state)
-
-        def one_batch(totals, batch):
-            x, y, w = (jax.lax.with_sharding_constraint(a, self.batch_sharding) for a in batch)
-            loss, correct = eval_step(model, x, y, w)
-            return (totals[0] + loss, totals[1] + correct), None
-
-        (loss, correct), _ = jax.lax.scan(one_batch, (0.0, 0.0), (images, labels, weights))
-        total = jnp.sum(weights)
-        return loss / total, correct / total
-
-    def _step_size_quantiles(self, state):
-        _, optimizer = nnx.merge(self.graphdef, state)
-        sizes = optax_rmsprop.effective_step_size(
-            optimizer.opt_state, self.schedule, eps=self.config.eps
-        )
-        qs = jnp.asarray(list(QUANTILES.values()))
-        return {
-            _layer_name(path): jnp.quantile(leaf.ravel(), qs)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(sizes)
-        }
-
-    # -- host-side API ------------------------------------------------------
     def chunk_end(self, step: int) -> int:
         """The step at which the chunk that starts at ``step`` ends.
 
@@ -216,74 +270,97 @@ class Trainer:
         return min(next_dispatch, epoch_start + self.steps_per_epoch, self.total_steps)
 
     def _epoch_order(self, epoch: int, num_train: int) -> jax.Array:
-        if self._permutation[0] != epoch:
-            self._permutation = (epoch, self._permute(self._key, epoch, num_train))
-        return self._permutation[1]
+        if self._order[0] != epoch:
+            order = epoch_order(
+                np.uint32(self.config.seed), np.int32(epoch), num_examples=num_train, mesh=self.mesh
+            )
+            self._order = (epoch, order)
+        return self._order[1]
 
     def train_chunk(self, data: input_pipeline.DeviceData, step: int, num_steps: int) -> Chunk:
         """Runs ``num_steps`` steps from ``step`` (within one epoch) in one jitted call."""
         epoch, position = divmod(step, self.steps_per_epoch)
         order = self._epoch_order(epoch, data.num_train)
-        args = (self.state, data.train_images, data.train_labels, order, jnp.int32(position))
-        if num_steps not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[num_steps] = self._train.lower(*args, num_steps=num_steps).compile()
-            self.compile_time_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.state, (losses, accuracies) = self._compiled[num_steps](*args)
+        t0, compiling = time.perf_counter(), reporting.compile_seconds()
+        self.state, losses, accuracies, finite = train_chunk(
+            self.graphdef, self.state, data.train_images, data.train_labels, order,
+            np.int32(position), mesh=self.mesh, batch_size=self.config.batch_size,
+            num_steps=num_steps,
+        )  # fmt: skip
         losses, accuracies = np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
-        return Chunk(losses, accuracies, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0 - (reporting.compile_seconds() - compiling)
+        return Chunk(losses, accuracies, bool(finite), seconds)
 
     def evaluate(self, data: input_pipeline.DeviceData) -> tuple[float, float]:
         """Test loss and accuracy of the current model."""
-        loss, accuracy = self._eval(
-            self.state, data.test_images, data.test_labels, data.test_weights
-        )
+        loss, accuracy = evaluate(
+            self.graphdef, self.state, data.test_images, data.test_labels, data.test_weights,
+            mesh=self.mesh,
+        )  # fmt: skip
         return float(loss), float(accuracy)
 
     def effective_step_sizes(self) -> dict[str, dict[str, float]]:
-        quantiles = jax.device_get(self._sizes(self.state))
+        """Per parameter leaf, the quantiles of ``lr / denom`` at the current step."""
+        rows = jax.device_get(
+            step_size_quantiles(
+                self.graphdef, self.state, learning_rate=self.schedule, eps=self.config.eps
+            )
+        )
         return {
-            layer: {name: float(v) for name, v in zip(QUANTILES, q, strict=True)}
-            for layer, q in quantiles.items()
+            layer: {name: float(v) for name, v in zip(QUANTILES, row, strict=True)}
+            for layer, row in zip(self.layers, rows, strict=True)
         }
+
+    def non_finite_layers(self) -> list[str]:
+        """The parameter leaves holding a nan or an inf (after a divergence)."""
+        params = jax.device_get(_params(self.graphdef, self.state))
+        return [
+            name
+            for name, leaf in zip(self.layers, jax.tree.leaves(params), strict=True)
+            if not np.isfinite(leaf).all()
+        ]
 
     def learning_rate(self, step: int) -> float:
         lr = self.schedule(step) if callable(self.schedule) else self.schedule
         return float(lr)
 
-    def evaluation_record(
-        self,
-        step: int,
-        data: input_pipeline.DeviceData,
-        epoch_sums: EpochSums,
-        examples_per_sec: float | None,
-    ) -> dict:
-        """One line of metrics.jsonl: the epoch's train means, the test metrics, the step sizes."""
-        test_loss, test_accuracy = self.evaluate(data)
-        train_loss, train_accuracy = epoch_sums.means()
-        return {
-            "step": step,
-            "epoch": round(step / self.steps_per_epoch, 4),
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
-            "learning_rate": self.learning_rate(step - 1),
-            "examples_per_sec": examples_per_sec,
-            "effective_step_size": self.effective_step_sizes(),
-        }
 
-    def checkpoint_tree(self, step: int, epoch_sums: EpochSums) -> dict:
-        return {
-            "state": nnx.to_pure_dict(self.state),
-            "step": np.asarray(step, np.int64),
-            "epoch_sums": np.asarray(epoch_sums, np.float64),
-        }
+def evaluation_record(
+    trainer: Trainer,
+    step: int,
+    data: input_pipeline.DeviceData,
+    epoch_sums: EpochSums,
+    examples_per_sec: float | None,
+) -> dict:
+    """One line of metrics.jsonl: the epoch's train means, the test metrics, the step sizes."""
+    test_loss, test_accuracy = trainer.evaluate(data)
+    train_loss, train_accuracy = epoch_sums.means()
+    return {
+        "step": step,
+        "epoch": round(step / trainer.steps_per_epoch, 4),
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "test_loss": test_loss,
+        "test_accuracy": test_accuracy,
+        "learning_rate": trainer.learning_rate(step - 1),
+        "examples_per_sec": examples_per_sec,
+        "effective_step_size": trainer.effective_step_sizes(),
+    }
 
-    def load_checkpoint_tree(self, tree: dict) -> tuple[int, EpochSums]:
-        nnx.replace_by_pure_dict(self.state, tree["state"])
-        return int(tree["step"]), EpochSums(*np.asarray(tree["epoch_sums"], np.float64).tolist())
+
+def checkpoint_tree(state: nnx.State, step: int, epoch_sums: EpochSums) -> dict:
+    """What a checkpoint holds: the model and optimizer state, the step, the epoch's sums."""
+    return {
+        "state": nnx.to_pure_dict(state),
+        "step": np.asarray(step, np.int64),
+        "epoch_sums": np.asarray(epoch_sums, np.float64),
+    }
+
+
+def load_checkpoint_tree(state: nnx.State, tree: dict) -> tuple[int, EpochSums]:
+    """Puts a restored checkpoint's arrays into ``state``; its step and epoch sums."""
+    nnx.replace_by_pure_dict(state, tree["state"])
+    return int(tree["step"]), EpochSums(*np.asarray(tree["epoch_sums"], np.float64).tolist())
 
 
 def steps_per_epoch(config: Config, num_train: int, num_devices: int) -> int:
@@ -304,12 +381,65 @@ def checkpoint_due(previous: int, step: int, every: int) -> bool:
     return bool(every) and previous // every != step // every
 
 
+class RunStopped(RuntimeError):
+    """The run stopped before its last step; ``exit_code`` is what the command line returns."""
+
+    exit_code = 1
+
+
+class Preempted(RunStopped):
+    """SIGTERM or Ctrl-C: the run saved a checkpoint at ``step`` and can be resumed."""
+
+    def __init__(self, signal_name: str, step: int, total_steps: int, checkpoint: str, code: int):
+        super().__init__(
+            f"Stopped by {signal_name} at step {step} of {total_steps}; checkpoint saved in "
+            f"{checkpoint}. Run the same command with --resume to continue."
+        )
+        self.step, self.checkpoint, self.exit_code = step, checkpoint, code
+
+
+class Diverged(RunStopped):
+    """A train loss or a parameter became nan or inf; nothing of it was checkpointed."""
+
+
+def divergence(chunk: Chunk, first_step: int, trainer: Trainer) -> str | None:
+    """What went non-finite in ``chunk`` (which started after ``first_step`` steps), or None.
+
+    Uses what the chunk returned anyway (its losses and one bool for the
+    parameters); only when that bool is false are the parameters fetched, to
+    name the layers.
+    """
+    bad = np.flatnonzero(~np.isfinite(chunk.losses))
+    if bad.size:
+        i = int(bad[0])
+        return f"at step {first_step + i + 1} the train loss is {chunk.losses[i]}"
+    if not chunk.params_finite:
+        layers = ", ".join(trainer.non_finite_layers())
+        return f"after step {first_step + chunk.num_steps} parameters are not finite ({layers})"
+    return None
+
+
+def _diverged_message(problem: str, ckpt: checkpoints.Checkpoints, workdir: str) -> str:
+    last = ckpt.latest_step()
+    good = (
+        f"the last good checkpoint is step {last} ({ckpt.step_path(last)})"
+        if last is not None
+        else "no checkpoint was written before it"
+    )
+    return (
+        f"Diverged: {problem}. Training stopped and nothing non-finite was checkpointed; "
+        f"{good}. Metrics so far are in {os.path.join(workdir, reporting.METRICS)}. "
+        f"Try a smaller --learning-rate or a larger --eps."
+    )
+
+
 def _summary(
     trainer: Trainer,
     record: dict,
     step: int,
     throughput: Throughput,
     wall_time_s: float,
+    compile_time_s: float,
     dataset_source: str,
 ) -> dict:
     """summary.json: the final test metrics, where and how fast the run trained."""
@@ -320,7 +450,7 @@ def _summary(
         "steps": step,
         "wall_time_s": wall_time_s,
         "train_time_s": throughput.seconds,
-        "compile_time_s": trainer.compile_time_s,
+        "compile_time_s": compile_time_s,
         "examples_per_sec": throughput.per_second(),
         "devices": [str(d) for d in jax.devices()],
         "dataset": dataset_source,
@@ -332,23 +462,50 @@ def _summary(
 def train_and_evaluate(
     config: Config, dataset: input_pipeline.Dataset, log: Callable[[str], None] = print
 ) -> dict:
-    """Trains ``config.model`` on ``dataset``; returns the summary (also in summary.json)."""
+    """Trains ``config.model`` on ``dataset``; returns the summary (also in summary.json).
+
+    Raises :class:`Preempted` after SIGTERM or Ctrl-C (a checkpoint at the step
+    reached is saved first), :class:`Diverged` when a loss or a parameter
+    stops being finite, ``workdir_lock.WorkdirBusy`` when another run uses
+    ``config.workdir``, and ``checkpoints.CheckpointError`` when ``--resume``
+    cannot continue.
+    """
+    main_process = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(workdir_lock.hold(config.workdir, enabled=main_process))
+        stop = stack.enter_context(preemption.StopSignal())
+        return _train(config, dataset, log, stop, stack, main_process)
+
+
+def _train(
+    config: Config,
+    dataset: input_pipeline.Dataset,
+    log: Callable[[str], None],
+    stop: preemption.StopSignal,
+    stack: contextlib.ExitStack,
+    main_process: bool,
+) -> dict:
+    """The body of :func:`train_and_evaluate`, with the workdir locked and signals watched."""
     t_start = time.perf_counter()
+    compile_start = reporting.compile_seconds()
     mesh = make_mesh()
     trainer = Trainer(config, mesh, steps_per_epoch(config, dataset.num_train, mesh.size))
-    main_process = jax.process_index() == 0
     ckpt, restored = checkpoints.open_run(
         config.workdir,
         config.to_dict(),
         Config.resumable_fields(),
         resume=config.resume,
-        target=trainer.checkpoint_tree(0, EpochSums()),
+        target=checkpoint_tree(trainer.state, 0, EpochSums()),
         main_process=main_process,
         log=log,
     )
-    step, epoch_sums = trainer.load_checkpoint_tree(restored) if restored else (0, EpochSums())
+    stack.callback(ckpt.close)
+    step, epoch_sums = (
+        load_checkpoint_tree(trainer.state, restored) if restored else (0, EpochSums())
+    )
     resume_step = step if config.resume else None
     reporter = reporting.Reporter(config.workdir, enabled=main_process, resume_step=resume_step)
+    stack.callback(reporter.close)
     log(
         f"{config.model}: {trainer.num_params:,} params | data: {dataset.source} "
         f"({dataset.num_train:,} train, {len(dataset.test_labels):,} test) | "
@@ -361,12 +518,17 @@ def train_and_evaluate(
     bar = tqdm(
         total=trainer.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not shown
     )
+    stack.callback(bar.close)
     # Epoch lines go through the bar when it is shown (so it stays at the bottom),
     # else through ``log``: quiet on other processes and when the caller says so.
     say = bar.write if shown else log
-    total, window, record = Throughput(), Throughput(), {}
+    total, window, record, dispatch = Throughput(), Throughput(), {}, 0
     while step < trainer.total_steps:
         chunk = trainer.train_chunk(data, step, trainer.chunk_end(step) - step)
+        dispatch += 1
+        problem = divergence(chunk, step, trainer)
+        if problem:
+            raise Diverged(_diverged_message(problem, ckpt, config.workdir))
         previous, step = step, step + chunk.num_steps
         examples = chunk.num_steps * config.batch_size
         total.add(examples, chunk.seconds)
@@ -376,24 +538,33 @@ def train_and_evaluate(
         bar.set_postfix(
             loss=f"{chunk.losses[-1]:.4f}",
             acc=f"{chunk.accuracies[-1]:.3f}",
-            ex_per_s=f"{examples / chunk.seconds:,.0f}",
+            ex_per_s=f"{examples / max(chunk.seconds, 1e-9):,.0f}",
         )
         epoch_end = step % trainer.steps_per_epoch == 0
         if epoch_end or step == trainer.total_steps:
-            record = trainer.evaluation_record(step, data, epoch_sums, window.per_second())
+            record = evaluation_record(trainer, step, data, epoch_sums, window.per_second())
             reporter.record(record)
             say(reporting.epoch_line(record))
+            if not np.isfinite(record["test_loss"]):
+                problem = f"at step {step} the test loss is {record['test_loss']}"
+                raise Diverged(_diverged_message(problem, ckpt, config.workdir))
             window = Throughput()
             if epoch_end:
                 epoch_sums = EpochSums()
-        if checkpoint_due(previous, step, config.checkpoint_every) or step == trainer.total_steps:
-            ckpt.save(step, trainer.checkpoint_tree(step, epoch_sums))
-    bar.close()
-    ckpt.close()
+        stopping = stop.reached(dispatch) and step < trainer.total_steps
+        due = checkpoint_due(previous, step, config.checkpoint_every)
+        if due or stopping or step == trainer.total_steps:
+            ckpt.save(step, checkpoint_tree(trainer.state, step, epoch_sums))
+        if stopping:
+            raise Preempted(
+                stop.name(), step, trainer.total_steps, ckpt.step_path(step), stop.exit_code()
+            )
     if not record:  # resumed after the last step: evaluate what was restored
         record = dict(zip(("test_loss", "test_accuracy"), trainer.evaluate(data), strict=True))
-    wall_time_s = time.perf_counter() - t_start
-    summary = _summary(trainer, record, step, total, wall_time_s, dataset.source)
+    summary = _summary(
+        trainer, record, step, total, time.perf_counter() - t_start,
+        reporting.compile_seconds() - compile_start, dataset.source,
+    )  # fmt: skip
     reporter.finish(summary)
     log(reporting.done_line(summary, config.workdir))
     return summary

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 SAMPLE = os.path.join(ROOT, "examples", "mnist", "data")
@@ -39,3 +40,39 @@ def metrics(workdir: str, drop=("examples_per_sec",)) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+def start_and_wait_for_checkpoint(
+    *flags: str, workdir: str, min_step: int, timeout: float = 300
+) -> subprocess.Popen:
+    """Starts the trainer and returns once it has a checkpoint at ``min_step`` or later.
+
+    The process is still running then (the caller stops it); its stderr is a pipe.
+    """
+    proc = subprocess.Popen(
+        trainer_command(*flags, "--workdir", workdir),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpts = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+        if steps and max(steps) >= min_step:
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(
+        f"the run ended or stalled before step {min_step}: {proc.communicate()[1]}"
+    )
+
+
+def restore(path: str):
+    """The arrays of the orbax checkpoint at ``path`` (a step directory)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.join(os.path.abspath(path), "default"))
