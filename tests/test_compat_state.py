@@ -65,6 +65,42 @@ def test_resume_a_jax_run_in_torch():
         np.testing.assert_allclose(torch_resumed[k], torch_100[k], rtol=1e-12, atol=1e-14)
 
 
+def _arrays(state) -> list[np.ndarray]:
+    return [np.array(x, copy=True) for x in jax.tree.leaves(state)]
+
+
+def test_from_pytorch_state_copies_torch_memory():
+    # torch steps in place: a JAX state that shares its buffers would change under
+    # the user. Convert, step torch again, and the JAX state must be as converted.
+    init = _sorted_params(frameworks.initial_params("float64", complex_leaf=True))
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in init.items()}
+    opt = torch.optim.RMSprop(list(tensors.values()), **SETTINGS)
+    for t in range(3):
+        grads = frameworks.gradient({k: v.detach().numpy() for k, v in tensors.items()}, t)
+        for k, g in grads.items():
+            tensors[k].grad = torch.tensor(g)
+        opt.step()
+        if t == 0:
+            state = compat.from_pytorch_state(opt.state_dict(), init)
+            converted = _arrays(state)
+    for before, after in zip(converted, _arrays(state), strict=True):
+        np.testing.assert_array_equal(after, before)
+    torch_now = opt.state[tensors["b"]]["square_avg"].numpy()
+    assert not np.allclose(torch_now, state.square_avg["b"])  # torch did move on
+
+
+def test_to_pytorch_state_copies_jax_memory():
+    # The other way round: load the converted state into torch, step torch, and
+    # the JAX state it came from is unchanged.
+    init = _sorted_params(frameworks.initial_params("float64"))
+    tx = compat.pytorch(**SETTINGS)
+    jax_params, state = _jax_run(init, tx.init(jax.tree.map(jnp.asarray, init)), 2, start=0)
+    before = _arrays(state)
+    _torch_run(jax_params, 3, start=2, state_dict=compat.to_pytorch_state(state, jax_params))
+    for was, now in zip(before, _arrays(state), strict=True):
+        np.testing.assert_array_equal(now, was)
+
+
 def test_mismatched_state_dict_is_refused():
     init = _sorted_params(frameworks.initial_params("float64"))
     _, opt = _torch_run(init, 2)
@@ -94,6 +130,17 @@ def test_mismatched_state_dict_is_refused():
         (lambda: compat.keras_legacy(decay=-0.5), r"decay must be a finite number in \[0, inf\)"),
         (lambda: compat.tensorflow_v1(0.1, epsilon=-1e-10), r"epsilon must be"),
         (lambda: compat.timm(eps=float("nan")), r"eps .*got nan"),
+        (lambda: compat.timm(caution="yes"), r"caution must be True or False"),
+        (lambda: compat.pytorch(alpha=lambda count: 0.9), r"alpha must be a number: the fr"),
+        (lambda: compat.keras(rho=lambda count: 0.9), r"rho must be a number: the fr"),
+        (lambda: compat.keras(exclude_from_weight_decay="bias"), r"list of strings .*\['bias'\]"),
+        (lambda: compat.keras(exclude_from_weight_decay=["("]), r"'\(' is not a regular"),
+        # tf.keras 2 fails on a callable epsilon (first step) or decay (construction)
+        (lambda: compat.keras_legacy(epsilon=lambda count: 1e-3), r"epsilon must be a number"),
+        (lambda: compat.keras_legacy(decay=lambda count: 0.1), r"decay must be a number"),
+        (lambda: compat.keras_legacy(momentum=lambda: 0.9), r"momentum: a callable .* step count"),
+        (lambda: compat.keras_legacy(centered=lambda: True), r"centered must be True or False"),
+        (lambda: compat.tensorflow_v1(lambda: 0.1), r"learning_rate: a callable"),
     ],
 )
 def test_bad_hyperparameters(make, message):
