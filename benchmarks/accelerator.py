@@ -19,7 +19,11 @@ One command for whatever backend JAX sees (GPU, TPU or CPU), in three parts:
    for float32 state: read p, g, nu; write p, nu). Also recorded: the bytes
    XLA's cost analysis counts and the fusions in the optimised HLO's entry
    computation (one fusion for a one-leaf step means XLA made a single pass).
-3. **The trainer.** The MNIST cnn for 3 epochs (real MNIST from
+3. **The step's memory.** XLA's buffer assignment for one jitted, donated
+   step over 4 leaves of 2048 x 2048 with float32, bfloat16 and int8 state,
+   plain, with momentum, centered with momentum: temporaries and peak in bytes
+   per parameter (``benchmarks.state_precision.peak_memory``).
+4. **The trainer.** The MNIST cnn for 3 epochs (real MNIST from
    ``--mnist-dir`` when given, else the bundled sample): accuracy, seconds per
    epoch, examples per second.
 
@@ -37,7 +41,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -50,7 +53,7 @@ import jax.numpy as jnp
 import optax
 
 import optax_rmsprop
-from benchmarks import common
+from benchmarks import common, state_precision
 
 LR, DECAY, EPS = 1e-3, 0.9, 1e-8
 TEST_FILES = [
@@ -67,8 +70,18 @@ PALLAS_BLOCK = 8192
 def run_tests(out_dir: str, timeout_s: float) -> dict:
     """Runs the fast correctness tests in a child pytest; returns its counts."""
     junit = os.path.join(out_dir, "accelerator_tests.xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-           f"--junitxml={junit}", *TEST_FILES]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        f"--junitxml={junit}",
+        *TEST_FILES,
+    ]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -84,20 +97,16 @@ def run_tests(out_dir: str, timeout_s: float) -> dict:
             counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
         )
         result.update(counts)
-    print(f"tests: {result.get('passed', '?')} passed, {result.get('failures', '?')} failed, "
-          f"{result.get('errors', '?')} errors, {result.get('skipped', '?')} skipped "
-          f"in {result['seconds']} s", flush=True)  # fmt: skip
+    print(
+        f"tests: {result.get('passed', '?')} passed, {result.get('failures', '?')} failed, "
+        f"{result.get('errors', '?')} errors, {result.get('skipped', '?')} skipped "
+        f"in {result['seconds']} s",
+        flush=True,
+    )
     return result
 
 
 # -- 2. the step -------------------------------------------------------------
-def leaf_sizes(n: int, count: int) -> list[int]:
-    count = min(count, n)
-    sizes = [n // count] * count
-    sizes[0] += n - sum(sizes)
-    return sizes
-
-
 def optimizer_contenders(
     int8: bool, many_leaves: bool
 ) -> dict[str, tuple[optax.GradientTransformation, int]]:
@@ -144,14 +153,11 @@ def random_leaves(sizes: list[int], seed: int, scale: float = 1.0) -> list[jax.A
 
 def compiled_facts(compiled) -> dict:
     """Bytes XLA's cost analysis counts and the kernels of the optimised entry computation."""
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    text = compiled.as_text()
-    entry = text[text.index("ENTRY") :]
+    ops = common.entry_ops(compiled)
     return {
-        "xla_bytes": float(analysis.get("bytes accessed", float("nan"))),
-        "fusions": len(re.findall(r" fusion\(", entry)),
-        "custom_calls": len(re.findall(r" custom-call\(", entry)),
+        "xla_bytes": common.bytes_accessed(compiled),
+        "fusions": ops.count("fusion"),
+        "custom_calls": ops.count("custom-call"),
     }
 
 
@@ -175,13 +181,8 @@ class Contender:
 
 def optimizer_contender(tx, sizes: list[int]) -> Contender:
     params, grads = random_leaves(sizes, 0), random_leaves(sizes, 1, 0.01)
-
-    def step(carry, grads):
-        params, state = carry
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return Contender(step, (params, tx.init(params)), grads)
+    step = common.update_and_apply(tx)
+    return Contender(lambda carry, grads: step(*carry, grads), (params, tx.init(params)), grads)
 
 
 def stream_contender(sizes: list[int]) -> Contender:
@@ -242,13 +243,14 @@ def time_per_step(contender: Contender, samples: int) -> list[float]:
     """
     once = min(common.time_call(functools.partial(contender.run, 1), 2))
     k = max(1, min(2000, round(0.02 / max(once, 1e-7))))
-    return [min(common.time_call(functools.partial(contender.run, k), 2)) / k
-            for _ in range(samples)]  # fmt: skip
+    return [
+        min(common.time_call(functools.partial(contender.run, k), 2)) / k for _ in range(samples)
+    ]
 
 
 def measure_steps(n: int, count: int, rounds: int, pallas: bool) -> list[dict]:
     """Every contender on ``n`` parameters in ``count`` leaves, timed in interleaved rounds."""
-    layout = leaf_sizes(n, count)
+    layout = common.leaves_for(n, count)
     built = {"stream": (stream_contender(layout), STREAM_BYTES)}
     for name, (tx, nbytes) in optimizer_contenders(has_int8_state(), count > 1).items():
         built[name] = (optimizer_contender(tx, layout), nbytes)
@@ -266,31 +268,46 @@ def measure_steps(n: int, count: int, rounds: int, pallas: bool) -> list[dict]:
     rows = []
     for name, (contender, nbytes) in built.items():
         t = statistics.median(samples[name])
-        rows.append({
-            "n": n, "leaves": count, "contender": name, "median_s": t,
-            "spread_s": [min(samples[name]), max(samples[name])],
-            "bytes_per_param": nbytes,
-            "achieved_gb_s": nbytes * n / t / 1e9,
-            "roofline_fraction": (nbytes * n / bandwidth) / t,
-            **contender.facts,
-        })  # fmt: skip
+        rows.append(
+            {
+                "n": n,
+                "leaves": count,
+                "contender": name,
+                "median_s": t,
+                "spread_s": [min(samples[name]), max(samples[name])],
+                "bytes_per_param": nbytes,
+                "achieved_gb_s": nbytes * n / t / 1e9,
+                "roofline_fraction": (nbytes * n / bandwidth) / t,
+                **contender.facts,
+            }
+        )
         print(_row_line(rows[-1]), flush=True)
     return rows
 
 
 def _row_line(r: dict) -> str:
-    return (f"N={r['n']:.0e} leaves={r['leaves']:>4} {r['contender']:<26} "
-            f"{1e6 * r['median_s']:>10.1f} us {r['achieved_gb_s']:>8.1f} GB/s "
-            f"roofline {r['roofline_fraction']:.2f} fusions {r['fusions']} "
-            f"xla_bytes/param {r['xla_bytes'] / r['n']:.1f}")  # fmt: skip
+    return (
+        f"N={r['n']:.0e} leaves={r['leaves']:>4} {r['contender']:<26} "
+        f"{1e6 * r['median_s']:>10.1f} us {r['achieved_gb_s']:>8.1f} GB/s "
+        f"roofline {r['roofline_fraction']:.2f} fusions {r['fusions']} "
+        f"xla_bytes/param {r['xla_bytes'] / r['n']:.1f}"
+    )
 
 
 # -- 3. the trainer ----------------------------------------------------------
 def run_trainer(epochs: int, max_steps: int | None, mnist_dir: str | None, timeout_s: float):
     """Trains the cnn in a child process (the CLI, as a user runs it); returns its summary."""
     with tempfile.TemporaryDirectory() as workdir:
-        cmd = [sys.executable, "-m", "examples.mnist", "--epochs", str(epochs),
-               "--workdir", workdir, "--no-progress"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "examples.mnist",
+            "--epochs",
+            str(epochs),
+            "--workdir",
+            workdir,
+            "--no-progress",
+        ]
         if max_steps:
             cmd += ["--max-steps", str(max_steps)]
         if mnist_dir:
@@ -304,12 +321,25 @@ def run_trainer(epochs: int, max_steps: int | None, mnist_dir: str | None, timeo
             return {"error": f"exit {proc.returncode}", "tail": proc.stderr.splitlines()[-15:]}
         with open(summary_path) as f:
             summary = json.load(f)
-    result = {k: summary[k] for k in ("test_accuracy", "epochs", "steps", "train_time_s",
-                                      "compile_time_s", "examples_per_sec", "dataset")}  # fmt: skip
+    result = {
+        k: summary[k]
+        for k in (
+            "test_accuracy",
+            "epochs",
+            "steps",
+            "train_time_s",
+            "compile_time_s",
+            "examples_per_sec",
+            "dataset",
+        )
+    }
     result["seconds_per_epoch"] = summary["train_time_s"] / max(summary["epochs"], 1e-9)
-    print(f"trainer: {result['test_accuracy']:.4f} test accuracy, "
-          f"{result['seconds_per_epoch']:.2f} s/epoch, {result['examples_per_sec']:,.0f} ex/s "
-          f"({result['dataset']})", flush=True)  # fmt: skip
+    print(
+        f"trainer: {result['test_accuracy']:.4f} test accuracy, "
+        f"{result['seconds_per_epoch']:.2f} s/epoch, {result['examples_per_sec']:,.0f} ex/s "
+        f"({result['dataset']})",
+        flush=True,
+    )
     return result
 
 
@@ -356,6 +386,9 @@ def to_markdown(payload: dict) -> str:
             f"| {r['fusions'] + r['custom_calls']} |"
         )
     lines += ["", f"Pallas kernel matches the library: {payload.get('pallas_matches')}", ""]
+    if "peak_memory" in payload:
+        peak = state_precision.peak_memory_markdown(payload["peak_memory"], payload["peak_shape"])
+        lines += ["**The step's memory.** " + peak[0], *peak[1:], ""]
     if tr.get("error") == "skipped":
         lines.append("**Trainer**: skipped.")
     elif "error" in tr:
@@ -378,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=float, nargs="+", default=None, help="parameter counts")
     ap.add_argument("--leaves", type=int, nargs="+", default=[1, 1000], help="leaf counts")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "steps", "trainer"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["tests", "steps", "memory", "trainer"]
+    )
     args = ap.parse_args(argv)
     out = args.out or os.path.join(common.RESULTS, f"accelerator-{jax.default_backend()}")
     os.makedirs(out, exist_ok=True)
@@ -388,9 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"JAX {jax.__version__} on {jax.devices()}", flush=True)
 
     t0 = time.perf_counter()
-    payload: dict = {"machine": device_info(), "small": args.small, "steps": [],
-                     "tests": {"seconds": 0, "files": []}, "trainer": {"error": "skipped"},
-                     "settings": {"lr": LR, "decay": DECAY, "eps": EPS}}  # fmt: skip
+    payload: dict = {
+        "machine": device_info(),
+        "small": args.small,
+        "steps": [],
+        "tests": {"seconds": 0, "files": []},
+        "trainer": {"error": "skipped"},
+        "settings": {"lr": LR, "decay": DECAY, "eps": EPS},
+    }
     save = functools.partial(_save, out, payload, t0)
     if "tests" not in args.skip:
         payload["tests"] = run_tests(out, timeout_s=600)
@@ -410,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 payload["steps"] += measure_steps(n, count, rounds, pallas)
                 save()
+    if "memory" not in args.skip:
+        payload["peak_shape"] = (256, 256) if args.small else state_precision.PEAK_SHAPE
+        payload["peak_memory"] = state_precision.peak_memory(shape=payload["peak_shape"])
+        save()
     print(to_markdown(payload))
     tests, trainer = payload["tests"], payload["trainer"]
     failed = tests.get("failures", 0) or tests.get("errors", 0)

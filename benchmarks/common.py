@@ -230,5 +230,7 @@ def memory(compiled) -> dict[str, int]:
         "aliased": m.alias_size_in_bytes,
         "temporaries": m.temp_size_in_bytes,
     }
-    sizes["peak"] = sum(sizes[k] for k in ("arguments", "outputs", "temporaries")) - sizes["aliased"]
+    sizes["peak"] = (
+        sum(sizes[k] for k in ("arguments", "outputs", "temporaries")) - sizes["aliased"]
+    )
     return sizes

@@ -29,13 +29,6 @@ LR, DECAY, EPS = 1e-3, 0.9, 1e-8
 BYTES = {"plain": 20, "momentum": 28, "centered": 28, "bf16_state": 16}
 
 
-def leaves_for(n: int, count: int) -> list[int]:
-    count = min(count, n)
-    sizes = [n // count] * count
-    sizes[0] += n - sum(sizes)
-    return sizes
-
-
 def jax_step(tx, sizes):
     key = jax.random.key(0)
     params = [
@@ -44,12 +37,7 @@ def jax_step(tx, sizes):
     ]
     grads = [0.01 * p for p in params]
     state = tx.init(params)
-
-    def step(params, state, grads):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    step = jax.jit(step, donate_argnums=(0, 1))
+    step = common.jitted_step(tx, donate=True)
     box = {"p": params, "s": state}
 
     def run():
@@ -91,7 +79,7 @@ def main() -> None:
         for count in args.leaves:
             if count > n:
                 continue
-            sizes = leaves_for(n, count)
+            sizes = common.leaves_for(n, count)
             rounds = args.rounds if n < 5e7 else max(3, args.rounds // 2)
             ours, _ = jax_step(optax_rmsprop.rmsprop(LR, DECAY, EPS), sizes)
             contenders = {

@@ -86,7 +86,9 @@ def measure_jax(rounds: int, momentum: float | None, shape: tuple[int, int] = SH
     return rows
 
 
-def peak_memory(leaves: int = PEAK_LEAVES, shape: tuple[int, int] = PEAK_SHAPE) -> list[dict]:
+def peak_memory(
+    leaves: int = PEAK_LEAVES, shape: tuple[int, int] = PEAK_SHAPE, states: dict = PRECISIONS
+) -> list[dict]:
     """XLA's buffer sizes for one jitted, donated step, in bytes per parameter.
 
     Per state precision and option set: ``temporaries`` and ``peak`` (what the
@@ -97,7 +99,7 @@ def peak_memory(leaves: int = PEAK_LEAVES, shape: tuple[int, int] = PEAK_SHAPE) 
     n = leaves * shape[0] * shape[1]
     rows = []
     for label, options in STEP_OPTIONS.items():
-        for name, state_dtype in PRECISIONS.items():
+        for name, state_dtype in states.items():
             tx = optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype, **options)
             sizes = common.memory(common.compile_step(tx, params))
             rows.append(
@@ -251,6 +253,25 @@ def main(argv: list[str] | None = None) -> None:
     common.write("state_precision", payload, markdown, args.out)
 
 
+def peak_memory_markdown(rows: list[dict], shape: tuple[int, int]) -> list[str]:
+    """The lines of the table of ``peak_memory``'s rows (for leaves of ``shape``)."""
+    lines = [
+        f"The step's memory (XLA's buffer assignment, `compiled.memory_analysis()`): one "
+        f"jitted, donated step over {PEAK_LEAVES} float32 leaves of "
+        f"{' x '.join(map(str, shape))}, in bytes per parameter. Peak: arguments, outputs "
+        "and temporaries, less the outputs that reuse donated buffers.",
+        "",
+        "| step | state | at rest: arguments | temporaries | peak |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['state']} | {r['arguments']:.2f} | {r['temporaries']:.2f} "
+            f"| {r['peak']:.2f} |"
+        )
+    return lines
+
+
 def to_markdown(payload: dict) -> str:
     m = payload["machine"]
     lines = [
@@ -278,21 +299,7 @@ def to_markdown(payload: dict) -> str:
                     f"| {label} | {kind} | | {r['state_bytes_per_param']:.3f} | n/a "
                     f"| {r['step_ms']:.1f} | |"
                 )
-    lines += [
-        "",
-        f"The step's memory (XLA's buffer assignment, `compiled.memory_analysis()`): one "
-        f"jitted, donated step over {PEAK_LEAVES} float32 leaves of "
-        f"{' x '.join(map(str, payload['peak_shape']))}, in bytes per parameter. Peak: "
-        "arguments, outputs and temporaries, less the outputs that reuse donated buffers.",
-        "",
-        "| step | state | at rest: arguments | temporaries | peak |",
-        "|---|---|---|---|---|",
-    ]
-    for r in payload["peak_memory"]:
-        lines.append(
-            f"| {r['step']} | {r['state']} | {r['arguments']:.2f} | {r['temporaries']:.2f} "
-            f"| {r['peak']:.2f} |"
-        )
+    lines += ["", *peak_memory_markdown(payload["peak_memory"], payload["peak_shape"])]
     a = payload["accuracy"]
     lines += [
         "",
