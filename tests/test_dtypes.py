@@ -12,10 +12,6 @@ import pytest
 import optax_rmsprop
 
 
-def _state_arrays(state):
-    return [x for x in jax.tree.leaves(state)]
-
-
 def _run(tx, params, grads, steps=3):
     state = tx.init(params)
     update = jax.jit(tx.update)

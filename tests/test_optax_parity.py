@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import optax_rmsprop
+from tests.helpers import jitted_step
 
 # Left out: nesterov without momentum (an error), and centered + bias correction
 # with eps outside the root, where var = g**2 - g**2 = 0 at t=0 and the step is
@@ -29,12 +30,11 @@ OPTIONS = [
 def _trajectory(tx, params, steps=100):
     state = tx.init(params)
     rng = np.random.default_rng(0)
-    update = jax.jit(tx.update)
+    step = jitted_step(tx)
     out = []
     for _ in range(steps):
         g = jax.tree.map(lambda p: p - 1.0 + 0.3 * rng.normal(size=p.shape), params)
-        u, state = update(g, state, params)
-        params = optax.apply_updates(params, u)
+        params, state = step(params, state, g)
         out.append(params)
     return out
 

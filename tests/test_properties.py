@@ -7,11 +7,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import optax_rmsprop
+from tests.helpers import jitted_step, make_tx
 from tests.reference import Config, RMSPropReference
 
 configs = (
@@ -59,17 +59,14 @@ def test_random_configs_and_trees_match_reference(cfg, leaf_shapes, nesterov, se
         cfg = dataclasses.replace(cfg, nesterov=True)
     rng = np.random.default_rng(seed)
     params = {f"p{i}": rng.normal(size=s) for i, s in enumerate(leaf_shapes)}
-    kwargs = dataclasses.asdict(cfg)
-    kwargs.pop("weight_decay_mask")
-    tx = optax_rmsprop.rmsprop(**kwargs)
+    tx = make_tx(cfg)
     refs = {k: RMSPropReference(cfg, v) for k, v in params.items()}
     jparams = jax.tree.map(jnp.asarray, params)
     state = tx.init(jparams)
-    update = jax.jit(tx.update)
+    step = jitted_step(tx)
     for _ in range(5):
         grads = {k: rng.normal(size=v.shape) for k, v in params.items()}
-        updates, state = update(jax.tree.map(jnp.asarray, grads), state, jparams)
-        jparams = optax.apply_updates(jparams, updates)
+        jparams, state = step(jparams, state, jax.tree.map(jnp.asarray, grads))
         for k in refs:
             refs[k].step(grads[k])
     for k in refs:

@@ -6,13 +6,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_rmsprop
 from optax_rmsprop import _jax_versions
+from tests.helpers import jitted_step
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8 or not _jax_versions.HAS_EXPLICIT_SHARDING,
@@ -42,23 +42,19 @@ def test_state_is_sharded_like_params_and_numbers_match():
         for k in host:
             assert tree[k].sharding.is_equivalent_to(shardings[k], tree[k].ndim), k
 
-    @jax.jit
-    def step(params, state):
-        grads = jax.tree.map(lambda p: p - 0.3, params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    step = jitted_step(tx)
+
+    def five_steps(params, state):
+        for _ in range(5):
+            params, state = step(params, state, jax.tree.map(lambda p: p - 0.3, params))
+        return params, state
 
     with _jax_versions.set_mesh(mesh):
-        for _ in range(5):
-            params, state = step(params, state)
+        params, state = five_steps(params, state)
     for k in host:
         assert params[k].sharding.is_equivalent_to(shardings[k], params[k].ndim)
         assert state.momentum[k].sharding.is_equivalent_to(shardings[k], params[k].ndim)
 
     single = jax.tree.map(jnp.asarray, host)
-    single_state = tx.init(single)
-    for _ in range(5):
-        grads = jax.tree.map(lambda p: p - 0.3, single)
-        updates, single_state = tx.update(grads, single_state, single)
-        single = optax.apply_updates(single, updates)
+    single, _ = five_steps(single, tx.init(single))
     chex.assert_trees_all_close(jax.device_get(params), jax.device_get(single), rtol=1e-12)
