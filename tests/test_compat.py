@@ -65,6 +65,16 @@ def test_keras_legacy_callable_momentum_is_not_a_zero_momentum():
         parity.check_free_run(compat.keras_legacy(0.01, momentum=0.0), record, "float64")
 
 
+def test_keras_legacy_array_momentum_takes_the_kernel_path():
+    # as a tf.Tensor momentum does in tf.keras 2: the structure cannot depend on its value
+    i = _case_index("keras_legacy", learning_rate=0.01, momentum=0.0, callables=["momentum"])
+    tx = compat.keras_legacy(0.01, momentum=jnp.asarray(0.0))
+    for dtype in frameworks.DTYPES:
+        _, record = parity.golden("keras_legacy", i, dtype)
+        parity.check_single_steps("keras_legacy", tx, record, dtype)
+        parity.check_free_run(tx, record, dtype)
+
+
 def test_keras_legacy_callables_are_called_every_step():
     case = frameworks.CASES["keras_legacy"][-1]
     i = len(frameworks.CASES["keras_legacy"]) - 1

@@ -199,7 +199,7 @@ def _run_keras(keras, kwargs: dict, dtype: str, steps: int) -> dict[str, np.ndar
             "average_gradient": opt._average_gradients,
         }
         return {
-            field: {k: np.array(values[opt._get_variable_index(v)]) for k, v in variables.items()}
+            field: {k: values[opt._get_variable_index(v)].numpy() for k, v in variables.items()}
             for field, values in slots.items()
             if values
         }

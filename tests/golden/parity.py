@@ -166,7 +166,7 @@ def free_run(tx: optax.GradientTransformation, record: dict) -> dict[str, np.nda
     """``tx`` on its own from the first params, fed the recorded gradients."""
     grads = _leaves(record, "grads/")
     params = {k: jnp.asarray(v[0]) for k, v in _leaves(record, "params/").items()}
-    state, update = tx.init(params), jax.jit(tx.update)
+    state, update = tx.init(params), tx.update  # eager: single_steps covers jit
     out = {k: [np.asarray(v)] for k, v in params.items()}
     for t in range(next(iter(grads.values())).shape[0]):
         updates, state = update({k: jnp.asarray(g[t]) for k, g in grads.items()}, state, params)
