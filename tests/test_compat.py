@@ -75,6 +75,35 @@ def test_keras_legacy_array_momentum_takes_the_kernel_path():
         parity.check_free_run(tx, record, dtype)
 
 
+@pytest.mark.parametrize(
+    "dtype,rtol",
+    [
+        ("float16", 1e-3),
+        ("float32", 1e-6),
+        ("float64", 1e-6),
+        ("complex64", 1e-6),
+        ("complex128", 1e-6),
+    ],
+)
+def test_keras_legacy_passes_tf_keras_test_callable_params(dtype, rtol):
+    # tf_keras/optimizers/legacy/rmsprop_test.py, testCallableParams: callable lr,
+    # rho and momentum (returning 0: the kernel path, eps inside), epsilon 1.0, with
+    # its tolerances (assertAllCloseAccordingToType): its expected values use rho
+    # exactly, TF (and the port) a float32 rho. The golden records test the rest.
+    tx = compat.keras_legacy(lambda c: 2.0, lambda c: 0.9, lambda c: 0.0, 1.0)
+    params = {"var0": jnp.array([1.0, 2.0], dtype), "var1": jnp.array([3.0, 4.0], dtype)}
+    grads = {"var0": jnp.full(2, 0.1, dtype), "var1": jnp.full(2, 0.01, dtype)}
+    state = tx.init(params)
+    want = {"var0": np.array([1.0, 2.0]), "var1": np.array([3.0, 4.0])}
+    for ms in ({"var0": 0.001, "var1": 1e-5}, {"var0": 0.0019, "var1": 1.9e-5}):
+        updates, state = tx.update(grads, state)
+        params = optax.apply_updates(params, updates)
+        for k in want:
+            want[k] = want[k] - float(grads[k][0].real) * 2.0 / np.sqrt(ms[k] + 1.0)
+            assert params[k].dtype == jnp.dtype(dtype)
+            np.testing.assert_allclose(params[k], want[k], rtol=rtol)
+
+
 def test_keras_legacy_callables_are_called_every_step():
     case = frameworks.CASES["keras_legacy"][-1]
     i = len(frameworks.CASES["keras_legacy"]) - 1
