@@ -13,6 +13,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 DOCS = os.path.join(ROOT, "docs")
 
 
+@pytest.mark.slow
 def test_sphinx_build_with_warnings_as_errors(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("myst_parser")

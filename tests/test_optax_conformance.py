@@ -32,6 +32,25 @@ OPTION_SETS = [
     )
     if not (n and m is None)
 ]
+
+
+def _option_params() -> list:
+    """The option sets as parameters: all of them run in CI, a covering few in the fast tier.
+
+    Fast: each option alone, none, all, momentum with Nesterov, and centered with bias
+    correction (the pair whose first step is rounding noise over eps).
+    """
+    fast_sets = ({"momentum", "nesterov"}, {"centered", "bias_correction"}, set(OPTION_SETS[0]))
+    params = []
+    for options in OPTION_SETS:
+        on = {k for k, v in options.items() if v}
+        fast = len(on) <= 1 or on in fast_sets
+        params.append(
+            pytest.param(options, id=str(options), marks=() if fast else pytest.mark.slow)
+        )
+    return params
+
+
 PORTS = {
     "pytorch": lambda: compat.pytorch(lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-3),
     "keras": lambda: compat.keras(learning_rate=1e-2, momentum=0.9, centered=True),
@@ -43,7 +62,7 @@ PARAMS = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
 GRADS = [jnp.ones((2, 3)), -jnp.full((2, 5, 2), 0.5)]
 
 
-@pytest.mark.parametrize("options", OPTION_SETS, ids=str)
+@pytest.mark.parametrize("options", _option_params())
 def test_inject_hyperparams_state_equals_plain_state(options):
     # decay 0.75: 1 - decay is exact in float32 too, so the injected float32
     # decay rounds nothing the Python float does not. (With a centered,
@@ -62,7 +81,7 @@ def test_inject_hyperparams_state_equals_plain_state(options):
     chex.assert_trees_all_close(updates_inj, updates, rtol=1e-6)
 
 
-@pytest.mark.parametrize("options", OPTION_SETS, ids=str)
+@pytest.mark.parametrize("options", _option_params())
 def test_second_update_does_not_recompile(options):
     _assert_compiles_once(optax_rmsprop.rmsprop(optax.cosine_decay_schedule(5e-3, 10), **options))
 
@@ -152,6 +171,7 @@ def _loss_after_20_steps(name, value, options):
     return loss(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", META_VARIANTS)
 def test_hyperparameter_gradients_match_finite_differences(variant):
     options, names = META_VARIANTS[variant]

@@ -47,6 +47,7 @@ def test_optax_rmsprop_suite_passes_with_ours_swapped_in():
     assert passed >= (30 if "alias_test.py" in str(modules) else 1), tail
 
 
+@pytest.mark.slow
 def test_the_swap_is_in_force():
     # The plugin must replace optax.rmsprop before optax's tests take it; a
     # probe test run under the plugin sees ours.

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,6 +53,7 @@ configs = (
 shapes = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=4)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs, leaf_shapes=shapes, nesterov=st.booleans(), seed=st.integers(0, 2**16))
 def test_random_configs_and_trees_match_reference(cfg, leaf_shapes, nesterov, seed):
@@ -73,6 +75,7 @@ def test_random_configs_and_trees_match_reference(cfg, leaf_shapes, nesterov, se
         np.testing.assert_allclose(np.asarray(jparams[k]), refs[k].params, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(leaf_shapes=shapes, seed=st.integers(0, 2**16), decay=st.floats(0.0, 0.99))
 def test_nu_stays_between_its_bounds(leaf_shapes, seed, decay):
