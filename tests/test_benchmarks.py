@@ -60,8 +60,8 @@ def test_accelerator_check_small_mode(tmp_path):
     } <= set(steps)
     for (leaves, name), row in steps.items():
         assert row["median_s"] > 0, row
-        if name == "stream":  # x * 2: reads and writes each float32 once
-            assert row["xla_bytes"] == 8 * row["n"], row
+        if name == "stream":  # x * 2: reads and writes each float32 once (and a constant)
+            assert 8 * row["n"] <= row["xla_bytes"] <= 8 * (row["n"] + leaves), row
         elif name != "pallas one-pass kernel":  # (a custom call's traffic is not counted)
             # No step moves less than it must read and write, nor more than optax's.
             assert row["bytes_per_param"] * row["n"] <= row["xla_bytes"], row
