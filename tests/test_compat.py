@@ -9,8 +9,6 @@ own params and state, and as a short free run (``tests/golden/parity.py``).
 
 from __future__ import annotations
 
-import importlib.util
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,12 +27,7 @@ def test_matches_golden_record(framework, case_index, dtype):
 
 @pytest.mark.parametrize("framework", list(parity.PORTS))
 def test_matches_live_framework(framework):
-    if importlib.util.find_spec(parity.LIVE[framework]) is None:
-        pytest.skip(f"{parity.LIVE[framework]} is not installed: golden files only")
-    for case in frameworks.CASES[framework]:
-        for dtype in frameworks.DTYPES:
-            record = frameworks.RUNNERS[framework](case, dtype)
-            parity.check(framework, case, record, dtype)
+    parity.check_live(framework, frameworks.CASES[framework], frameworks.DTYPES)
 
 
 def _fails_on(framework: str, case_index: int, tx: optax.GradientTransformation) -> None:

@@ -10,8 +10,6 @@ float32 epsilons, and a short free run (``tests/golden/parity.py``).
 
 from __future__ import annotations
 
-import importlib.util
-
 import jax.numpy as jnp
 import pytest
 
@@ -58,8 +56,4 @@ def test_matches_float32_golden_record(framework, case_index, dtype):
 
 @pytest.mark.parametrize("framework", list(parity.PORTS))
 def test_matches_live_framework_in_float32(framework):
-    if importlib.util.find_spec(parity.LIVE[framework]) is None:
-        pytest.skip(f"{parity.LIVE[framework]} is not installed: golden files only")
-    for case in filter(_float32_jax, frameworks.CASES[framework]):
-        record = frameworks.RUNNERS[framework](case, "float32")
-        parity.check(framework, case, record, "float32")
+    parity.check_live(framework, filter(_float32_jax, frameworks.CASES[framework]), ["float32"])

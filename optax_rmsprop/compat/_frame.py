@@ -63,7 +63,15 @@ Kernel = Callable[[Leaf, H], tuple[jax.Array, Slots]]  # (update, slots after th
 
 
 class Layout(NamedTuple):
-    """Where a port's public state (a NamedTuple) keeps the count and each slot tree."""
+    """Where a port's public state (a NamedTuple) keeps the count and each slot tree.
+
+    Attributes:
+      state: the state's class.
+      count: the field of the step count.
+      square: the field of the mean-square tree (:attr:`Slots.square`).
+      grad_avg: the field of the mean-gradient tree.
+      momentum: the field of the momentum-buffer tree.
+    """
 
     state: type
     count: str

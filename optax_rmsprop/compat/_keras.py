@@ -34,12 +34,33 @@ class KerasRMSpropState(NamedTuple):
 
 
 KERAS_LAYOUT = _frame.Layout(
-    KerasRMSpropState,
-    count="iterations",
-    square="velocity",
-    grad_avg="average_gradient",
-    momentum="momentum",
+    KerasRMSpropState, "iterations", "velocity", "average_gradient", "momentum"
 )
+
+
+def check_keras_arguments(
+    learning_rate: Any,
+    rho: Any,
+    momentum: Any,
+    epsilon: Any,
+    centered: Any,
+    decay: _common.Named,
+    callables: tuple[str, ...],
+) -> None:
+    """The checks both Keras ports make, under Keras's names.
+
+    ``decay`` is Keras 3's ``weight_decay`` or tf.keras's learning-rate
+    ``decay`` (both >= 0); ``learning_rate`` and ``callables`` may be callables.
+    """
+    _common.check_hyperparameters(
+        callables=("learning_rate", *callables),
+        lr=("learning_rate", learning_rate),
+        decay=("rho", rho),
+        eps=("epsilon", epsilon),
+        momentum=("momentum", momentum),
+        weight_decay=decay,
+    )
+    _common.check_flags(centered=centered)
 
 
 # -- Keras 3 -------------------------------------------------------------------------------
@@ -177,15 +198,9 @@ def keras(
       >>> [round(float(new[k][0]), 6) for k in ("w", "b")]
       [0.95, 1.0]
     """
-    _common.check_hyperparameters(
-        callables=("learning_rate",),
-        lr=("learning_rate", learning_rate),
-        decay=("rho", rho),
-        eps=("epsilon", epsilon),
-        momentum=("momentum", momentum),
-        weight_decay=("weight_decay", weight_decay),
+    check_keras_arguments(
+        learning_rate, rho, momentum, epsilon, centered, ("weight_decay", weight_decay), ()
     )
-    _common.check_flags(centered=centered)
     excluded = check_excluded_names(exclude_from_weight_decay)
     lr_dtype = _common.check_floatx(floatx)
     use_wd = bool(weight_decay)
@@ -317,15 +332,9 @@ def keras_legacy(
       >>> round(float(u[0]), 4)  # -0.1 / (1 + 0.9 * 2) / (sqrt(1 - 0.9**3) + eps)
       -0.0686
     """
-    _common.check_hyperparameters(
-        callables=("learning_rate", "rho", "momentum"),
-        lr=("learning_rate", learning_rate),
-        decay=("rho", rho),
-        eps=("epsilon", epsilon),
-        momentum=("momentum", momentum),
-        weight_decay=("decay", decay),
+    check_keras_arguments(
+        learning_rate, rho, momentum, epsilon, centered, ("decay", decay), ("rho", "momentum")
     )
-    _common.check_flags(centered=centered)
     momentum_path = takes_momentum_path(momentum)
     values = (learning_rate, rho, momentum)
 

@@ -31,11 +31,7 @@ class PyTorchRMSpropState(NamedTuple):
 
 
 TORCH_LAYOUT = _frame.Layout(
-    PyTorchRMSpropState,
-    count="step",
-    square="square_avg",
-    grad_avg="grad_avg",
-    momentum="momentum_buffer",
+    PyTorchRMSpropState, "step", "square_avg", "grad_avg", "momentum_buffer"
 )
 
 

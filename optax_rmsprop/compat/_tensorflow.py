@@ -65,9 +65,7 @@ def apply_rmsprop(leaf: Leaf, hyper: TFHyper) -> tuple[jax.Array, Slots]:
     return -mom, Slots(ms, mg, mom)
 
 
-TF1_LAYOUT = _frame.Layout(
-    TFRMSPropState, count="step", square="rms", grad_avg="mg", momentum="momentum"
-)
+TF1_LAYOUT = _frame.Layout(TFRMSPropState, "step", "rms", "mg", "momentum")
 
 
 def tensorflow_v1(

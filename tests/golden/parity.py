@@ -15,13 +15,16 @@ every step (``tests/golden/frameworks.py``). Two checks use it:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from optax_rmsprop import compat
 from tests.golden import frameworks
@@ -89,6 +92,18 @@ def check(framework: str, case: dict, record: dict, dtype: str) -> tuple[float, 
     """Both checks of ``case``'s port against ``record``: (single-step, free-run) errors."""
     tx = port(framework, case)
     return check_single_steps(framework, tx, record, dtype), check_free_run(tx, record, dtype)
+
+
+def check_live(framework: str, cases: Iterable[dict], dtypes: Sequence[str]) -> None:
+    """Runs the real framework on every case and dtype and checks the port against it.
+
+    Skips (the golden records stand in) when the framework is not importable.
+    """
+    if importlib.util.find_spec(LIVE[framework]) is None:
+        pytest.skip(f"{LIVE[framework]} is not installed: golden records only")
+    for case in cases:
+        for dtype in dtypes:
+            check(framework, case, frameworks.RUNNERS[framework](case, dtype), dtype)
 
 
 def golden_cases(dtypes=frameworks.DTYPES) -> list[tuple[str, int, str]]:
