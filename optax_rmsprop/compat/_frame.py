@@ -112,7 +112,7 @@ class Port(Generic[H]):
 
     name: str
     layout: Layout
-    kernel: Kernel
+    kernel: Kernel[H]
     hyper_at: Callable[[jax.Array], H]
     square_init: float
     centered: bool
@@ -178,6 +178,8 @@ def transformation(port: Port) -> optax.GradientTransformationExtraArgs:
 
 def decay_flags(port: Port, updates: Tree, params: Tree | None) -> list[bool]:
     """Per leaf (``jax.tree.leaves`` order): does weight decay apply to it?"""
+    if port.decay_mask is None and not port.decay_excluded:
+        return [True] * len(jax.tree.leaves(updates))
     like = updates if params is None else params
     if callable(port.decay_mask) and params is None:
         raise ValueError(

@@ -219,8 +219,8 @@ def keras(
         centered=centered,
         momentum_slot=momentum > 0,
         needs_params=f"weight_decay={weight_decay}" if use_wd else None,
-        decay_mask=weight_decay_mask,
-        decay_excluded=excluded,
+        decay_mask=weight_decay_mask if use_wd else None,
+        decay_excluded=excluded if use_wd else (),
     )
     return _frame.transformation(port)
 
