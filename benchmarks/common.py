@@ -117,6 +117,12 @@ def _cpu_model() -> str | None:
     return None
 
 
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """The lines of a Markdown table: ``header``, then one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
 def write(name: str, payload: dict, markdown: str, out: str | None = None) -> None:
     """Writes ``name``.json and ``name``.md to ``out`` (default: benchmarks/results)."""
     out = out or RESULTS

@@ -195,14 +195,20 @@ def to_markdown(payload: dict) -> str:
         f"leaves of {step}; `tx.init` of one {init} parameter, jitted (trace, compile, run) "
         "and eager.",
         "",
-        "| state | step compile (s) | / float32 | jitted init (s) | eager init (s) |",
-        "|---|---|---|---|---|",
+        *common.markdown_table(
+            ["state", "step compile (s)", "/ float32", "jitted init (s)", "eager init (s)"],
+            [
+                [
+                    r["state"],
+                    f"{r['compile_s']:.3f}",
+                    f"{r['compile_over_float32']:.2f}",
+                    f"{r['jit_init_s']:.3f}",
+                    f"{r['eager_init_s']:.3f}",
+                ]
+                for r in p["rows"]
+            ],
+        ),
     ]
-    for r in p["rows"]:
-        md.append(
-            f"| {r['state']} | {r['compile_s']:.3f} | {r['compile_over_float32']:.2f} "
-            f"| {r['jit_init_s']:.3f} | {r['eager_init_s']:.3f} |"
-        )
     return "\n".join(md) + "\n"
 
 

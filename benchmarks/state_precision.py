@@ -255,21 +255,26 @@ def main(argv: list[str] | None = None) -> None:
 
 def peak_memory_markdown(rows: list[dict], shape: tuple[int, int]) -> list[str]:
     """The lines of the table of ``peak_memory``'s rows (for leaves of ``shape``)."""
-    lines = [
+    return [
         f"The step's memory (XLA's buffer assignment, `compiled.memory_analysis()`): one "
         f"jitted, donated step over {PEAK_LEAVES} float32 leaves of "
         f"{' x '.join(map(str, shape))}, in bytes per parameter. Peak: arguments, outputs "
         "and temporaries, less the outputs that reuse donated buffers.",
         "",
-        "| step | state | at rest: arguments | temporaries | peak |",
-        "|---|---|---|---|---|",
+        *common.markdown_table(
+            ["step", "state", "at rest: arguments", "temporaries", "peak"],
+            [
+                [
+                    r["step"],
+                    r["state"],
+                    f"{r['arguments']:.2f}",
+                    f"{r['temporaries']:.2f}",
+                    f"{r['peak']:.2f}",
+                ]
+                for r in rows
+            ],
+        ),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['step']} | {r['state']} | {r['arguments']:.2f} | {r['temporaries']:.2f} "
-            f"| {r['peak']:.2f} |"
-        )
-    return lines
 
 
 def to_markdown(payload: dict) -> str:

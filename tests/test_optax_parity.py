@@ -18,12 +18,11 @@ from tests.helpers import jitted_step
 # with eps outside the root, where var = g**2 - g**2 = 0 at t=0 and the step is
 # rounding noise / eps in both libraries.
 OPTIONS = [
-    (eps_in_sqrt, centered, momentum, nesterov, bias_correction)
-    for eps_in_sqrt, centered, momentum, nesterov, bias_correction in itertools.product(
+    dict(eps_in_sqrt=e, centered=c, momentum=m, nesterov=n, bias_correction=b)
+    for e, c, m, n, b in itertools.product(
         [False, True], [False, True], [None, 0.9], [False, True], [False, True]
     )
-    if not (nesterov and momentum is None)
-    and not (centered and bias_correction and not eps_in_sqrt)
+    if not (n and m is None) and not (c and b and not e)
 ]
 
 
@@ -39,18 +38,9 @@ def _trajectory(tx, params, steps=100):
     return out
 
 
-@pytest.mark.parametrize("eps_in_sqrt,centered,momentum,nesterov,bias_correction", OPTIONS)
-def test_matches_optax_rmsprop(eps_in_sqrt, centered, momentum, nesterov, bias_correction):
-    kwargs = dict(
-        decay=0.9,
-        eps=1e-3,
-        initial_scale=0.1,
-        eps_in_sqrt=eps_in_sqrt,
-        centered=centered,
-        momentum=momentum,
-        nesterov=nesterov,
-        bias_correction=bias_correction,
-    )
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_matches_optax_rmsprop(options):
+    kwargs = dict(decay=0.9, eps=1e-3, initial_scale=0.1, **options)
     params = {"w": jnp.linspace(-2.0, 2.0, 6, dtype=jnp.float64), "b": jnp.float64(0.5)}
     ours = _trajectory(optax_rmsprop.rmsprop(0.01, **kwargs), params)
     theirs = _trajectory(optax.rmsprop(0.01, **kwargs), params)
