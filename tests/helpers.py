@@ -19,6 +19,7 @@ import optax
 
 import optax_rmsprop
 from benchmarks.common import jitted_step as jitted_step  # the step's one home
+from benchmarks.common import update_and_apply as update_and_apply
 from tests.reference import Config, RMSPropReference
 
 STEPS = 120

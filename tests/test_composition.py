@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import optax_rmsprop
+from tests.helpers import jitted_step
 from tests.reference import Config, RMSPropReference
 
 
@@ -60,13 +61,7 @@ def test_inject_hyperparams_changes_values_without_recompiling():
     )
     params = _params()
     state = tx.init(params)
-    traces = []
-
-    @jax.jit
-    def step(state, params):
-        traces.append(1)
-        updates, state = tx.update(_grads(params), state, params)
-        return state, optax.apply_updates(params, updates)
+    step = jitted_step(tx)
 
     hp_runs = [
         dict(learning_rate=0.1, decay=0.9, eps=1e-8, momentum=0.9),
@@ -76,14 +71,14 @@ def test_inject_hyperparams_changes_values_without_recompiling():
         for k, v in hp.items():
             state.hyperparams[k] = jnp.asarray(v, state.hyperparams[k].dtype)
         state_before, params_before = state, params
-        state, params = step(state, params)
+        params, state = step(params, state, _grads(params))
         direct = optax_rmsprop.rmsprop(**hp)
         inner = state_before.inner_state
         want_updates, _ = direct.update(_grads(params_before), inner, params_before)
         chex.assert_trees_all_close(
             params, optax.apply_updates(params_before, want_updates), rtol=1e-12
         )
-    assert len(traces) == 1
+    assert step._cache_size() == 1  # one trace and compile for both sets of values
 
 
 def test_inject_hyperparams_weight_decay_without_params_explains_itself():

@@ -23,7 +23,7 @@ import pytest
 
 import optax_rmsprop
 from optax_rmsprop import _jax_versions, compat
-from tests.helpers import jitted_step
+from tests.helpers import jitted_step, update_and_apply
 
 OPTION_SETS = [
     dict(centered=c, momentum=m, nesterov=n, bias_correction=b, eps_in_sqrt=e, weight_decay=w)
@@ -70,8 +70,10 @@ def test_inject_hyperparams_state_equals_plain_state(options):
     # rounding noise over eps in practice, so any rounding difference shows.)
     plain = optax_rmsprop.rmsprop(5e-3, decay=0.75, **options)
     injected = optax.inject_hyperparams(optax_rmsprop.rmsprop)(5e-3, decay=0.75, **options)
-    grads = [jax.tree.map(lambda g, s=s: s * g * jnp.arange(1.0, 1 + g.size).reshape(g.shape),
-                          GRADS) for s in (1.0, -0.5, 2.0)]  # fmt: skip
+    grads = [
+        jax.tree.map(lambda g, s=s: s * g * jnp.arange(1.0, 1 + g.size).reshape(g.shape), GRADS)
+        for s in (1.0, -0.5, 2.0)
+    ]
     state, state_inj = jax.jit(plain.init)(PARAMS), jax.jit(injected.init)(PARAMS)
     for g in grads:
         updates, state = jax.jit(plain.update)(g, state, PARAMS)
@@ -137,7 +139,7 @@ def test_state_sharding_in_types_is_the_same_after_init_and_update():
         params = jax.device_put(jnp.ones((2, 8, 4), jnp.float32), sharding)
         state = jax.jit(tx.init)(params)
         new_state = jax.jit(tx.update)(params, state, params)[1]
-    types = lambda tree: [jax.typeof(x).sharding.spec for x in jax.tree.leaves(tree)]  # noqa: E731
+    types = lambda tree: [jax.typeof(x).sharding.spec for x in jax.tree.leaves(tree)]
     assert types(new_state) == types(state)
     assert types(state.rms.nu) == types(params)
 
@@ -155,19 +157,20 @@ def _loss_after_20_steps(name, value, options):
     """Loss of a least-squares problem after 20 steps, as a function of one hyperparameter."""
     x = jnp.linspace(-1.0, 1.0, 24).reshape(8, 3)
     y = jnp.sin(jnp.arange(8.0))
-    loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)  # noqa: E731
+    loss = lambda p: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
     kwargs = {k: HYPERPARAMS[k] for k in ("learning_rate", "decay", "eps")} | options
     tx = optax.inject_hyperparams(optax_rmsprop.rmsprop)(**kwargs)
     params = {"w": jnp.asarray([0.3, -0.2, 0.1]), "b": jnp.asarray(0.05)}
     state = tx.init(params)
     state.hyperparams[name] = value
 
-    def step(carry, _):
-        params, state = carry
-        updates, state = tx.update(jax.grad(loss)(params), state, params)
-        return (optax.apply_updates(params, updates), state), None
+    step = update_and_apply(tx)
 
-    (params, _), _ = jax.lax.scan(step, (params, state), length=20)
+    def scan_step(carry, _):
+        params, state = carry
+        return step(params, state, jax.grad(loss)(params)), None
+
+    (params, _), _ = jax.lax.scan(scan_step, (params, state), length=20)
     return loss(params)
 
 
@@ -176,7 +179,7 @@ def _loss_after_20_steps(name, value, options):
 def test_hyperparameter_gradients_match_finite_differences(variant):
     options, names = META_VARIANTS[variant]
     for name in names:
-        f = lambda v, name=name: _loss_after_20_steps(name, v, options)  # noqa: E731
+        f = lambda v, name=name: _loss_after_20_steps(name, v, options)
         v = jnp.asarray(HYPERPARAMS[name], jnp.float64)
         h = 1e-6 * abs(float(v))
         grad = jax.grad(f)(v)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import optax_rmsprop
+from tests.helpers import update_and_apply
 
 
 def parabola(x):
@@ -21,13 +21,12 @@ def rosenbrock(x):
 
 
 def _minimise(fn, x0, tx, steps):
+    update = update_and_apply(tx)
+
     @jax.jit
     def step(x, state):
-        g = jax.grad(fn)(x)
         # For complex x, jax.grad gives the conjugate of the ascent direction.
-        g = jnp.conj(g)
-        updates, state = tx.update(g, state, x)
-        return optax.apply_updates(x, updates), state
+        return update(x, state, jnp.conj(jax.grad(fn)(x)))
 
     state = tx.init(x0)
     x = x0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 
 import optax_rmsprop
+from tests.helpers import update_and_apply
 
 # flax and orbax come with the examples extra (absent from the minimum-versions set).
 serialization = pytest.importorskip("flax.serialization")
@@ -17,10 +17,9 @@ serialization = pytest.importorskip("flax.serialization")
 def _trained_state():
     tx = optax_rmsprop.rmsprop(0.1, momentum=0.9, centered=True, bias_correction=True)
     params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3, jnp.bfloat16)}
-    state = tx.init(params)
+    state, step = tx.init(params), update_and_apply(tx)
     for _ in range(3):
-        updates, state = tx.update(jax.tree.map(lambda p: p + 1, params), state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = step(params, state, jax.tree.map(lambda p: p + 1, params))
     return tx, params, state
 
 
