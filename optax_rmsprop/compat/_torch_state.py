@@ -54,6 +54,8 @@ def from_pytorch_state(state_dict: dict, params: Tree) -> PyTorchRMSpropState:
     Returns:
       A :class:`PyTorchRMSpropState` for ``compat.pytorch(...)`` with the same
       hyperparameters (``centered`` and ``momentum`` decide which slots exist).
+      Its arrays are copies: later torch steps, which work in place, leave it
+      unchanged.
 
     Raises:
       ValueError: if the parameter count, a shape, or the slots do not match.
@@ -113,22 +115,23 @@ def to_pytorch_state(
 
     Returns:
       ``{'state': {i: {'step', 'square_avg', ...}}, 'param_groups': [...]}`` with
-      torch tensors (requires torch).
+      torch tensors (requires torch), copies of the JAX arrays.
     """
     import torch
 
     leaves = jax.tree.leaves(params)
     step = torch.tensor(float(opt_state.step), dtype=torch.float32)
-    state = {}
-    for n in range(len(leaves)):
-        entry = {"step": step.clone()}
-        for slot in _SLOTS:
-            tree = getattr(opt_state, slot)
-            if tree is not None:
-                # a copy: torch's load_state_dict keeps tensors it need not cast, and
-                # optimizer.step() then writes into them in place
-                entry[slot] = torch.tensor(np.array(jax.tree.leaves(tree)[n], copy=True))
-        state[n] = entry
+    # copies: torch's load_state_dict keeps the tensors it need not cast, and
+    # optimizer.step() then writes into them in place
+    slots = {
+        slot: [torch.tensor(np.array(x, copy=True)) for x in jax.tree.leaves(tree)]
+        for slot in _SLOTS
+        if (tree := getattr(opt_state, slot)) is not None
+    }
+    state = {
+        n: {"step": step.clone(), **{slot: values[n] for slot, values in slots.items()}}
+        for n in range(len(leaves))
+    }
     group = dict(TORCH_DEFAULTS, **(hyperparams or {}))
     group["params"] = list(range(len(leaves)))
     return {"state": state, "param_groups": [group]}
