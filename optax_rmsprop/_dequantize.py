@@ -26,7 +26,7 @@ def dequantize_state(opt_state: Any) -> Any:
 
     Returns:
       ``opt_state`` with codes turned into float32 values (complex64 for
-      complex moments) and every ``*_scales`` field set to None.
+      complex moments) and every ``*_absmax`` field set to None.
 
     Example:
       >>> import jax.numpy as jnp
@@ -37,25 +37,31 @@ def dequantize_state(opt_state: Any) -> Any:
       >>> state.rms.nu.dtype, optax_rmsprop.dequantize_state(state).rms.nu.dtype
       (dtype('uint8'), dtype('float32'))
     """
-    is_state = lambda x: isinstance(x, (RMSPropState, ScaleByRmsState))  # noqa: E731
+
+    def is_state(x: Any) -> bool:
+        return isinstance(x, (RMSPropState, ScaleByRmsState))
+
     return jax.tree.map(lambda x: _dequantize(x) if is_state(x) else x, opt_state, is_leaf=is_state)
+
+
+def rms_moments(state: ScaleByRmsState) -> tuple[Tree, Tree | None]:
+    """``(nu, mu)`` of an RMS state as arrays (float32 where stored as codes)."""
+    nu = _read(state.nu, state.nu_absmax, state.nu, real=True)
+    return nu, _read(state.mu, state.mu_absmax, state.nu, real=False)
 
 
 def _dequantize(state: RMSPropState | ScaleByRmsState) -> RMSPropState | ScaleByRmsState:
     if isinstance(state, RMSPropState):
-        nu = state.rms.nu  # never complex: tells complex moments by their extra axis
-        momentum = _read_tree(state.momentum, state.momentum_scales, nu)
-        return state._replace(rms=_dequantize(state.rms), momentum=momentum, momentum_scales=None)
-    return state._replace(
-        nu=_read_tree(state.nu, state.nu_scales, state.nu),
-        mu=_read_tree(state.mu, state.mu_scales, state.nu),
-        nu_scales=None,
-        mu_scales=None,
-    )
+        momentum = _read(state.momentum, state.momentum_absmax, state.rms.nu, real=False)
+        return RMSPropState(_dequantize(state.rms), momentum, None)
+    nu, mu = rms_moments(state)
+    return ScaleByRmsState(state.count, nu, mu, None, None)
 
 
-def _read_tree(values: Tree | None, scales: Tree | None, nu: Tree) -> Tree | None:
-    if values is None or scales is None:
+def _read(values: Tree | None, absmax: Tree | None, nu: Tree, *, real: bool) -> Tree | None:
+    """A stored buffer's values; ``nu`` (the same parameters' ``nu``) gives each rank."""
+    if values is None or absmax is None:
         return values
-    scales = _storage.scales_or_nones(scales, values)
-    return jax.tree.map(_storage.read_stored, values, scales, nu)
+    layouts = _storage.stored_layouts(values, absmax, nu, real=real)
+    dtypes = jax.tree.map(lambda layout: layout.dtype, layouts, is_leaf=_storage.is_layout)
+    return _storage.read_tree(values, absmax, layouts, dtypes)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _scale_by_rms, _storage, _tree, _validation
+from optax_rmsprop import _dequantize, _scale_by_rms, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -26,6 +26,8 @@ def effective_step_size(
     *,
     eps: ArrayLike | None = None,
     decay: ArrayLike | None = None,
+    eps_in_sqrt: bool = False,
+    bias_correction: bool = False,
 ) -> Tree:
     """The per-parameter step size ``lr / denom`` that RMSProp last applied.
 
@@ -35,12 +37,12 @@ def effective_step_size(
     ``optax.inject_hyperparams``, ``optax.masked`` or ``optax.multi_transform``
     state (masked-out leaves stay ``optax.MaskedNode``).
 
-    The state records where ``eps`` goes and whether moments are bias
-    corrected, but not the numeric hyperparameters (so that the state of
+    The state holds arrays only, no configuration (so that the state of
     ``optax.inject_hyperparams(rmsprop)`` has the structure of the plain
-    one's). Pass ``eps`` (and ``decay``, with bias correction) as given to the
-    optimizer; under ``optax.inject_hyperparams`` they are read from its state
-    when not passed.
+    one's). Pass the settings that shape the denominator as given to the
+    optimizer: ``eps``, and ``eps_in_sqrt`` and ``bias_correction`` (with
+    ``decay``) when set; under ``optax.inject_hyperparams``, ``eps`` and
+    ``decay`` are read from its state when not passed.
 
     Args:
       opt_state: a state holding exactly one :class:`ScaleByRmsState`
@@ -50,6 +52,8 @@ def effective_step_size(
       eps: the optimizer's ``eps``; needed unless it is injected.
       decay: the optimizer's ``decay``; needed with ``bias_correction=True``
         unless it is injected.
+      eps_in_sqrt: the optimizer's ``eps_in_sqrt``.
+      bias_correction: the optimizer's ``bias_correction``.
 
     Returns:
       A tree shaped like the params, of the real dtype of ``nu``. Without
@@ -77,12 +81,12 @@ def effective_step_size(
             f"belongs to one rmsprop / scale_by_rms transform."
         )
     (state,) = states
-    flags = state.denominator
     eps = _hyperparameter(opt_state, "eps", eps)
     correction = None
-    if flags.bias_correction:
+    if bias_correction:
         decay = _hyperparameter(opt_state, "decay", decay)
-        correction = 1 / (1 - decay ** jnp.maximum(state.count, 1))
+        # the state's count is the number of updates made, t + 1 for the last one
+        correction = _scale_by_rms.bias_correction_factor(jnp.maximum(state.count, 1) - 1, decay)
     if callable(learning_rate):
         if state.count is None:
             raise ValueError(
@@ -92,21 +96,15 @@ def effective_step_size(
         lr = learning_rate(jnp.maximum(state.count - 1, 0))
     else:
         lr = 1.0 if learning_rate is None else learning_rate
+    nu, mu = _dequantize.rms_moments(state)
 
-    def leaf(nu_values, nu_scales, mu, mu_scales):
-        nu = _storage.read_stored(nu_values, nu_scales, nu_values)
-        mu = None if mu is None else _storage.read_stored(mu, mu_scales, nu_values)
+    def leaf(nu, mu):
         dtype = nu.dtype
         c = None if correction is None else jnp.asarray(correction, dtype)
-        denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), flags.eps_in_sqrt)
+        denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), eps_in_sqrt)
         return (jnp.asarray(lr, dtype) / denom).astype(dtype)
 
-    trees = (
-        _storage.scales_or_nones(state.nu_scales, state.nu),
-        _tree.nones_like(state.nu) if state.mu is None else state.mu,
-        _storage.scales_or_nones(state.mu_scales, state.nu),
-    )
-    return jax.tree.map(leaf, state.nu, *trees)
+    return jax.tree.map(leaf, nu, _tree.nones_like(nu) if mu is None else mu)
 
 
 def _hyperparameter(opt_state: Any, name: str, given: ArrayLike | None) -> ArrayLike:

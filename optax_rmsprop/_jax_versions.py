@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 # jax.typeof: public from jax 0.6; older versions have only the abstract value.
@@ -20,6 +21,35 @@ typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or jax.core.get_aval
 
 # Sharding in types (explicit mesh axes, jax.set_mesh) arrived in jax 0.6/0.7.
 HAS_EXPLICIT_SHARDING = hasattr(jax, "set_mesh") and hasattr(jax.sharding, "AxisType")
+
+
+def _explicit_sharding(x: jax.Array) -> Any:
+    """``x``'s sharding if it is explicit (sharding in types), else None."""
+    if not HAS_EXPLICIT_SHARDING:
+        return None
+    sharding = typeof(x).sharding
+    axis_types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
+    return sharding if jax.sharding.AxisType.Explicit in axis_types else None
+
+
+def take_like(table: jax.Array, index: jax.Array) -> jax.Array:
+    """``table[index]`` for a small replicated ``table``, sharded like ``index``.
+
+    Under explicit sharding the gather must be told its output sharding;
+    elsewhere it follows the indices by itself, with no collective.
+    """
+    sharding = _explicit_sharding(index)
+    if sharding is not None:
+        return table.at[index].get(mode="clip", out_sharding=sharding)
+    return jnp.take(table, index, mode="clip")
+
+
+def shard_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """``x`` with ``like``'s explicit sharding spec (same rank); unchanged elsewhere."""
+    sharding = _explicit_sharding(like)
+    if sharding is None:
+        return x
+    return jax.sharding.reshard(x, sharding.spec)
 
 
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], *, explicit: bool = False):

@@ -25,34 +25,33 @@ def scale_by_lr(scaled: Tree, learning_rate: ArrayLike) -> Tree:
 def momentum_step(
     scaled: Tree,
     buffer: Tree,
-    buffer_scales: Tree | None,
+    buffer_absmax: Tree | None,
+    layouts: Tree,
     learning_rate: ArrayLike,
     momentum: ArrayLike,
     *,
     nesterov: bool,
     lr_in_momentum: bool,
 ) -> tuple[Tree, Tree, Tree | None]:
-    """Returns ``(step, new_buffer, new_buffer_scales)``; the buffer keeps its storage.
+    """Returns ``(step, new_buffer, new_buffer_absmax)``; the buffer keeps its layout.
 
-    ``buffer_scales`` is None, or the per-block scales of an 8-bit buffer
+    ``layouts`` and ``buffer_absmax`` say how the buffer is stored
     (:mod:`optax_rmsprop._storage`).
     """
+    dtypes = jax.tree.map(lambda s: s.dtype, scaled)
+    old = _storage.read_tree(buffer, buffer_absmax, layouts, dtypes)
 
-    def leaf(s, b, b_scales):
+    def leaf(s, b):
         lr = _as_real(learning_rate, s)
         mu = _as_real(momentum, s)
-        b_old = _storage.read(b, b_scales, s.dtype)
         if lr_in_momentum:
-            b_new = mu * b_old + lr * s
-            step = lr * s + mu * b_new if nesterov else b_new
-        else:
-            b_new = mu * b_old + s
-            step = lr * (s + mu * b_new) if nesterov else lr * b_new
-        return step, *_storage.write(b_new, (b, b_scales))
+            b = mu * b + lr * s
+            return (lr * s + mu * b if nesterov else b), b
+        b = mu * b + s
+        return (lr * (s + mu * b) if nesterov else lr * b), b
 
-    out = jax.tree.map(leaf, scaled, buffer, _storage.scales_or_nones(buffer_scales, scaled))
-    step, new_buffer, new_scales = _tree.unzip(scaled, out, 3)
-    return step, new_buffer, None if buffer_scales is None else new_scales
+    step, new = _tree.unzip(scaled, jax.tree.map(leaf, scaled, old), 2)
+    return step, *_storage.write_tree(new, buffer_absmax, layouts)
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:

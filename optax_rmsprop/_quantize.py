@@ -1,105 +1,177 @@
-"""Block-wise dynamic 8-bit quantization: how an 8-bit optimizer state is encoded.
+"""Block-wise 8-bit quantization: the two maps and the table codec.
 
 An array is cut into blocks along its last axis; each block keeps one float32
-``absmax`` and one 8-bit code per element. A code indexes a *dynamic* map of
-values in ``[0, 1]`` (unsigned, for ``nu >= 0``) or ``[-1, 1]`` (signed, for
-first moments): in decade ``e`` (values in ``(10**-(e+1), 10**-e]``) the map
-has ``2**(bits-1-e)`` linearly spaced values, so the relative precision is
-about the same from ``absmax`` down to ``1e-7 * absmax``, and 0 is exact.
-This is the scheme of Dettmers et al. (2022), as in bitsandbytes and torchao;
-an affine (linear) int8 map instead rounds every small ``nu`` to 0, and a
-zero-gradient coordinate then divides by ``eps`` alone.
+``absmax`` and one 8-bit code per element. A code indexes a *map* of values
+relative to the block's absmax:
 
-Layout. The codes have the array's own shape (so they shard like it) and the
-scales shape ``(..., n_blocks)``. With ``L`` the last axis and ``B`` the block
-size, ``n_blocks = ceil(L / B)`` blocks of equal length ``ceil(L / n_blocks)``
-(the last padded by fewer than ``n_blocks`` elements), so both the block
-length and the padding follow from the two shapes alone.
+* ``SIGNED`` (first moments ``mu`` and the momentum buffer): the dynamic map
+  of Dettmers et al. (2022) over ``[-1, 1]``: a sign and 7 bits of magnitude,
+  with ``2**(6-e)`` linearly spaced magnitudes in decade ``e`` (values in
+  ``(10**-(e+1), 10**-e]``), and an exact 0.
+* ``NU`` (the second moment ``nu >= 0``): the same dynamic decades with 8
+  bits, laid over ``sqrt(nu / absmax)`` rather than over ``nu / absmax``, and
+  *without zero*: code 0 stands for ``1e-8``, the map's lower edge. The
+  square root doubles the range in gradient terms (7 decades of ``|g|``
+  instead of 3.5), and the missing zero means a small ``nu`` is never stored as
+  0 while its block holds larger values (the zero-point failure of Li et al.,
+  2023: the next step would divide by ``sqrt((1 - decay) * g**2)`` alone).
+  A block whose absmax is 0 stays exactly 0.
+
+Codes are the nearest map values (in the map's own domain: ``sqrt`` for
+``NU``). The codec is two small tables: decoding looks a code up, encoding
+looks up the top 16 bits of the float32 value (sign, exponent, 7 mantissa
+bits), which fix the code up to the few map boundaries inside that bucket,
+then compares the value with those boundaries. No transcendental function, no
+search, and a handful of operations per element whatever the map: cheap to
+compile and to run on every backend.
+
+Layout: the codes have the array's own shape (so they shard like it) and the
+absmax has shape ``(..., n_blocks)``. With ``L`` the last axis and ``B`` the
+block size, ``n_blocks = ceil(L / B)`` blocks of equal length
+``ceil(L / n_blocks)`` (the last padded by fewer than ``n_blocks`` elements),
+so the block length and the padding follow from the two shapes alone.
 
 References:
   Dettmers, Lewis, Shleifer and Zettlemoyer, `8-bit Optimizers via Block-wise
   Quantization <https://arxiv.org/abs/2110.02861>`_, ICLR 2022.
+  Li, Chen and Zhu, `Memory Efficient Optimizers with 4-bit States
+  <https://arxiv.org/abs/2309.01507>`_, NeurIPS 2023.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_rmsprop import _jax_versions
 
-class QuantizedArray(NamedTuple):
-    """A real array as 8-bit codes and one float32 scale per block.
+_TOP16_OF_ONE = 0x3F80  # the top 16 bits of float32 1.0: buckets 0 .. 0x3F80 cover [0, 1]
+
+
+def dynamic_magnitudes(bits: int) -> np.ndarray:
+    """The dynamic map's ``2**bits`` magnitudes in ``[0, 1]``, ascending, in float64.
+
+    Index 0 is 0; indices ``n .. 2n - 1`` (``n = 2**(bits-1-e)``) are decade
+    ``e``: ``10**-e * (0.1 + 0.9 * (k + 1) / n)`` for ``k = index - n``.
+    """
+    values = [0.0]
+    for e in reversed(range(bits)):
+        n = 2 ** (bits - 1 - e)
+        values += [10.0**-e * (0.1 + 0.9 * (k + 1) / n) for k in range(n)]
+    return np.asarray(values)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Codebook:
+    """A map from 8-bit codes to values relative to the block's absmax.
 
     Attributes:
-      codes: ``uint8`` (unsigned map) or ``int8`` (signed map), the array's shape.
-      scales: ``float32`` absmax of each block, shape ``(..., n_blocks)``.
+      name: ``"nu"`` or ``"signed"``, for messages.
+      signed: codes are ``int8`` (sign and magnitude) rather than ``uint8``.
+      magnitudes: the map's magnitudes in its own domain, ascending (float64).
+      sqrt_domain: the magnitudes stand for ``sqrt(x)``: a code decodes to
+        ``magnitude**2`` and nearest means nearest in ``sqrt``.
     """
 
-    codes: jax.Array
-    scales: jax.Array
+    name: str
+    signed: bool
+    magnitudes: np.ndarray
+    sqrt_domain: bool
+
+    @functools.cached_property
+    def tables(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(bucket table, padded boundaries, extra)`` for encoding, built once per map."""
+        first, extra = self.bucket_table()
+        bounds = np.concatenate([self.boundaries(), np.full(extra, np.inf, np.float32)])
+        return first, bounds, extra
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.signed else np.uint8)
+
+    def values(self) -> np.ndarray:
+        """The float32 value (relative to absmax) of every magnitude code, as decoded."""
+        index = np.arange(len(self.magnitudes), dtype=self.code_dtype)
+        return np.asarray(jax.jit(decode, static_argnums=1)(index, self))
+
+    def boundaries(self) -> np.ndarray:
+        """The float32 values where the nearest magnitude changes, ascending."""
+        m = self.magnitudes
+        mid = (m[1:] + m[:-1]) / 2
+        return (mid * mid if self.sqrt_domain else mid).astype(np.float32)
+
+    def bucket_table(self) -> tuple[np.ndarray, int]:
+        """``(first, extra)``: per top-16-bit bucket of ``[0, 1]``, the boundaries below it.
+
+        ``first[k]`` counts the boundaries at or below the bucket's smallest
+        float; at most ``extra`` boundaries fall inside one bucket.
+        """
+        lowest = (np.arange(_TOP16_OF_ONE + 2, dtype=np.uint32) << 16).view(np.float32)
+        below = np.searchsorted(self.boundaries(), lowest, side="right")
+        return below[:-1].astype(np.uint8), int(np.max(np.diff(below)))
 
 
-# -- the dynamic maps -----------------------------------------------------------
-def _power_of_ten(exponent: jax.Array, bits: int) -> jax.Array:
-    """``10.0**-exponent`` for integer ``exponent`` in ``[0, bits)``, in float32, by selects.
+NU = Codebook(
+    "nu",
+    signed=False,
+    sqrt_domain=True,
+    magnitudes=np.concatenate([[1e-8], dynamic_magnitudes(8)[1:]]),
+)
+SIGNED = Codebook("signed", signed=True, sqrt_domain=False, magnitudes=dynamic_magnitudes(7))
 
-    Exact float32 constants and no transcendental: cheap on every backend.
+
+def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
+    """``table[index]`` elementwise, sharded like ``index``."""
+    return _jax_versions.take_like(jnp.asarray(table), index.astype(jnp.int32))
+
+
+def encode(x: jax.Array, codebook: Codebook) -> jax.Array:
+    """The codes of the map values nearest ``x`` (float32 in ``[-1, 1]``, ``[0, 1]`` for NU)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    magnitude_bits = bits & np.uint32(0x7FFFFFFF)  # |x|; -0.0 is 0
+    magnitude = jax.lax.bitcast_convert_type(magnitude_bits, jnp.float32)
+    first, bounds, extra = codebook.tables
+    bucket = jnp.minimum(magnitude_bits >> 16, np.uint32(_TOP16_OF_ONE))
+    code = _lookup(first, bucket).astype(jnp.int32)
+    base = code
+    for j in range(extra):
+        code = code + (magnitude >= _lookup(bounds, base + j)).astype(jnp.int32)
+    if codebook.signed:
+        code = jnp.where(bits >> 31 == 1, -code, code)
+    return code.astype(codebook.code_dtype)
+
+
+def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
+    """The map values (relative to absmax, float32) that ``codes`` stand for.
+
+    Integer and select operations, no table: XLA then fuses the decoding into
+    every consumer, and never writes the decoded state out in float32. It
+    gives exactly :meth:`Codebook.values` (a test checks every code).
     """
-    value = jnp.ones(exponent.shape, jnp.float32)
-    for e in range(1, bits):
-        value = jnp.where(exponent == e, np.float32(10.0**-e), value)
-    return value
+    index = codes.astype(jnp.int32)
+    magnitude = _dynamic_magnitude(jnp.abs(index), codebook)
+    value = magnitude * magnitude if codebook.sqrt_domain else magnitude
+    return jnp.where(index < 0, -value, value) if codebook.signed else value
 
 
-def magnitude(index: jax.Array, bits: int) -> jax.Array:
-    """The map's magnitude at ``index`` (0 .. 2**bits - 1), in float32.
-
-    Index 0 is 0. Indices ``n .. 2n - 1`` (``n = 2**(bits-1-e)``) are decade
-    ``e``: ``10**-e * (0.1 + 0.9 * (k + 1) / n)`` for ``k = index - n``.
-    Computed with integer and select operations rather than looked up, so that
-    it runs elementwise on sharded codes (a table gather needs the table on the
-    codes' mesh) and costs no transcendental function.
-    """
-    i = jnp.maximum(index.astype(jnp.int32), 1)
-    log_n = 31 - jax.lax.clz(i)  # floor(log2(i))
+def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
+    """The dynamic map at ``index`` in float32: decade by count-leading-zeros, power by selects."""
+    bits = int(np.log2(len(codebook.magnitudes)))
+    i = jnp.maximum(index, 1)
+    log_n = 31 - jax.lax.clz(i)  # floor(log2(i)): indices n .. 2n - 1 are one decade
     n = jnp.left_shift(1, log_n)
-    fraction = 0.1 + 0.9 * (i - n + 1).astype(jnp.float32) / n.astype(jnp.float32)
-    value = _power_of_ten(bits - 1 - log_n, bits) * fraction
-    return jnp.where(index == 0, 0.0, value)
-
-
-def magnitudes(bits: int) -> np.ndarray:
-    """The whole map: the ``2**bits`` magnitudes in ``[0, 1]``, ascending."""
-    return np.asarray(magnitude(jnp.arange(2**bits), bits))
-
-
-def _encode_magnitude(v: jax.Array, bits: int) -> jax.Array:
-    """The index of the nearest map magnitude to each ``v`` in ``[0, 1]``, as int32.
-
-    Arithmetic, not a search: the decade ``e`` (``v`` in ``(10**-(e+1),
-    10**-e]``, found by comparisons) gives the segment, the position inside it
-    is linear. The candidate and its two neighbours are compared exactly, so
-    segment edges round to nearest too.
-    """
-    e = jnp.zeros(v.shape, jnp.int32)
-    for j in range(1, bits):
-        e = e + (v <= np.float32(10.0**-j)).astype(jnp.int32)
-    n = jnp.left_shift(1, bits - 1 - e)  # decade e holds n values, at indices n .. 2n - 1
-    scaled = v / _power_of_ten(e, bits)  # in (0.1, 1] for this decade
-    position = jnp.round((scaled - 0.1) / 0.9 * n.astype(v.dtype)) - 1
-    index = jnp.clip(n + position.astype(jnp.int32), 0, 2**bits - 1)
-    best, best_error = index, jnp.abs(magnitude(index, bits) - v)
-    for other in (jnp.maximum(index - 1, 0), jnp.minimum(index + 1, 2**bits - 1)):
-        error = jnp.abs(magnitude(other, bits) - v)
-        best, best_error = (
-            jnp.where(error < best_error, other, best),
-            jnp.minimum(error, best_error),
-        )
-    return best
+    inverse_n = jax.lax.bitcast_convert_type(jnp.left_shift(127 - log_n, 23), jnp.float32)
+    fraction = 0.1 + 0.9 * ((i - n + 1).astype(jnp.float32) * inverse_n)  # exact: n = 2**k
+    decade = bits - 1 - log_n
+    power = jnp.ones(index.shape, jnp.float32)
+    for e in range(1, bits):
+        power = jnp.where(decade == e, np.float32(10.0**-e), power)
+    return jnp.where(index == 0, np.float32(codebook.magnitudes[0]), power * fraction)
 
 
 # -- blocks -----------------------------------------------------------------------
@@ -107,44 +179,49 @@ def num_blocks(length: int, block_size: int) -> int:
     return max(1, math.ceil(length / block_size))
 
 
-def _blocked(x: jax.Array, n_blocks: int) -> jax.Array:
-    """``x`` padded on the last axis and reshaped to ``(..., n_blocks, block_length)``."""
-    length = x.shape[-1]
-    block_length = math.ceil(length / n_blocks)
-    pad = n_blocks * block_length - length
-    if pad:
-        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-    return x.reshape(*x.shape[:-1], n_blocks, block_length)
+def block_absmax(x: jax.Array, n_blocks: int) -> jax.Array:
+    """The float32 ``max |x|`` of each block along the last axis: shape ``(..., n_blocks)``.
 
-
-def _unblocked(x: jax.Array, length: int) -> jax.Array:
-    return x.reshape(*x.shape[:-2], -1)[..., :length]
-
-
-def quantize(x: jax.Array, n_blocks: int, *, signed: bool) -> QuantizedArray:
-    """``x`` (real, at least 1-D) as codes on the dynamic map and per-block absmax.
-
-    ``n_blocks`` blocks along the last axis (:func:`num_blocks` gives it for a
-    block size); ``signed`` picks the int8 map over ``[-1, 1]`` instead of the
-    uint8 map over ``[0, 1]`` (negative values then quantize to 0).
+    Computed on the float32 bit patterns as int32 (for non-negative floats the
+    order is the same, and NaN still wins), in stages of at most 32 elements.
+    That is the reduction XLA fuses with the elementwise code that produces
+    ``x``: so the new state is never written out in float32 just to take its
+    maximum (XLA:CPU hands a float max over 256 elements to a library kernel
+    that needs its input materialized).
     """
-    blocks = _blocked(x.astype(jnp.float32), n_blocks)
-    absmax = jnp.max(jnp.abs(blocks), axis=-1)
-    normalized = blocks / jnp.where(absmax > 0, absmax, 1.0)[..., None]
-    if signed:
-        magnitude = _encode_magnitude(jnp.abs(normalized), 7)
-        codes = jnp.where(normalized < 0, -magnitude, magnitude).astype(jnp.int8)
-    else:
-        codes = _encode_magnitude(jnp.maximum(normalized, 0.0), 8).astype(jnp.uint8)
-    return QuantizedArray(_unblocked(codes, x.shape[-1]), absmax)
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32) & 0x7FFFFFFF
+    bits = _pad_last(bits, n_blocks * math.ceil(x.shape[-1] / n_blocks))
+    bits = bits.reshape(*x.shape[:-1], n_blocks, -1)
+    while bits.shape[-1] > _STAGE:
+        bits = _pad_last(bits, _STAGE * math.ceil(bits.shape[-1] / _STAGE))
+        bits = jnp.max(bits.reshape(*bits.shape[:-1], -1, _STAGE), axis=-1)
+    return jax.lax.bitcast_convert_type(jnp.max(bits, axis=-1), jnp.float32)
 
 
-def dequantize(q: QuantizedArray, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """The values ``q`` stands for, in ``dtype``."""
-    codes = _blocked(q.codes, q.scales.shape[-1]).astype(jnp.int32)
-    if q.codes.dtype == jnp.int8:
-        values = jnp.sign(codes) * magnitude(jnp.abs(codes), 7)
-    else:
-        values = magnitude(codes, 8)
-    values = values * q.scales[..., None]
-    return _unblocked(values, q.codes.shape[-1]).astype(dtype)
+_STAGE = 32  # elements per reduction stage
+
+
+def _pad_last(x: jax.Array, length: int) -> jax.Array:
+    """``x`` padded with zeros to ``length`` along its last axis."""
+    pad = length - x.shape[-1]
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)]) if pad else x
+
+
+def per_element(absmax: jax.Array, length: int) -> jax.Array:
+    """Each block's ``absmax`` repeated over its elements: shape ``(..., length)``."""
+    block_length = math.ceil(length / absmax.shape[-1])
+    n_blocks = absmax.shape[-1]
+    spread = jnp.broadcast_to(absmax[..., None], (*absmax.shape, block_length))
+    spread = spread.reshape(*absmax.shape[:-1], n_blocks * block_length)
+    return spread if n_blocks * block_length == length else spread[..., :length]
+
+
+def encode_blocks(x: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
+    """``x`` as codes relative to its blocks' ``absmax`` (from :func:`block_absmax`)."""
+    scale = per_element(absmax, x.shape[-1])
+    return encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook)
+
+
+def decode_blocks(codes: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
+    """The float32 values that ``codes`` on blocks of ``absmax`` stand for."""
+    return decode(codes, codebook) * per_element(absmax, codes.shape[-1])

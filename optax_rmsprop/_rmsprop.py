@@ -35,14 +35,14 @@ class RMSPropState(NamedTuple):
         count when a schedule or bias correction needs it).
       momentum: the momentum buffer, one array per parameter, when
         ``momentum`` is set (and not the Python number 0), else ``None``.
-      momentum_scales: with ``state_dtype="int8"`` and momentum, the
-        per-block scales of the 8-bit buffer (whose leaves are then ``int8``
+      momentum_absmax: with ``state_dtype="int8"`` and momentum, the
+        per-block absmax of the 8-bit buffer (whose leaves are then ``int8``
         codes), a scalar 0 at leaves kept unquantized; else None.
     """
 
     rms: _scale_by_rms.ScaleByRmsState
     momentum: Tree | None
-    momentum_scales: Tree | None = None
+    momentum_absmax: Tree | None = None
 
 
 def rmsprop(
@@ -159,9 +159,17 @@ def rmsprop(
     """
     if not callable(learning_rate):
         _validation.check_range("learning_rate", learning_rate, 0.0)
-    core = _scale_by_rms.RmsCore.checked(decay, eps, initial_scale, eps_in_sqrt, centered,
-                                         bias_correction, state_dtype, block_size,
-                                         min_quantized_size)  # fmt: skip
+    core = _scale_by_rms.RmsCore.checked(
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        centered=centered,
+        bias_correction=bias_correction,
+        state_dtype=state_dtype,
+        block_size=block_size,
+        min_quantized_size=min_quantized_size,
+    )
     if momentum is not None:
         _validation.check_range("momentum", momentum, 0.0, 1.0)
     _validation.check_range("weight_decay", weight_decay, 0.0)
@@ -174,10 +182,10 @@ def rmsprop(
 
     def init_fn(params):
         rms = core.init(params, track_count=callable(learning_rate))
-        buffer, scales = None, None
+        buffer, absmax = None, None
         if use_momentum:
-            buffer, scales = _storage.init_tree(params, 0.0, core.precision, real=False)
-        return RMSPropState(rms=rms, momentum=buffer, momentum_scales=scales)
+            buffer, absmax = _storage.init_tree(params, 0.0, core.precision, real=False)
+        return RMSPropState(rms=rms, momentum=buffer, momentum_absmax=absmax)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -201,26 +209,27 @@ def rmsprop(
             g = jax.tree.map(lambda x: -x, g)
         if use_weight_decay and not decoupled_weight_decay:
             g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
-        scaled, rms = core.step(g, state.rms)
+        like = updates if params is None else params
+        scaled, rms = core.step(g, state.rms, like)
         lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
         if use_momentum:
-            step, buffer, buffer_scales = _momentum.momentum_step(
+            step, buffer, buffer_absmax = _momentum.momentum_step(
                 scaled,
                 state.momentum,
-                state.momentum_scales,
+                state.momentum_absmax,
+                _storage.layouts(like, core.precision, real=False),
                 lr,
                 momentum,
                 nesterov=nesterov,
                 lr_in_momentum=lr_in_momentum,
             )
         else:
-            step, buffer, buffer_scales = _momentum.scale_by_lr(scaled, lr), None, None
+            step, buffer, buffer_absmax = _momentum.scale_by_lr(scaled, lr), None, None
         if use_weight_decay and decoupled_weight_decay:
             step = _weight_decay.add_decoupled_decay(
                 step, params, lr, weight_decay, weight_decay_mask
             )
-        like = updates if params is None else params
         new_updates = jax.tree.map(lambda s, p: _dtypes.cast(-s, p.dtype), step, like)
-        return new_updates, RMSPropState(rms=rms, momentum=buffer, momentum_scales=buffer_scales)
+        return new_updates, RMSPropState(rms, buffer, buffer_absmax)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

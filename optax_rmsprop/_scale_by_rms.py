@@ -19,28 +19,6 @@ from optax_rmsprop import _dtypes, _storage, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
-class RmsDenominator(NamedTuple):
-    """How the denominator is formed: the structural flags, no hyperparameter values.
-
-    A static pytree node: its two flags live in the tree structure, cost
-    nothing at run time and let :func:`optax_rmsprop.effective_step_size`
-    rebuild the denominator. Numeric hyperparameters (``eps``, ``decay``)
-    are deliberately not kept here: ``optax.inject_hyperparams`` turns them
-    into arrays, and a state whose structure held their values would differ
-    between ``rmsprop(...)`` and ``inject_hyperparams(rmsprop)(...)``.
-
-    Attributes:
-      eps_in_sqrt: whether ``eps`` sits inside the square root.
-      bias_correction: whether the moments are divided by ``1 - decay**t``.
-    """
-
-    eps_in_sqrt: bool
-    bias_correction: bool
-
-
-jax.tree_util.register_static(RmsDenominator)
-
-
 class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`.
 
@@ -52,19 +30,17 @@ class ScaleByRmsState(NamedTuple):
         parameter, starting at ``initial_scale``.
       mu: exponential moving average of ``g`` when ``centered=True``
         (complex for complex parameters), else ``None``.
-      nu_scales: with ``state_dtype="int8"``, the float32 per-block scales of
+      nu_absmax: with ``state_dtype="int8"``, the float32 per-block absmax of
         the 8-bit ``nu`` (whose leaves are then the ``uint8`` codes), a scalar
         0 at leaves kept unquantized; else None.
-      mu_scales: the same for ``mu`` (``int8`` codes).
-      denominator: the static :class:`RmsDenominator` settings.
+      mu_absmax: the same for ``mu`` (``int8`` codes).
     """
 
     count: jax.Array | None
     nu: Tree
     mu: Tree | None
-    nu_scales: Tree | None
-    mu_scales: Tree | None
-    denominator: RmsDenominator
+    nu_absmax: Tree | None
+    mu_absmax: Tree | None
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -166,6 +142,7 @@ class RmsCore:
     @classmethod
     def checked(
         cls,
+        *,
         decay: ArrayLike,
         eps: ArrayLike,
         initial_scale: ArrayLike,
@@ -178,68 +155,73 @@ class RmsCore:
     ) -> RmsCore:
         """The core for these arguments (as :func:`scale_by_rms` takes them), validated."""
         _validation.check_rms_args(decay, eps, initial_scale)
-        precision = _validation.check_state_precision(state_dtype, block_size, min_quantized_size)
-        return cls(decay, eps, initial_scale, bool(eps_in_sqrt), bool(centered),
-                   bool(bias_correction), precision)  # fmt: skip
+        return cls(
+            decay=decay,
+            eps=eps,
+            initial_scale=initial_scale,
+            eps_in_sqrt=bool(eps_in_sqrt),
+            centered=bool(centered),
+            bias_correction=bool(bias_correction),
+            precision=_storage.StatePrecision.from_args(
+                state_dtype, block_size, min_quantized_size
+            ),
+        )
 
     def init(self, params: Tree, *, track_count: bool) -> ScaleByRmsState:
         """The initial state; ``track_count`` keeps a step count (for a schedule)."""
-        nu, nu_scales = _storage.init_tree(params, self.initial_scale, self.precision, real=True)
-        mu, mu_scales = None, None
+        nu, nu_absmax = _storage.init_tree(params, self.initial_scale, self.precision, real=True)
+        mu, mu_absmax = None, None
         if self.centered:
-            mu, mu_scales = _storage.init_tree(params, 0.0, self.precision, real=False)
+            mu, mu_absmax = _storage.init_tree(params, 0.0, self.precision, real=False)
         return ScaleByRmsState(
             count=jnp.zeros([], jnp.int32) if track_count or self.bias_correction else None,
             nu=nu,
             mu=mu,
-            nu_scales=nu_scales,
-            mu_scales=mu_scales,
-            denominator=RmsDenominator(self.eps_in_sqrt, self.bias_correction),
+            nu_absmax=nu_absmax,
+            mu_absmax=mu_absmax,
         )
 
-    def step(self, grads: Tree, state: ScaleByRmsState) -> tuple[Tree, ScaleByRmsState]:
+    def step(self, grads: Tree, state: ScaleByRmsState, like: Tree) -> tuple[Tree, ScaleByRmsState]:
         """:func:`rms_update` over the tree, on gradients already in their compute dtype.
 
-        The state's buffers are read in the compute dtype and written back in
-        their own storage. Returns ``g / denom`` in the compute dtype (the
-        caller casts) and the new state.
+        ``like`` (the params, or the raw gradients) fixes each buffer's layout.
+        The buffers are read in the compute dtype and written back in their
+        own storage. Returns ``g / denom`` in the compute dtype (the caller
+        casts) and the new state.
         """
-        decay, eps = self.decay, self.eps
         correction = None
         if self.bias_correction:
-            correction = bias_correction_factor(state.count, decay)
+            correction = bias_correction_factor(state.count, self.decay)
+        real = jax.tree.map(lambda g: _dtypes.real_dtype(g.dtype), grads)
+        nu_layouts = _storage.layouts(like, self.precision, real=True)
+        nu = _storage.read_tree(state.nu, state.nu_absmax, nu_layouts, real)
+        mu = None
+        if self.centered:
+            mu_layouts = _storage.layouts(like, self.precision, real=False)
+            dtypes = jax.tree.map(lambda g: g.dtype, grads)
+            mu = _storage.read_tree(state.mu, state.mu_absmax, mu_layouts, dtypes)
 
-        def leaf(g, nu, nu_scales, mu, mu_scales):
-            real = _dtypes.real_dtype(g.dtype)
-            u, new_nu, new_mu = rms_update(
+        def leaf(g, nu, mu, real):
+            c = None if correction is None else correction.astype(real)
+            return rms_update(
                 g,
-                _storage.read(nu, nu_scales, real),
-                None if mu is None else _storage.read(mu, mu_scales, g.dtype),
-                decay=decay,
-                eps=eps,
+                nu,
+                mu,
+                decay=self.decay,
+                eps=self.eps,
                 eps_in_sqrt=self.eps_in_sqrt,
-                correction=None if correction is None else correction.astype(real),
+                correction=c,
             )
-            nu, nu_scales = _storage.write(new_nu, (nu, nu_scales))
-            mu, mu_scales = (None, None) if mu is None else _storage.write(new_mu, (mu, mu_scales))
-            return u, nu, nu_scales, mu, mu_scales
 
-        nones = _tree.nones_like(grads)
-        trees = (
-            state.nu,
-            _storage.scales_or_nones(state.nu_scales, grads),
-            nones if state.mu is None else state.mu,
-            _storage.scales_or_nones(state.mu_scales, grads),
-        )
-        out = jax.tree.map(leaf, grads, *trees)
-        scaled, nu, nu_scales, mu, mu_scales = _tree.unzip(grads, out, 5)
-        return scaled, state._replace(
-            count=None if state.count is None else optax.safe_int32_increment(state.count),
-            nu=nu,
-            mu=None if state.mu is None else mu,
-            nu_scales=None if state.nu_scales is None else nu_scales,
-            mu_scales=None if state.mu_scales is None else mu_scales,
-        )
+        mus = _tree.nones_like(grads) if mu is None else mu
+        out = jax.tree.map(leaf, grads, nu, mus, real)
+        scaled, new_nu, new_mu = _tree.unzip(grads, out, 3)
+        nu, nu_absmax = _storage.write_tree(new_nu, state.nu_absmax, nu_layouts)
+        mu, mu_absmax = None, None
+        if self.centered:
+            mu, mu_absmax = _storage.write_tree(new_mu, state.mu_absmax, mu_layouts)
+        count = None if state.count is None else optax.safe_int32_increment(state.count)
+        return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax)
 
 
 def scale_by_rms(
@@ -305,8 +287,17 @@ def scale_by_rms(
       Hinton, Lecture 6e, 2012; Graves, 2013 (centered); linked from
       :func:`optax_rmsprop.rmsprop`.
     """
-    core = RmsCore.checked(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction,
-                           state_dtype, block_size, min_quantized_size)  # fmt: skip
+    core = RmsCore.checked(
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        centered=centered,
+        bias_correction=bias_correction,
+        state_dtype=state_dtype,
+        block_size=block_size,
+        min_quantized_size=min_quantized_size,
+    )
 
     def init_fn(params):
         return core.init(params, track_count=False)
@@ -316,7 +307,7 @@ def scale_by_rms(
         _validation.check_tree_matches_state(
             updates, state.nu, what="gradient", where="scale_by_rms.update"
         )
-        scaled, state = core.step(to_compute_dtype(updates, state.nu), state)
+        scaled, state = core.step(to_compute_dtype(updates, state.nu), state, updates)
         scaled = jax.tree.map(lambda s, g: _dtypes.cast(s, g.dtype), scaled, updates)
         return scaled, state
 

@@ -13,9 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from optax_rmsprop import _storage
 
 
 def is_concrete_real(value: Any) -> bool:
@@ -60,63 +57,6 @@ def check_rms_args(decay: Any, eps: Any, initial_scale: Any) -> None:
     check_range("decay", decay, 0.0, 1.0)
     check_range("eps", eps, 0.0)
     check_range("initial_scale", initial_scale, 0.0)
-
-
-INT8 = "int8"
-
-
-def check_state_precision(
-    state_dtype: Any, block_size: Any = None, min_quantized_size: Any = None
-) -> _storage.StatePrecision:
-    """``state_dtype`` and the 8-bit settings, checked, as one :class:`StatePrecision`.
-
-    ``state_dtype`` is None, a floating dtype, or ``"int8"`` (8-bit
-    block-quantized state). ``block_size`` and ``min_quantized_size`` are
-    positive integers and only apply to ``"int8"``.
-    """
-    int8 = isinstance(state_dtype, str) and state_dtype == INT8
-    int8 |= not isinstance(state_dtype, str) and _is_int8_dtype(state_dtype)
-    for name, value in (("block_size", block_size), ("min_quantized_size", min_quantized_size)):
-        if value is None:
-            continue
-        if not int8:
-            raise ValueError(
-                f"{name} applies to state_dtype='int8' only, got {name}={value!r} with "
-                f"state_dtype={state_dtype!r}."
-            )
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if int8:
-        defaults = _storage.StatePrecision(int8=True)
-        return _storage.StatePrecision(
-            int8=True,
-            block_size=int(block_size or defaults.block_size),
-            min_size=int(min_quantized_size or defaults.min_size),
-        )
-    return _storage.StatePrecision(dtype=_floating_state_dtype(state_dtype))
-
-
-def _is_int8_dtype(state_dtype: Any) -> bool:
-    try:
-        return state_dtype is not None and jnp.dtype(state_dtype) == jnp.int8
-    except TypeError:
-        return False
-
-
-def _floating_state_dtype(state_dtype: Any) -> np.dtype | None:
-    allowed = "None, a floating dtype (float16, bfloat16, float32, float64) or 'int8'"
-    if state_dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(state_dtype)
-    except TypeError as err:
-        raise ValueError(f"state_dtype must be {allowed}, got {state_dtype!r}.") from err
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"state_dtype must be {allowed}, got {dtype.name}. Complex parameters get "
-            f"complex momentum buffers of the matching precision automatically."
-        )
-    return dtype
 
 
 def check_tree_matches_state(tree: Any, state_tree: Any, *, what: str, where: str) -> None:

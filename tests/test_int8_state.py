@@ -18,66 +18,105 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions, _quantize, _storage
+from optax_rmsprop import _jax_versions, _quantize
 from tests.helpers import jitted_step
 
 F32 = jnp.float32
 
 
 # -- the encoding --------------------------------------------------------------
-@pytest.mark.parametrize("bits", [8, 7])
-def test_maps_are_sorted_span_zero_to_one_and_are_the_dynamic_decades(bits):
-    mags = _quantize.magnitudes(bits)
-    assert len(mags) == 2**bits and mags[0] == 0 and mags[-1] == 1
-    assert np.all(np.diff(mags) > 0)
+MAPS = {"nu": _quantize.NU, "signed": _quantize.SIGNED}
+
+
+def test_the_maps_are_the_dynamic_decades_and_nu_has_no_zero():
     # Independently: decade e holds 2**(bits-1-e) values spaced linearly in (0.1, 1] * 10**-e.
-    want = [0.0] + [
-        10.0**-e * (0.1 + 0.9 * (k + 1) / 2 ** (bits - 1 - e))
-        for e in reversed(range(bits))
-        for k in range(2 ** (bits - 1 - e))
-    ]
-    np.testing.assert_allclose(mags, want, rtol=1e-6)
-    assert mags[1] == np.float32(10.0 ** -(bits - 1))  # dynamic range down to 1e-7 (uint8)
+    def decades(bits):
+        return [
+            10.0**-e * (0.1 + 0.9 * (k + 1) / 2 ** (bits - 1 - e))
+            for e in reversed(range(bits))
+            for k in range(2 ** (bits - 1 - e))
+        ]
+
+    np.testing.assert_allclose(_quantize.SIGNED.magnitudes, [0.0, *decades(7)], rtol=1e-12)
+    # nu: 8 bits over sqrt(nu / absmax), code 0 is the lower edge 1e-8, not 0
+    np.testing.assert_allclose(_quantize.NU.magnitudes, [1e-8, *decades(8)], rtol=1e-12)
+    values = _quantize.NU.values()  # decoded: magnitude**2
+    np.testing.assert_allclose(values, _quantize.NU.magnitudes**2, rtol=1e-6)
+    assert values[-1] == 1 and np.all(np.diff(values) > 0)
+    codes = np.arange(-127, 128, dtype=np.int8)  # the sign is its own: -c decodes to -value
+    np.testing.assert_array_equal(
+        _quantize.decode(jnp.asarray(codes), _quantize.SIGNED),
+        np.sign(codes) * _quantize.SIGNED.values()[np.abs(codes)],
+    )
 
 
-@pytest.mark.parametrize("bits", [7, 8])
-def test_encoding_picks_the_nearest_map_value(bits):
-    mags = _quantize.magnitudes(bits)
+@pytest.mark.parametrize("name", MAPS)
+def test_encoding_picks_the_nearest_map_value(name):
+    # Brute force over every map value, in the map's own domain (sqrt for nu).
+    codebook = MAPS[name]
+    mags = codebook.magnitudes
+    bounds = codebook.boundaries()
     rng = np.random.default_rng(0)
     v = np.concatenate(
-        [rng.random(5000), 10 ** rng.uniform(-10, 0, 5000), mags, (mags[1:] + mags[:-1]) / 2]
+        [rng.random(5000), 10 ** rng.uniform(-20, 0, 5000), codebook.values(), bounds, [0, 1]]
     ).astype(np.float32)
-    got = np.asarray(_quantize._encode_magnitude(jnp.asarray(v), bits))
-    distance = np.abs(mags[None, :] - v[:, None])
-    np.testing.assert_array_equal(distance[np.arange(len(v)), got], distance.min(axis=1))
+    got = np.asarray(_quantize.encode(jnp.asarray(v), codebook)).astype(np.int64)
+    domain = np.sqrt(v.astype(np.float64)) if codebook.sqrt_domain else v.astype(np.float64)
+    distance = np.abs(mags[None, :] - domain[:, None])
+    nearest = distance[np.arange(len(v)), got] <= distance.min(axis=1)
+    # the one exception: within a float32 ulp of a boundary (a tie up to rounding)
+    ulp = np.spacing(v)
+    at_boundary = np.min(np.abs(bounds[None, :] - v[:, None]), axis=1) <= ulp
+    assert np.all(nearest | at_boundary), v[~(nearest | at_boundary)][:5]
+    assert np.mean(at_boundary) < 0.2
+    if codebook.signed:  # the sign is its own bit
+        negative = np.asarray(_quantize.encode(-jnp.asarray(v), codebook)).astype(np.int64)
+        np.testing.assert_array_equal(negative, -got)
 
 
-@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("name", MAPS)
 @pytest.mark.parametrize("shape", [(4097,), (3, 1000), (2, 3, 256)])
-def test_round_trip_error_is_half_a_mapjitted_step(signed, shape):
+def test_round_trip_error_is_half_a_map_step(name, shape):
+    codebook = MAPS[name]
     x = jax.random.normal(jax.random.key(1), shape, F32)
-    x = x if signed else x**2
-    q = _quantize.quantize(x, _quantize.num_blocks(shape[-1], 256), signed=signed)
-    assert q.codes.shape == shape and q.codes.dtype == (jnp.int8 if signed else jnp.uint8)
-    assert q.scales.shape == (*shape[:-1], _quantize.num_blocks(shape[-1], 256))
-    back = np.asarray(_quantize.dequantize(q))
-    blocks = np.asarray(_quantize._blocked(jnp.abs(x), q.scales.shape[-1]))
-    np.testing.assert_array_equal(np.asarray(q.scales), blocks.max(axis=-1))  # absmax
-    # The map's widest gap is 0.9 / 64 (signed) or 0.9 / 128 of the block's absmax.
-    step = 0.9 / (64 if signed else 128)
-    per_block = jnp.broadcast_to(q.scales[..., None], blocks.shape)
-    scale = np.asarray(_quantize._unblocked(per_block, shape[-1]))
-    assert np.all(np.abs(back - np.asarray(x)) <= scale * step / 2 * (1 + 1e-5))
-    exact = np.asarray(x) == scale  # each block's absmax is stored exactly
+    x = x if codebook.signed else x**2
+    n_blocks = _quantize.num_blocks(shape[-1], 256)
+    absmax = _quantize.block_absmax(x, n_blocks)
+    codes = _quantize.encode_blocks(x, absmax, codebook)
+    assert codes.shape == shape and codes.dtype == codebook.code_dtype
+    assert absmax.shape == (*shape[:-1], n_blocks)
+    back = np.asarray(_quantize.decode_blocks(codes, absmax, codebook))
+    scale = np.asarray(_quantize.per_element(absmax, shape[-1]))
+    np.testing.assert_array_equal(scale.max(axis=-1), np.abs(np.asarray(x)).max(axis=-1))
+    # The widest gap in the map's top decade is 0.9 / 64 (signed) or 0.9 / 128 (nu, in
+    # sqrt); values there round to within half of it.
+    gap = 0.9 / (64 if codebook.signed else 128)
+    if codebook.sqrt_domain:
+        err = np.abs(np.sqrt(back / scale) - np.sqrt(np.asarray(x) / scale))
+    else:
+        err = np.abs(back - np.asarray(x)) / scale
+    top = np.abs(np.asarray(x)) > 0.1 * scale * (1 if codebook.signed else 0.1)
+    assert np.all(err[top] <= gap / 2 * (1 + 1e-5))
+    exact = np.abs(np.asarray(x)) == scale  # each block's absmax is stored exactly
     np.testing.assert_array_equal(back[exact], np.asarray(x)[exact])
 
 
 def test_zeros_and_absmax_are_exact_and_an_all_zero_block_is_zero():
     x = jnp.zeros((2, 512)).at[0, :256].set(jnp.linspace(0, 3, 256))
-    q = _quantize.quantize(x, 2, signed=False)
-    back = _quantize.dequantize(q)
-    assert back[0, 0] == 0 and back[0, 255] == 3 and not jnp.any(back[1])
-    assert not jnp.any(back[0, 256:])
+    absmax = _quantize.block_absmax(x, 2)
+    for codebook in MAPS.values():
+        back = _quantize.decode_blocks(
+            _quantize.encode_blocks(x, absmax, codebook), absmax, codebook
+        )
+        assert back[0, 255] == 3 and not jnp.any(back[1]) and not jnp.any(back[0, 256:])
+    signed = _quantize.SIGNED
+    assert (
+        _quantize.decode_blocks(_quantize.encode_blocks(x, absmax, signed), absmax, signed)[0, 0]
+        == 0
+    )
+    nu = _quantize.NU  # no zero: a zero beside larger values is the map's floor, 1e-16 * absmax
+    floor = _quantize.decode_blocks(_quantize.encode_blocks(x, absmax, nu), absmax, nu)[0, 0]
+    assert floor == nu.values()[0] * 3 and 0 < floor < 1e-15
 
 
 # -- what the state looks like ------------------------------------------------------
@@ -93,18 +132,18 @@ def test_large_leaves_are_quantized_and_small_ones_stay_float32():
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int8")
     state = tx.init(PARAMS)
     buffers = [
-        (state.rms.nu, state.rms.nu_scales, jnp.uint8),
-        (state.rms.mu, state.rms.mu_scales, jnp.int8),
-        (state.momentum, state.momentum_scales, jnp.int8),
+        (state.rms.nu, state.rms.nu_absmax, jnp.uint8),
+        (state.rms.mu, state.rms.mu_absmax, jnp.int8),
+        (state.momentum, state.momentum_absmax, jnp.int8),
     ]
-    for values, scales, codes in buffers:
-        for k in ("w", "v"):  # codes shaped like the param, one scale per block
+    for values, absmax, codes in buffers:
+        for k in ("w", "v"):  # codes shaped like the param, one absmax per block
             assert values[k].dtype == codes and values[k].shape == PARAMS[k].shape
-            assert scales[k].dtype == F32
-        assert scales["w"].shape == (64, 1) and scales["v"].shape == (7, 4)
-        for k in ("b", "s"):  # small leaves: float32, a scalar 0 for scales
+            assert absmax[k].dtype == F32
+        assert absmax["w"].shape == (64, 1) and absmax["v"].shape == (7, 4)
+        for k in ("b", "s"):  # small leaves: float32, a scalar 0 for absmax
             assert values[k].dtype == F32 and values[k].shape == PARAMS[k].shape
-            assert scales[k].shape == ()
+            assert absmax[k].shape == ()
     small = optax_rmsprop.rmsprop(1e-2, state_dtype="int8", min_quantized_size=100)
     assert small.init(PARAMS).rms.nu["b"].dtype == jnp.uint8
 
@@ -123,15 +162,16 @@ def test_every_state_leaf_is_an_array_at_its_parameter():
 def test_nu_costs_at_most_1_02_bytes_per_parameter(shape):
     params = jax.ShapeDtypeStruct(shape, F32)
     rms = jax.eval_shape(optax_rmsprop.rmsprop(1e-2, state_dtype="int8").init, params).rms
-    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((rms.nu, rms.nu_scales)))
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((rms.nu, rms.nu_absmax)))
     assert nbytes / np.prod(shape) <= 1.02
 
 
-def test_initial_scale_is_stored_exactly():
-    tx = optax_rmsprop.rmsprop(1e-2, initial_scale=1.0, state_dtype="int8")
-    rms = tx.init(PARAMS).rms
-    nu = _storage.read(rms.nu["w"], rms.nu_scales["w"], F32)
-    np.testing.assert_array_equal(nu, np.ones((64, 256)))
+@pytest.mark.parametrize("fill", [0.0, 1.0, 0.37])
+def test_initial_scale_is_stored_exactly(fill):
+    tx = optax_rmsprop.rmsprop(1e-2, initial_scale=fill, momentum=0.9, state_dtype="int8")
+    state = optax_rmsprop.dequantize_state(tx.init(PARAMS))
+    np.testing.assert_array_equal(state.rms.nu["w"], np.full((64, 256), fill, np.float32))
+    np.testing.assert_array_equal(state.momentum["v"], np.zeros((7, 1000), np.float32))
 
 
 # -- accuracy ---------------------------------------------------------------------
@@ -147,16 +187,12 @@ def test_dequantize_state_is_a_float32_state_of_the_same_optimizer():
         full = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True).init(params)
         chex.assert_trees_all_equal_shapes_and_dtypes(plain, full)
         got = plain.rms.nu["w"]
-        want = _storage.read(s.rms.nu["w"], s.rms.nu_scales["w"], F32)
+        codebook = _quantize.NU
+        want = _quantize.decode_blocks(s.rms.nu["w"], s.rms.nu_absmax["w"], codebook)
         np.testing.assert_array_equal(got, want)
         assert plain.momentum["c"].dtype == jnp.complex64
     untouched = optax_rmsprop.rmsprop(1e-2).init(PARAMS)
     chex.assert_trees_all_equal(optax_rmsprop.dequantize_state(untouched), untouched)
-
-
-def _dequantized(state):
-    """The 8-bit state as the float32 state it stands for (re-syncing the reference)."""
-    return optax_rmsprop.dequantize_state(state)
 
 
 @pytest.mark.slow
@@ -174,7 +210,7 @@ def test_per_step_error_resynced_as_bitsandbytes_measures_it():
     abs_errors, rel_errors = [], []
     for t in range(50):
         grads = 0.01 * jax.random.normal(jax.random.fold_in(key, t + 1), params.shape, F32)
-        want, _ = step32(params, _dequantized(state), grads)
+        want, _ = step32(params, optax_rmsprop.dequantize_state(state), grads)
         params, state = step8(params, state, grads)
         err = jnp.abs(params - want)
         abs_errors.append(float(jnp.mean(err)))
@@ -276,6 +312,111 @@ def test_zero_and_tiny_gradients_give_finite_steps(options):
     assert float(jnp.max(jnp.abs(runs["int8"] - runs[None]))) < 0.05 * moved
 
 
+def _largest_late_step(tiny, decay, state_dtype, steps=2000, late=200):
+    """The zero-point problem: in every 128 coordinates one gradient is 1 and the rest ``tiny``.
+
+    Returns the largest ``|step| / lr`` over the last ``late`` of ``steps`` steps.
+    """
+    shape, lr = (8, 1024), 1e-2
+    grads = jnp.full(shape, tiny, F32).at[:, ::128].set(1.0)
+    tx = optax_rmsprop.rmsprop(lr, decay=decay, eps=1e-8, state_dtype=state_dtype)
+
+    def body(t, carry):
+        params, state, largest = carry
+        updates, state = tx.update(grads, state, params)
+        late_step = jnp.where(t >= steps - late, jnp.max(jnp.abs(updates)), 0.0)
+        return params + updates, state, jnp.maximum(largest, late_step)
+
+    p0 = jnp.zeros(shape, F32)
+    run = jax.jit(lambda: jax.lax.fori_loop(0, steps, body, (p0, tx.init(p0), jnp.float32(0))))
+    return float(run()[2]) / lr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decay", [0.9, 0.99, 0.999])
+@pytest.mark.parametrize("tiny", [1e-4, 1e-5, 1e-6])
+def test_a_small_nu_beside_a_large_one_is_not_rounded_to_zero(tiny, decay):
+    # A map with 0 stored these nu as 0, and the next step divided by
+    # sqrt((1 - decay) * g**2) alone: 9x to 31x lr. The nu map has no zero and
+    # spans 7 decades of |g|.
+    float32 = _largest_late_step(tiny, decay, None)
+    int8 = _largest_late_step(tiny, decay, "int8")
+    assert 0.9 < float32 < 1.2
+    assert int8 <= 1.5 * float32, (int8, float32)
+
+
+def _step_memory(state_dtype, options):
+    """XLA's ``memory_analysis`` of one jitted, donated step over 4 leaves of 2048 x 2048.
+
+    Returns ``(temporaries, peak)`` in bytes per parameter, peak being
+    arguments plus temporaries (the outputs alias the donated inputs).
+    """
+    params = {f"p{i}": jax.ShapeDtypeStruct((2048, 2048), F32) for i in range(4)}
+    tx = optax_rmsprop.rmsprop(1e-2, state_dtype=state_dtype, **options)
+    state = jax.eval_shape(tx.init, params)
+    step = jax.jit(jitted_step(tx).__wrapped__, donate_argnums=(0, 1))
+    memory = step.lower(params, state, params).compile().memory_analysis()
+    n = 4 * 2048 * 2048
+    temp = memory.temp_size_in_bytes / n
+    return temp, memory.argument_size_in_bytes / n + temp
+
+
+PEAK_OPTIONS = [{}, dict(momentum=0.9), dict(momentum=0.9, centered=True)]
+
+
+@pytest.mark.skipif(
+    jax.__version_info__ < (0, 8), reason="XLA:CPU buffer assignment of the jax >= 0.8 tested"
+)
+@pytest.mark.parametrize("options", PEAK_OPTIONS, ids=str)
+def test_int8_step_holds_no_float32_copy_of_nu(options):
+    # The new nu is decoded, updated, reduced to its block absmax and encoded
+    # inside fusions: XLA keeps at most the old codes (1 byte per parameter) as
+    # temporaries for nu. (The scaled gradient, which momentum reads, is still
+    # materialized by XLA:CPU: 4 bytes per parameter, see docs/state_precision.md.)
+    temp, peak = _step_memory("int8", options)
+    float32_temp, float32_peak = _step_memory(None, options)
+    assert float32_temp == 0
+    bound = 1.05 + (5 if "momentum" in options else 0) + (1 if "centered" in options else 0)
+    assert temp <= bound, temp
+    assert peak < float32_peak + 0.1, (peak, float32_peak)
+
+
+def test_init_writes_constant_codes_without_quantizing():
+    # A constant fill's codes and absmax are known: init is a fill, which XLA
+    # does not constant-fold (quantizing a 4096 x 4096 fill at compile time took 56 s).
+    params = jnp.ones((4096, 4096), F32)
+    eqns = {
+        name: jax.make_jaxpr(optax_rmsprop.rmsprop(1e-2, state_dtype=name).init)(params).eqns
+        for name in ("int8", None)
+    }
+    assert len(eqns["int8"]) <= 2 * len(eqns[None]), eqns["int8"]
+    assert {e.primitive.name for e in eqns["int8"]} <= {"broadcast_in_dim"}
+
+
+def test_the_int8_step_stays_a_small_graph():
+    # Compile time follows the graph's size: the table codec keeps each
+    # quantized buffer at about a hundred StableHLO operations (the codec it
+    # replaced took 35 s to compile 200 leaves, 38x float32 state).
+    def size(state_dtype):
+        params = {"w": jax.ShapeDtypeStruct((64, 1024), F32)}
+        tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
+        state = jax.eval_shape(tx.init, params)
+        text = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).as_text()
+        return sum(" = " in line for line in text.splitlines())
+
+    assert size("int8") <= 15 * size(None), (size("int8"), size(None))
+
+
+def test_a_state_saved_before_the_nu_map_changed_is_refused_by_name():
+    serialization = pytest.importorskip("flax.serialization")
+    tx = optax_rmsprop.rmsprop(1e-2, state_dtype="int8")
+    state = tx.init(PARAMS)
+    old = serialization.to_state_dict(state)
+    old["rms"]["nu_scales"] = old["rms"].pop("nu_absmax")  # the field's name before
+    with pytest.raises(ValueError, match="nu_scales"):
+        serialization.from_state_dict(state, old)
+
+
 # -- composition -----------------------------------------------------------------
 def test_effective_step_size_with_int8_state_is_close_to_float32():
     g = {k: 0.5 * v for k, v in PARAMS.items()}
@@ -288,8 +429,9 @@ def test_effective_step_size_with_int8_state_is_close_to_float32():
 
 
 def test_inject_hyperparams_jit_vmap_and_extra_wrappers():
-    injected = optax.inject_hyperparams(optax_rmsprop.rmsprop)(1e-2, momentum=0.9,
-                                                              state_dtype="int8")  # fmt: skip
+    injected = optax.inject_hyperparams(optax_rmsprop.rmsprop)(
+        1e-2, momentum=0.9, state_dtype="int8"
+    )
     plain = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype="int8")
     state = jax.jit(injected.init)(PARAMS)
     chex.assert_trees_all_equal_structs(state.inner_state, plain.init(PARAMS))
@@ -327,15 +469,19 @@ def test_complex_moments_are_quantized_as_real_and_imaginary_parts():
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int8")
     state = tx.init(params)
     assert state.rms.nu.shape == (4, 2048) and state.rms.nu.dtype == jnp.uint8  # |g|**2: real
-    assert state.rms.nu_scales.shape == (4, 8)
-    for codes, scales in ((state.rms.mu, state.rms.mu_scales),
-                          (state.momentum, state.momentum_scales)):  # fmt: skip
+    assert state.rms.nu_absmax.shape == (4, 8)
+    buffers = [(state.rms.mu, state.rms.mu_absmax), (state.momentum, state.momentum_absmax)]
+    for codes, absmax in buffers:
         assert codes.shape == (4, 2048, 2) and codes.dtype == jnp.int8  # (re, im)
-        assert scales.shape == (4, 8, 2)
-    value = (0.5 - 2j) * jnp.arange(1.0, 2049.0) / 2048
-    stored = _storage.write(value, (state.momentum, state.momentum_scales))
-    back = _storage.read(*stored, jnp.complex64)
-    assert float(jnp.max(jnp.abs(back - value))) < 0.01 * 2
+        assert absmax.shape == (4, 8, 2)
+    grads = (0.5 - 2j) * jnp.broadcast_to(jnp.arange(1.0, 2049.0) / 2048, (4, 2048))
+    _, state = tx.update(grads, state, params)
+    want = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True)
+    _, want_state = want.update(grads, want.init(params), params)
+    back = optax_rmsprop.dequantize_state(state)
+    for got, ref in ((back.rms.mu, want_state.rms.mu), (back.momentum, want_state.momentum)):
+        assert got.dtype == jnp.complex64
+        assert float(jnp.max(jnp.abs(got - ref))) < 0.01 * float(jnp.max(jnp.abs(ref)))
 
 
 AXIS_TYPES = ["auto", "explicit"] if _jax_versions.HAS_EXPLICIT_SHARDING else ["auto"]
@@ -364,7 +510,7 @@ def test_sharded_state_needs_no_collective(axis_types):
         assert collective not in hlo, collective
     assert new_params.sharding.is_equivalent_to(sharding, 2)
     assert new_state.rms.nu.sharding.is_equivalent_to(sharding, 2)
-    assert new_state.rms.nu_scales.sharding.is_equivalent_to(sharding, 2)
+    assert new_state.rms.nu_absmax.sharding.is_equivalent_to(sharding, 2)
 
 
 # -- bad input ----------------------------------------------------------------------
@@ -400,6 +546,9 @@ def test_all_block_sizes_tile_the_last_axis():
     for length, block in itertools.product([1, 255, 256, 257, 4097], [1, 64, 256, 1000]):
         n = _quantize.num_blocks(length, block)
         x = jnp.arange(1.0, length + 1)
-        back = _quantize.dequantize(_quantize.quantize(x, n, signed=False))
+        absmax = _quantize.block_absmax(x, n)
+        back = _quantize.decode_blocks(
+            _quantize.encode_blocks(x, absmax, _quantize.NU), absmax, _quantize.NU
+        )
         assert back.shape == (length,)
         assert float(back[-1]) == length  # the last element is its block's absmax
