@@ -16,7 +16,7 @@ from optax_rmsprop._tree import Tree
 
 def find_rms_states(opt_state: Any) -> list[_scale_by_rms.ScaleByRmsState]:
     """Every :class:`ScaleByRmsState` inside an optimizer state, in tree order."""
-    is_rms = lambda x: isinstance(x, _scale_by_rms.ScaleByRmsState)  # noqa: E731
+    is_rms = lambda x: isinstance(x, _scale_by_rms.ScaleByRmsState)
     return [x for x in jax.tree.leaves(opt_state, is_leaf=is_rms) if is_rms(x)]
 
 
@@ -112,7 +112,7 @@ def _hyperparameter(opt_state: Any, name: str, given: ArrayLike | None) -> Array
     if given is not None:
         _validation.check_range(name, given, 0.0, 1.0 if name == "decay" else math.inf)
         return given
-    has = lambda x: isinstance(getattr(x, "hyperparams", None), dict)  # noqa: E731
+    has = lambda x: isinstance(getattr(x, "hyperparams", None), dict)
     for node in jax.tree.leaves(opt_state, is_leaf=has):
         if has(node) and name in node.hyperparams:
             return node.hyperparams[name]

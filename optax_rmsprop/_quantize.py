@@ -160,18 +160,27 @@ def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
 
 
 def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
-    """The dynamic map at ``index`` in float32: decade by count-leading-zeros, power by selects."""
+    """The dynamic map at ``index`` in float32, the same in every compiled program.
+
+    Index ``i`` in ``n .. 2n - 1`` (``n = 2**k``) is decade ``e = bits - 1 - k``:
+    ``10**-e * (0.1 + 0.9 * (i - n + 1) / n) = (n + 9 * (i - n + 1)) * 10**-(e+1) / n``,
+    an exact integer times a per-decade constant: one rounding, no sum that a
+    compiler could contract into a fused multiply-add one way here and another
+    there. The decade comes from count-leading-zeros, the power of ten from selects.
+    """
     bits = int(np.log2(len(codebook.magnitudes)))
     i = jnp.maximum(index, 1)
-    log_n = 31 - jax.lax.clz(i)  # floor(log2(i)): indices n .. 2n - 1 are one decade
-    n = jnp.left_shift(1, log_n)
-    inverse_n = jax.lax.bitcast_convert_type(jnp.left_shift(127 - log_n, 23), jnp.float32)
-    fraction = 0.1 + 0.9 * ((i - n + 1).astype(jnp.float32) * inverse_n)  # exact: n = 2**k
-    decade = bits - 1 - log_n
-    power = jnp.ones(index.shape, jnp.float32)
+    k = 31 - jax.lax.clz(i)  # floor(log2(i))
+    n = jnp.left_shift(1, k)
+    inverse_n = jax.lax.bitcast_convert_type(jnp.left_shift(127 - k, 23), jnp.float32)
+    decade = bits - 1 - k
+    power = jnp.full(index.shape, np.float32(0.1))
     for e in range(1, bits):
-        power = jnp.where(decade == e, np.float32(10.0**-e), power)
-    return jnp.where(index == 0, np.float32(codebook.magnitudes[0]), power * fraction)
+        power = jnp.where(decade == e, np.float32(10.0 ** -(e + 1)), power)
+    numerator = (n + 9 * (i - n + 1)).astype(jnp.float32)
+    return jnp.where(
+        index == 0, np.float32(codebook.magnitudes[0]), numerator * (power * inverse_n)
+    )
 
 
 # -- blocks -----------------------------------------------------------------------
