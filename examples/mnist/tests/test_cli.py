@@ -38,7 +38,7 @@ def test_help_documents_every_flag(capsys):
         (["--learning-rate", "nan"], "argument --learning-rate: must be in"),
         (["--decay", "1.0"], "argument --decay: must be in [0.0, 1.0), got 1.0"),
         (["--momentum", "1"], "argument --momentum: must be in [0.0, 1.0)"),
-        (["--eps", "-1"], "argument --eps: must be in [0.0, inf]"),
+        (["--eps", "-1"], "argument --eps: must be in (0.0, inf]"),
         (["--epochs", "two"], "argument --epochs: 'two' is not a valid int"),
         (["--mlp-widths", "10,0"], "argument --mlp-widths: must be a non-empty tuple of integers"),
         (["--mlp-widths", "10,x"], "argument --mlp-widths: '10,x' is not comma-separated integers"),
