@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         train.train_and_evaluate(config, dataset, log=log)
     except train.Preempted as err:
         if jax.process_index() == 0:
-            print(f"{err} Resume: {resume_command(argv)}", file=sys.stderr, flush=True)
+            print(f"{err.where} Resume with: {resume_command(argv)}", file=sys.stderr, flush=True)
         return err.exit_code
     except train.RunStopped as err:
         print(err, file=sys.stderr, flush=True)

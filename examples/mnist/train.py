@@ -401,10 +401,11 @@ class Preempted(RunStopped):
     """SIGTERM or Ctrl-C: the run saved a checkpoint at ``step`` and can be resumed."""
 
     def __init__(self, signal_name: str, step: int, total_steps: int, checkpoint: str, code: int):
-        super().__init__(
+        self.where = (
             f"Stopped by {signal_name} at step {step} of {total_steps}; checkpoint saved in "
-            f"{checkpoint}. Run the same command with --resume to continue."
+            f"{checkpoint}."
         )
+        super().__init__(f"{self.where} Continue with the same settings and resume=True.")
         self.step, self.checkpoint, self.exit_code = step, checkpoint, code
 
 
