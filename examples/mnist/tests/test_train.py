@@ -265,30 +265,18 @@ def test_no_good_checkpoint_left_gets_a_clear_error(tmp_path, sample):
         )
 
 
-@pytest.mark.slow
-def test_two_processes_agree_with_one(tmp_path):
-    """jax.distributed on loopback with gloo CPU collectives: 2 processes x 1 device."""
+def _start_two_processes(*flags: str, workdir) -> list[subprocess.Popen]:
+    """The trainer as 2 processes x 1 device: jax.distributed on loopback, gloo collectives."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    flags = ("--model", "mlp", "--mlp-widths", "64", "--data-dir", helpers.SAMPLE,
-             "--max-steps", "24", "--epochs", "1", "--batch-size", "64",
-             "--checkpoint-every", "0")  # fmt: skip
-    multi = tmp_path / "multi"
-    procs = [
+    cluster = ("--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2")
+    return [
         subprocess.Popen(
             helpers.trainer_command(
-                *flags,
-                "--workdir",
-                str(multi),
-                "--coordinator-address",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
+                *flags, "--workdir", str(workdir), *cluster, "--process-id", str(i)
             ),
             cwd=helpers.ROOT,
             env=helpers.env(),
@@ -298,6 +286,17 @@ def test_two_processes_agree_with_one(tmp_path):
         )
         for i in range(2)
     ]
+
+
+TWO_PROCESS_FLAGS = ("--model", "mlp", "--mlp-widths", "64", "--data-dir", helpers.SAMPLE,
+                     "--epochs", "1", "--batch-size", "64")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+    flags = (*TWO_PROCESS_FLAGS, "--max-steps", "24", "--checkpoint-every", "0")
+    multi = tmp_path / "multi"
+    procs = _start_two_processes(*flags, workdir=multi)
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -413,3 +412,25 @@ def test_a_second_run_in_a_busy_workdir_is_refused_naming_the_first(tmp_path, sa
     assert not (tmp_path / "metrics.jsonl").exists()  # refused before touching anything
     with workdir_lock.hold(str(tmp_path)):  # released when its holder is done
         pass
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    """JAX's preemption sync: the process that got no signal stops at the same step."""
+    workdir = tmp_path / "multi"
+    flags = (*TWO_PROCESS_FLAGS, "--epochs", "20", "--checkpoint-every", "16",
+             "--steps-per-dispatch", "2")  # fmt: skip
+    procs = _start_two_processes(*flags, workdir=workdir)
+    ckpts, deadline = workdir / "checkpoints", time.time() + 300
+    while not (ckpts.is_dir() and any(d.isdigit() for d in os.listdir(ckpts))):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # process 0 gets nothing
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 128 + signal.SIGTERM, out[-3000:]
+    (line,) = [ln for ln in outputs[0].splitlines() if ln.startswith("Stopped by")]
+    assert "a preemption notice" in line, line
+    stopped = line.split(" at step ")[1].split()[0]
+    assert f"checkpoint saved in {ckpts / stopped}." in line
+    assert (ckpts / stopped).is_dir()
