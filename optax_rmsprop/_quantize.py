@@ -188,6 +188,7 @@ def num_blocks(length: int, block_size: int) -> int:
     return max(1, math.ceil(length / block_size))
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def block_absmax(x: jax.Array, n_blocks: int) -> jax.Array:
     """The float32 ``max |x|`` of each block along the last axis: shape ``(..., n_blocks)``.
 
@@ -225,12 +226,16 @@ def per_element(absmax: jax.Array, length: int) -> jax.Array:
     return spread if n_blocks * block_length == length else spread[..., :length]
 
 
+# The codec runs as small jitted functions: traced once per shape and map, not
+# once per leaf (a 200-leaf step traced in seconds instead of tens of seconds).
+@functools.partial(jax.jit, static_argnums=2)
 def encode_blocks(x: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
     """``x`` as codes relative to its blocks' ``absmax`` (from :func:`block_absmax`)."""
     scale = per_element(absmax, x.shape[-1])
     return encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook)
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def decode_blocks(codes: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
     """The float32 values that ``codes`` on blocks of ``absmax`` stand for."""
     return decode(codes, codebook) * per_element(absmax, codes.shape[-1])
