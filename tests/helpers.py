@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import optax_rmsprop
 from benchmarks.common import jitted_step as jitted_step  # the step's one home
@@ -23,6 +24,22 @@ from benchmarks.common import update_and_apply as update_and_apply
 from tests.reference import Config, RMSPropReference
 
 STEPS = 120
+
+
+def option_params(option_sets: list[dict], *fast_pairs: set[str]) -> list:
+    """``option_sets`` as pytest parameters; CI runs them all, the fast tier a covering few.
+
+    Fast (unmarked): no option, each option alone, every option, and the
+    ``fast_pairs`` (sets of the options that are on); the rest is marked slow.
+    """
+    params = []
+    for options in option_sets:
+        on = {k for k, v in options.items() if v}
+        fast = len(on) <= 1 or on == set(options) or on in fast_pairs
+        params.append(
+            pytest.param(options, id=str(options), marks=() if fast else pytest.mark.slow)
+        )
+    return params
 
 
 def schedule(t):

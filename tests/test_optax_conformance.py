@@ -23,7 +23,7 @@ import pytest
 
 import optax_rmsprop
 from optax_rmsprop import _jax_versions, compat
-from tests.helpers import jitted_step, update_and_apply
+from tests.helpers import jitted_step, option_params, update_and_apply
 
 OPTION_SETS = [
     dict(centered=c, momentum=m, nesterov=n, bias_correction=b, eps_in_sqrt=e, weight_decay=w)
@@ -32,23 +32,6 @@ OPTION_SETS = [
     )
     if not (n and m is None)
 ]
-
-
-def _option_params() -> list:
-    """The option sets as parameters: all of them run in CI, a covering few in the fast tier.
-
-    Fast: each option alone, none, all, momentum with Nesterov, and centered with bias
-    correction (the pair whose first step is rounding noise over eps).
-    """
-    fast_sets = ({"momentum", "nesterov"}, {"centered", "bias_correction"}, set(OPTION_SETS[0]))
-    params = []
-    for options in OPTION_SETS:
-        on = {k for k, v in options.items() if v}
-        fast = len(on) <= 1 or on in fast_sets
-        params.append(
-            pytest.param(options, id=str(options), marks=() if fast else pytest.mark.slow)
-        )
-    return params
 
 
 PORTS = {
@@ -62,7 +45,9 @@ PARAMS = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
 GRADS = [jnp.ones((2, 3)), -jnp.full((2, 5, 2), 0.5)]
 
 
-@pytest.mark.parametrize("options", _option_params())
+@pytest.mark.parametrize(
+    "options", option_params(OPTION_SETS, {"momentum", "nesterov"}, {"centered", "bias_correction"})
+)
 def test_inject_hyperparams_state_equals_plain_state(options):
     # decay 0.75: 1 - decay is exact in float32 too, so the injected float32
     # decay rounds nothing the Python float does not. (With a centered,
@@ -83,7 +68,9 @@ def test_inject_hyperparams_state_equals_plain_state(options):
     chex.assert_trees_all_close(updates_inj, updates, rtol=1e-6)
 
 
-@pytest.mark.parametrize("options", _option_params())
+@pytest.mark.parametrize(
+    "options", option_params(OPTION_SETS, {"momentum", "nesterov"}, {"centered", "bias_correction"})
+)
 def test_second_update_does_not_recompile(options):
     _assert_compiles_once(optax_rmsprop.rmsprop(optax.cosine_decay_schedule(5e-3, 10), **options))
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from tests.helpers import jitted_step
+from tests.helpers import jitted_step, option_params
 
 # Left out: nesterov without momentum (an error), and centered + bias correction
 # with eps outside the root, where var = g**2 - g**2 = 0 at t=0 and the step is
@@ -38,7 +38,9 @@ def _trajectory(tx, params, steps=100):
     return out
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize(
+    "options", option_params(OPTIONS, {"momentum", "nesterov"}, {"centered", "eps_in_sqrt"})
+)
 def test_matches_optax_rmsprop(options):
     kwargs = dict(decay=0.9, eps=1e-3, initial_scale=0.1, **options)
     params = {"w": jnp.linspace(-2.0, 2.0, 6, dtype=jnp.float64), "b": jnp.float64(0.5)}
