@@ -23,7 +23,15 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _momentum, _scale_by_rms, _storage, _validation, _weight_decay
+from optax_rmsprop import (
+    _caution,
+    _dtypes,
+    _momentum,
+    _scale_by_rms,
+    _storage,
+    _validation,
+    _weight_decay,
+)
 from optax_rmsprop._tree import Tree
 
 
@@ -61,6 +69,7 @@ def rmsprop(
     decoupled_weight_decay: bool = False,
     weight_decay_mask: Tree | Callable[[Tree], Tree] | None = None,
     maximize: bool = False,
+    caution: bool = False,
     state_dtype: str | np.dtype | type | None = None,
     block_size: int | None = None,
     min_quantized_size: int | None = None,
@@ -111,6 +120,11 @@ def rmsprop(
       weight_decay_mask: a tree of bools shaped like the params (or a prefix
         of it), or a callable returning one; True where decay applies.
       maximize: ascend the objective instead of descending it.
+      caution: the cautious variant (Liang et al., 2024; timm's
+        ``crmsproptf``): the momentum step is masked where its sign disagrees
+        with the gradient and rescaled by the kept fraction of each tensor;
+        the buffer itself stays unmasked. Needs ``momentum`` (without it every
+        step already agrees with the gradient).
       state_dtype: dtype of ``nu``, ``mu`` and the momentum buffer. ``None``
         keeps each parameter's dtype but never below float32 (bf16/fp16
         params get float32 accumulators); ``jnp.bfloat16`` halves the memory;
@@ -156,6 +170,8 @@ def rmsprop(
       <https://arxiv.org/abs/1308.0850>`_, 2013.
       Loshchilov and Hutter, `Decoupled Weight Decay Regularization
       <https://arxiv.org/abs/1711.05101>`_, 2019.
+      Liang, Chen, Liu and Liu, `Cautious Optimizers
+      <https://arxiv.org/abs/2411.16085>`_, 2024.
     """
     if not callable(learning_rate):
         _validation.check_range("learning_rate", learning_rate, 0.0)
@@ -178,6 +194,11 @@ def rmsprop(
     )
     if nesterov and not use_momentum:
         raise ValueError(f"nesterov=True needs momentum in (0, 1), got momentum={momentum!r}.")
+    if caution and not use_momentum:
+        raise ValueError(
+            f"caution=True needs momentum in (0, 1), got momentum={momentum!r}: without "
+            "momentum every step already agrees in sign with the gradient."
+        )
     use_weight_decay = not (_validation.is_concrete_real(weight_decay) and weight_decay == 0)
 
     def init_fn(params):
@@ -225,6 +246,8 @@ def rmsprop(
             )
         else:
             step, buffer, buffer_absmax = _momentum.scale_by_lr(scaled, lr), None, None
+        if caution:
+            step = jax.tree.map(_caution.cautious, step, g)
         if use_weight_decay and decoupled_weight_decay:
             step = _weight_decay.add_decoupled_decay(
                 step, params, lr, weight_decay, weight_decay_mask

@@ -8,25 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optax_rmsprop._caution import cautious
 from optax_rmsprop.compat import _common
 from optax_rmsprop.compat._frame import Leaf, Slots
 from optax_rmsprop.compat._pytorch import torch_style
-
-# timm clamps the kept fraction of a cautious mask from below before dividing by it
-CAUTION_MIN_FRACTION = 1e-3
-
-
-def cautious(step: jax.Array, grad: jax.Array) -> jax.Array:
-    """The step where its sign agrees with the gradient's, rescaled (Liang et al., 2024).
-
-    ``mask = (step * grad > 0)``, divided by the kept fraction of the whole
-    tensor (at least 1e-3), times ``step``: the mean step size is kept while
-    the components that would move against the gradient are dropped. timm's
-    ``_apply_caution``, in its order of operations and the gradient's dtype.
-    """
-    mask = (step * grad > 0).astype(grad.dtype)
-    fraction = jnp.maximum(jnp.mean(mask), jnp.asarray(CAUTION_MIN_FRACTION, grad.dtype))
-    return step * (mask / fraction)
 
 
 @dataclasses.dataclass(frozen=True)
