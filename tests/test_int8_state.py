@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions, _quantize
+from optax_rmsprop import _jax_versions, _quantize, _storage
 from tests.helpers import jitted_step
 
 F32 = jnp.float32
@@ -156,6 +156,26 @@ def test_every_state_leaf_is_an_array_at_its_parameter():
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
     assert jax.tree.structure(state.rms.nu) == jax.tree.structure(PARAMS)
     assert jax.tree.structure(state.momentum) == jax.tree.structure(PARAMS)
+
+
+def test_the_layout_read_back_from_a_state_is_the_one_it_was_created_with():
+    # dequantize_state and effective_step_size hold a state but no optimizer:
+    # they read each buffer's layout from its arrays, which must agree with the
+    # layout the optimizer fixed from the parameter and its settings.
+    params = {**PARAMS, "c": jnp.ones((4, 2048), jnp.complex64), "d": jnp.ones((8, 512), F32)}
+    tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int8")
+    state = tx.init(params)
+    precision = _storage.StatePrecision.from_args("int8")
+    buffers = [
+        (state.rms.nu, state.rms.nu_absmax, True),
+        (state.rms.mu, state.rms.mu_absmax, False),
+        (state.momentum, state.momentum_absmax, False),
+    ]
+    for values, absmax, real in buffers:
+        created = _storage.layouts(params, precision, real=real)
+        read_back = _storage.stored_layouts(values, absmax, state.rms.nu, real=real)
+        assert created == read_back
+    assert created["c"].complex and created["w"].quantized and not created["b"].quantized
 
 
 @pytest.mark.parametrize("shape", [(1024, 4097), (4096, 4096)])
