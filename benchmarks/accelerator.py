@@ -70,18 +70,8 @@ PALLAS_BLOCK = 8192
 def run_tests(out_dir: str, timeout_s: float) -> dict:
     """Runs the fast correctness tests in a child pytest; returns its counts."""
     junit = os.path.join(out_dir, "accelerator_tests.xml")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-o",
-        "addopts=",
-        f"--junitxml={junit}",
-        *TEST_FILES,
-    ]
+    flags = ["-q", *"-p no:cacheprovider -o addopts=".split(), f"--junitxml={junit}"]
+    cmd = [sys.executable, "-m", "pytest", *flags, *TEST_FILES]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)

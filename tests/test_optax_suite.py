@@ -26,19 +26,8 @@ MODULES = ["alias_test.py", "float64_test.py", "sharding_test.py"]
 
 def _run_suite(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-c",
-        os.devnull,
-        "-p",
-        "tests.optax_suite.swap_rmsprop",
-        *args,
-    ]
+    flags = f"-q -p no:cacheprovider -c {os.devnull} -p tests.optax_suite.swap_rmsprop".split()
+    cmd = [sys.executable, "-m", "pytest", *flags, *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
 
 
