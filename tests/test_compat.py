@@ -19,12 +19,13 @@ from optax_rmsprop import compat
 from tests.golden import frameworks, parity
 
 
-@pytest.mark.parametrize("framework,case_index,dtype", parity.golden_cases())
+@pytest.mark.parametrize("framework,case_index,dtype", parity.fast_tier(parity.golden_cases()))
 def test_matches_golden_record(framework, case_index, dtype):
     case, record = parity.golden(framework, case_index, dtype)
     parity.check(framework, case, record, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", list(parity.PORTS))
 def test_matches_live_framework(framework):
     parity.check_live(framework, frameworks.CASES[framework], frameworks.DTYPES)

@@ -48,12 +48,13 @@ def test_every_port_is_covered():
     assert {fw for fw, _, _ in CASES} == set(parity.PORTS)
 
 
-@pytest.mark.parametrize("framework,case_index,dtype", CASES)
+@pytest.mark.parametrize("framework,case_index,dtype", parity.fast_tier(CASES))
 def test_matches_float32_golden_record(framework, case_index, dtype):
     case, record = parity.golden(framework, case_index, dtype)
     parity.check(framework, case, record, dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", list(parity.PORTS))
 def test_matches_live_framework_in_float32(framework):
     parity.check_live(framework, filter(_float32_jax, frameworks.CASES[framework]), ["float32"])

@@ -117,6 +117,19 @@ def golden_cases(dtypes=frameworks.DTYPES) -> list[tuple[str, int, str]]:
     ]
 
 
+def fast_tier(cases: Iterable[tuple[str, int, str]]) -> list:
+    """``cases`` as pytest params, all but each framework's first case and dtype marked slow.
+
+    The fast tier (``-m "not slow"``) then checks every port once; CI runs them all.
+    """
+    seen, params = set(), []
+    for case in cases:
+        first = case[0] not in seen
+        seen.add(case[0])
+        params.append(pytest.param(*case, marks=() if first else pytest.mark.slow))
+    return params
+
+
 def _leaves(record: dict, prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
 
