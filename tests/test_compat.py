@@ -17,6 +17,7 @@ import pytest
 
 from optax_rmsprop import compat
 from tests.golden import frameworks, parity
+from tests.helpers import update_and_apply
 
 
 @pytest.mark.parametrize("framework,case_index,dtype", parity.fast_tier(parity.golden_cases()))
@@ -90,8 +91,7 @@ def test_keras_legacy_passes_tf_keras_test_callable_params(dtype, rtol):
     state = tx.init(params)
     want = {"var0": np.array([1.0, 2.0]), "var1": np.array([3.0, 4.0])}
     for ms in ({"var0": 0.001, "var1": 1e-5}, {"var0": 0.0019, "var1": 1.9e-5}):
-        updates, state = tx.update(grads, state)
-        params = optax.apply_updates(params, updates)
+        params, state = update_and_apply(tx)(params, state, grads)
         for k in want:
             want[k] = want[k] - float(grads[k][0].real) * 2.0 / np.sqrt(ms[k] + 1.0)
             assert params[k].dtype == jnp.dtype(dtype)

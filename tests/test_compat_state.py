@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from optax_rmsprop import compat
 from tests.golden import frameworks
+from tests.helpers import update_and_apply
 
 torch = pytest.importorskip("torch")
 
@@ -34,8 +34,7 @@ def _jax_run(params, state, steps, start):
     params = jax.tree.map(jnp.asarray, params)
     for t in range(start, start + steps):
         grads = frameworks.gradient(jax.tree.map(np.asarray, params), t)
-        updates, state = tx.update(jax.tree.map(jnp.asarray, grads), state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = update_and_apply(tx)(params, state, jax.tree.map(jnp.asarray, grads))
     return jax.tree.map(np.asarray, params), state
 
 

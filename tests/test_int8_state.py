@@ -19,7 +19,7 @@ import pytest
 
 import optax_rmsprop
 from optax_rmsprop import _jax_versions, _quantize, _storage
-from tests.helpers import jitted_step
+from tests.helpers import jitted_step, update_and_apply
 
 F32 = jnp.float32
 
@@ -258,9 +258,7 @@ def test_drift_over_1000_noisy_steps_without_resyncing():
         def body(t, carry, tx=tx):
             params, state = carry
             noise = jax.random.normal(jax.random.fold_in(key, t), target.shape, F32)
-            grads = (params - target) + 0.5 * noise
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
+            return update_and_apply(tx)(params, state, (params - target) + 0.5 * noise)
 
         run = jax.jit(lambda tx=tx, body=body: jax.lax.fori_loop(0, 1000, body, (p0, tx.init(p0))))
         runs[name] = run()[0]

@@ -6,10 +6,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from optax_rmsprop import compat, recipes
+from tests.helpers import jitted_step, update_and_apply
 from tests.reference import Config, RMSPropReference
 
 
@@ -20,8 +20,7 @@ def _trajectory(tx, steps=60, params=None):
     out = []
     for _ in range(steps):
         g = params * 0.5 + jnp.asarray(rng.normal(size=3) * 0.1)
-        u, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, u)
+        params, state = update_and_apply(tx)(params, state, g)
         out.append(params)
     return jnp.stack(out)
 
@@ -78,15 +77,11 @@ def test_recipes_train(name):
     tx = getattr(recipes, name)(1e-2)
     params = jnp.array([2.0, -3.0])
     state = tx.init(params)
-    loss = lambda p: jnp.sum(p**2)  # noqa: E731
+    loss = lambda p: jnp.sum(p**2)
 
-    @jax.jit
-    def step(params, state):
-        u, state = tx.update(jax.grad(loss)(params), state, params)
-        return optax.apply_updates(params, u), state
-
+    step = jitted_step(tx)
     for _ in range(1500):
-        params, state = step(params, state)
+        params, state = step(params, state, jax.grad(loss)(params))
     assert loss(params) < 0.05
 
 
