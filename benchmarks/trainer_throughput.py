@@ -117,8 +117,17 @@ def child_rates(name: str, steps: int, repeats: int) -> list[float]:
     Each framework gets a process of its own, so neither one's thread pool
     (PyTorch's OpenMP workers keep spinning after a step) slows the other.
     """
-    cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name,
-           "--steps", str(steps), "--rounds", str(repeats)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.trainer_throughput",
+        "--child",
+        name,
+        "--steps",
+        str(steps),
+        "--rounds",
+        str(repeats),
+    ]
     if name == "jax-xla-defaults":
         cmd.append("--no-cpu-tuning")
     run = subprocess.run(cmd, capture_output=True, text=True)
@@ -167,7 +176,7 @@ def torch_time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     ds = input_pipeline.load_idx_dir(data_dir)
-    to_x = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).astype(np.float32) / 255)  # noqa: E731
+    to_x = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     x_train, y_train = to_x(ds.train_images), torch.from_numpy(ds.train_labels.astype(np.int64))
     x_test, y_test = to_x(ds.test_images), torch.from_numpy(ds.test_labels.astype(np.int64))
     model = _torch_cnn()
@@ -283,8 +292,15 @@ def main() -> None:
 
 
 def _time_to_99_child(name: str, data_dir: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name,
-           "--time-to-99", data_dir]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.trainer_throughput",
+        "--child",
+        name,
+        "--time-to-99",
+        data_dir,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(run.stdout.splitlines()[-1])
 

@@ -35,8 +35,17 @@ def installed_versions(names: tuple[str, ...] = PINNED) -> dict[str, str]:
 
 
 def install_command(constraints_path: str) -> list[str]:
-    return [sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[examples]",
-            "-c", constraints_path]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "-e",
+        f"{ROOT}[examples]",
+        "-c",
+        constraints_path,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ class CNN(nnx.Module):
         self.linear2 = nnx.Linear(256, 10, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))  # noqa: E731
+        pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))
         x = pool(nnx.relu(self.conv1(x)))
         x = pool(nnx.relu(self.conv2(x)))
         x = x.reshape(x.shape[0], -1)

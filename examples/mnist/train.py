@@ -291,10 +291,16 @@ class Trainer:
         order = self._epoch_order(epoch, data.num_train)
         t0, compiling = time.perf_counter(), reporting.compile_seconds()
         self.state, losses, accuracies, finite = train_chunk(
-            self.graphdef, self.state, data.train_images, data.train_labels, order,
-            np.int32(position), mesh=self.mesh, batch_size=self.config.batch_size,
+            self.graphdef,
+            self.state,
+            data.train_images,
+            data.train_labels,
+            order,
+            np.int32(position),
+            mesh=self.mesh,
+            batch_size=self.config.batch_size,
             num_steps=num_steps,
-        )  # fmt: skip
+        )
         if OLD_JAX:
             self.state = jax.tree.map(lambda x: x.copy(), self.state)
         losses, accuracies = np.asarray(losses, np.float64), np.asarray(accuracies, np.float64)
@@ -304,9 +310,13 @@ class Trainer:
     def evaluate(self, data: input_pipeline.DeviceData) -> tuple[float, float]:
         """Test loss and accuracy of the current model."""
         loss, accuracy = evaluate(
-            self.graphdef, self.state, data.test_images, data.test_labels, data.test_weights,
+            self.graphdef,
+            self.state,
+            data.test_images,
+            data.test_labels,
+            data.test_weights,
             mesh=self.mesh,
-        )  # fmt: skip
+        )
         return float(loss), float(accuracy)
 
     def effective_step_sizes(self) -> dict[str, dict[str, float]]:
@@ -573,9 +583,14 @@ def _train(
     if not record:  # resumed after the last step: evaluate what was restored
         record = dict(zip(("test_loss", "test_accuracy"), trainer.evaluate(data), strict=True))
     summary = _summary(
-        trainer, record, step, total, time.perf_counter() - t_start,
-        reporting.compile_seconds() - compile_start, dataset.source,
-    )  # fmt: skip
+        trainer,
+        record,
+        step,
+        total,
+        time.perf_counter() - t_start,
+        reporting.compile_seconds() - compile_start,
+        dataset.source,
+    )
     reporter.finish(summary)
     log(reporting.done_line(summary, config.workdir))
     return summary

@@ -11,12 +11,33 @@ from examples.mnist.config import Config
 
 # The published command line, written out: a renamed or lost flag breaks users' scripts.
 FLAGS = [
-    "--model", "--mlp-widths", "--epochs", "--batch-size", "--learning-rate", "--schedule",
-    "--decay", "--eps", "--momentum", "--centered", "--state-dtype", "--seed", "--workdir",
-    "--data-dir", "--dataset", "--tfds-data-dir", "--resume", "--checkpoint-every",
-    "--steps-per-dispatch", "--max-steps", "--eval-batch-size", "--no-progress",
-    "--no-cpu-tuning", "--coordinator-address", "--num-processes", "--process-id",
-]  # fmt: skip
+    "--model",
+    "--mlp-widths",
+    "--epochs",
+    "--batch-size",
+    "--learning-rate",
+    "--schedule",
+    "--decay",
+    "--eps",
+    "--momentum",
+    "--centered",
+    "--state-dtype",
+    "--seed",
+    "--workdir",
+    "--data-dir",
+    "--dataset",
+    "--tfds-data-dir",
+    "--resume",
+    "--checkpoint-every",
+    "--steps-per-dispatch",
+    "--max-steps",
+    "--eval-batch-size",
+    "--no-progress",
+    "--no-cpu-tuning",
+    "--coordinator-address",
+    "--num-processes",
+    "--process-id",
+]
 
 
 def test_help_documents_every_flag(capsys):

@@ -19,8 +19,13 @@ VERSIONS = (
 
 
 def _versions() -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", VERSIONS], capture_output=True, text=True,
-                         cwd=helpers.ROOT, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", VERSIONS],
+        capture_output=True,
+        text=True,
+        cwd=helpers.ROOT,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -36,7 +41,12 @@ def test_dry_run_pins_every_installed_runtime_package(capsys):
 def test_install_keeps_jax_jaxlib_flax_and_optax():
     before = _versions()
     assert {"jax", "jaxlib", "flax", "optax"} <= set(before)
-    run = subprocess.run([sys.executable, "-m", "examples.mnist.colab_install"],
-                         capture_output=True, text=True, cwd=helpers.ROOT, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "examples.mnist.colab_install"],
+        capture_output=True,
+        text=True,
+        cwd=helpers.ROOT,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert _versions() == before

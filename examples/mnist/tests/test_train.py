@@ -135,8 +135,18 @@ def test_eight_devices_match_one_device(tmp_path):
 
 
 # A run short enough to interrupt mid-way: 16 dispatches of 4 steps, a checkpoint every 16.
-RESUMABLE = ("--data-dir", helpers.SAMPLE, "--max-steps", "64", "--epochs", "1",
-             "--checkpoint-every", "16", "--steps-per-dispatch", "4")  # fmt: skip
+RESUMABLE = (
+    "--data-dir",
+    helpers.SAMPLE,
+    "--max-steps",
+    "64",
+    "--epochs",
+    "1",
+    "--checkpoint-every",
+    "16",
+    "--steps-per-dispatch",
+    "4",
+)
 
 
 @pytest.fixture(scope="module")
@@ -226,8 +236,18 @@ def _corrupt(step_dir) -> None:
 def test_int8_state_trains_and_resumes_exactly(tmp_path):
     # 8-bit optimizer state (codes and scales) goes through the checkpoint: a
     # run stopped at step 16 and resumed matches a straight run of 32 steps.
-    flags = ("--data-dir", helpers.SAMPLE, "--epochs", "1", "--state-dtype", "int8",
-             "--checkpoint-every", "16", "--steps-per-dispatch", "8")  # fmt: skip
+    flags = (
+        "--data-dir",
+        helpers.SAMPLE,
+        "--epochs",
+        "1",
+        "--state-dtype",
+        "int8",
+        "--checkpoint-every",
+        "16",
+        "--steps-per-dispatch",
+        "8",
+    )
     straight, split = tmp_path / "straight", tmp_path / "split"
     for workdir, runs in (
         (straight, [("--max-steps", "32")]),
@@ -235,7 +255,7 @@ def test_int8_state_trains_and_resumes_exactly(tmp_path):
     ):
         for extra in runs:
             result = helpers.run_trainer(*flags, *extra, "--workdir", str(workdir))
-            assert result.returncode == 0, result.stderr[-3000:]  # fmt: skip
+            assert result.returncode == 0, result.stderr[-3000:]
     # The stopped run also evaluated at its last step, 16; step 32 must agree.
     assert helpers.metrics(str(split))[-1] == helpers.metrics(str(straight))[-1]
     final = [helpers.restore(d / "checkpoints" / "32") for d in (straight, split)]
@@ -288,8 +308,18 @@ def _start_two_processes(*flags: str, workdir) -> list[subprocess.Popen]:
     ]
 
 
-TWO_PROCESS_FLAGS = ("--model", "mlp", "--mlp-widths", "64", "--data-dir", helpers.SAMPLE,
-                     "--epochs", "1", "--batch-size", "64")  # fmt: skip
+TWO_PROCESS_FLAGS = (
+    "--model",
+    "mlp",
+    "--mlp-widths",
+    "64",
+    "--data-dir",
+    helpers.SAMPLE,
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+)
 
 
 @pytest.mark.slow
@@ -335,9 +365,15 @@ def test_chunks_restart_at_each_epoch_and_stop_at_the_end():
 
 @pytest.mark.parametrize(
     "previous,step,every,due",
-    [(0, 8, 40, False), (32, 40, 40, True), (38, 46, 40, True), (40, 48, 40, False),
-     (0, 8, 0, False), (0, 8, 1, True)],
-)  # fmt: skip
+    [
+        (0, 8, 40, False),
+        (32, 40, 40, True),
+        (38, 46, 40, True),
+        (40, 48, 40, False),
+        (0, 8, 0, False),
+        (0, 8, 1, True),
+    ],
+)
 def test_checkpoint_is_due_when_a_multiple_is_crossed(previous, step, every, due):
     assert train.checkpoint_due(previous, step, every) is due
 
@@ -387,8 +423,14 @@ def test_divergence_stops_without_checkpointing_it(
         train_images=sample.train_images[:num_train],
         train_labels=sample.train_labels[:num_train],
     )
-    config = _config(tmp_path, epochs=5, learning_rate=1e38, schedule="constant",
-                     checkpoint_every=1, steps_per_dispatch=1)  # fmt: skip
+    config = _config(
+        tmp_path,
+        epochs=5,
+        learning_rate=1e38,
+        schedule="constant",
+        checkpoint_every=1,
+        steps_per_dispatch=1,
+    )
     with pytest.raises(train.Diverged, match=re.escape(expected)) as err:
         train.train_and_evaluate(config, tiny, log=lambda _: None)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
@@ -418,8 +460,15 @@ def test_a_second_run_in_a_busy_workdir_is_refused_naming_the_first(tmp_path, sa
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     """JAX's preemption sync: the process that got no signal stops at the same step."""
     workdir = tmp_path / "multi"
-    flags = (*TWO_PROCESS_FLAGS, "--epochs", "20", "--checkpoint-every", "16",
-             "--steps-per-dispatch", "2")  # fmt: skip
+    flags = (
+        *TWO_PROCESS_FLAGS,
+        "--epochs",
+        "20",
+        "--checkpoint-every",
+        "16",
+        "--steps-per-dispatch",
+        "2",
+    )
     procs = _start_two_processes(*flags, workdir=workdir)
     ckpts, deadline = workdir / "checkpoints", time.time() + 300
     while not (ckpts.is_dir() and any(d.isdigit() for d in os.listdir(ckpts))):
