@@ -111,23 +111,18 @@ CHILDREN = {
 }
 
 
+def _child_command(name: str, *args: str) -> list[str]:
+    """The command that runs implementation ``name`` in a child process of this benchmark."""
+    return [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name, *args]
+
+
 def child_rates(name: str, steps: int, repeats: int) -> list[float]:
     """Runs one implementation alone in a fresh process; its examples/s, ``repeats`` times.
 
     Each framework gets a process of its own, so neither one's thread pool
     (PyTorch's OpenMP workers keep spinning after a step) slows the other.
     """
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.trainer_throughput",
-        "--child",
-        name,
-        "--steps",
-        str(steps),
-        "--rounds",
-        str(repeats),
-    ]
+    cmd = _child_command(name, "--steps", str(steps), "--rounds", str(repeats))
     if name == "jax-xla-defaults":
         cmd.append("--no-cpu-tuning")
     run = subprocess.run(cmd, capture_output=True, text=True)
@@ -292,15 +287,7 @@ def main() -> None:
 
 
 def _time_to_99_child(name: str, data_dir: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.trainer_throughput",
-        "--child",
-        name,
-        "--time-to-99",
-        data_dir,
-    ]
+    cmd = _child_command(name, "--time-to-99", data_dir)
     run = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(run.stdout.splitlines()[-1])
 

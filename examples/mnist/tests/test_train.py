@@ -106,20 +106,7 @@ def test_cnn_on_real_mnist_few_hundred_steps(tmp_path):
 
 @pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path):
-    flags = (
-        "--model",
-        "mlp",
-        "--mlp-widths",
-        "64",
-        "--data-dir",
-        helpers.SAMPLE,
-        "--max-steps",
-        "48",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-    )
+    flags = (*TWO_PROCESS_FLAGS, "--max-steps", "48")
     runs = {}
     for devices in (1, 8):
         workdir = tmp_path / f"d{devices}"
@@ -308,17 +295,10 @@ def _start_two_processes(*flags: str, workdir) -> list[subprocess.Popen]:
     ]
 
 
+# A small MLP on the shipped sample, for the multi-device and multi-process runs.
 TWO_PROCESS_FLAGS = (
-    "--model",
-    "mlp",
-    "--mlp-widths",
-    "64",
-    "--data-dir",
+    *"--model mlp --mlp-widths 64 --epochs 1 --batch-size 64 --data-dir".split(),
     helpers.SAMPLE,
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
 )
 
 
