@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _storage, _tree, _validation
+from optax_rmsprop import _dtypes, _kernel, _storage, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -192,36 +192,39 @@ class RmsCore:
         correction = None
         if self.bias_correction:
             correction = bias_correction_factor(state.count, self.decay)
-        real = jax.tree.map(lambda g: _dtypes.real_dtype(g.dtype), grads)
-        nu_layouts = _storage.layouts(like, self.precision, real=True)
-        nu = _storage.read_tree(state.nu, state.nu_absmax, nu_layouts, real)
-        mu = None
+        nu = _stored(state.nu, state.nu_absmax, _storage.layouts(like, self.precision, real=True))
+        mu = _tree.nones_like(grads)
         if self.centered:
-            mu_layouts = _storage.layouts(like, self.precision, real=False)
-            dtypes = jax.tree.map(lambda g: g.dtype, grads)
-            mu = _storage.read_tree(state.mu, state.mu_absmax, mu_layouts, dtypes)
+            layouts = _storage.layouts(like, self.precision, real=False)
+            mu = _stored(state.mu, state.mu_absmax, layouts)
 
-        def leaf(g, nu, mu, real):
-            c = None if correction is None else correction.astype(real)
-            return rms_update(
-                g,
-                nu,
-                mu,
-                decay=self.decay,
-                eps=self.eps,
-                eps_in_sqrt=self.eps_in_sqrt,
-                correction=c,
-            )
+        def leaf(g, nu, mu):
+            c = None if correction is None else correction.astype(_dtypes.real_dtype(g.dtype))
+            hyper = dict(decay=self.decay, eps=self.eps, eps_in_sqrt=self.eps_in_sqrt, correction=c)
+            fused = _kernel.rms_leaf(g, nu, mu, **hyper)  # None unless the Pallas kernel runs
+            if fused is not None:
+                return fused
+            nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
+            mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
+            scaled, new_nu, new_mu = rms_update(g, nu_value, mu_value, **hyper)
+            new_mu = None if mu is None else mu.layout.write(new_mu, mu.absmax)
+            return scaled, nu.layout.write(new_nu, nu.absmax), new_mu
 
-        mus = _tree.nones_like(grads) if mu is None else mu
-        out = jax.tree.map(leaf, grads, nu, mus, real)
-        scaled, new_nu, new_mu = _tree.unzip(grads, out, 3)
-        nu, nu_absmax = _storage.write_tree(new_nu, state.nu_absmax, nu_layouts)
+        scaled, new_nu, new_mu = _tree.unzip(grads, jax.tree.map(leaf, grads, nu, mu), 3)
+        nu, nu_absmax = _tree.unzip(grads, new_nu, 2)
+        nu_absmax = None if state.nu_absmax is None else nu_absmax
         mu, mu_absmax = None, None
         if self.centered:
-            mu, mu_absmax = _storage.write_tree(new_mu, state.mu_absmax, mu_layouts)
+            mu, mu_absmax = _tree.unzip(grads, new_mu, 2)
+            mu_absmax = None if state.mu_absmax is None else mu_absmax
         count = None if state.count is None else optax.safe_int32_increment(state.count)
         return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax)
+
+
+def _stored(values: Tree, absmax: Tree | None, layouts: Tree) -> Tree:
+    """Each leaf's stored buffer as one :class:`~optax_rmsprop._kernel.Stored`."""
+    absmax = _tree.nones_like(values) if absmax is None else absmax
+    return jax.tree.map(_kernel.Stored, values, absmax, layouts)
 
 
 def scale_by_rms(
