@@ -240,3 +240,56 @@ def memory(compiled) -> dict[str, int]:
         sum(sizes[k] for k in ("arguments", "outputs", "temporaries")) - sizes["aliased"]
     )
     return sizes
+
+
+# -- many steps in one dispatch ----------------------------------------------
+# A factor that is exactly 1.0 in float32 for loop counters below about 5e4
+# (1 + 1e-12 * i rounds to 1), yet depends on the counter, so that XLA cannot
+# hoist work on the gradients (``g * g``) out of the loop as loop-invariant.
+_NUDGE = 1e-12
+
+
+def nudged(grads, i):
+    """``grads`` times ``1 + 1e-12 * i``: the same values, but not loop-invariant."""
+    import jax
+
+    return jax.tree.map(lambda g: g * (1 + _NUDGE * i).astype(g.dtype), grads)
+
+
+def fori_steps(step: Callable, steps: int) -> Callable:
+    """``(carry, grads) -> carry``: ``steps`` calls of ``step(carry, grads)`` in one loop.
+
+    A ``jax.lax.fori_loop`` carries ``carry`` (params and state) from call to
+    call; the gradients are the same each time (see :func:`nudged`). Jitted, the
+    whole loop is one dispatch: the host pays for its arguments once, not
+    ``steps`` times.
+    """
+    import jax
+
+    def loop(carry, grads):
+        return jax.lax.fori_loop(0, steps, lambda i, c: step(c, nudged(grads, i)), carry)
+
+    return loop
+
+
+def jitted_loop(tx, steps: int, *, donate: bool = False) -> Callable:
+    """``(params, state, grads) -> (params, state)``: ``steps`` steps of ``tx``, one jit.
+
+    The counterpart of :func:`jitted_step`; with ``donate``, params and state
+    are donated.
+    """
+    import jax
+
+    step = update_and_apply(tx)
+    loop = fori_steps(lambda carry, grads: step(*carry, grads), steps)
+    return jax.jit(
+        lambda params, state, grads: loop((params, state), grads),
+        donate_argnums=(0, 1) if donate else (),
+    )
+
+
+def jit_arguments(*trees) -> int:
+    """How many arrays a jitted call of ``trees`` passes: the host handles each one."""
+    import jax
+
+    return len(jax.tree.leaves(trees))

@@ -11,6 +11,11 @@ nu; write p, nu). Rounds interleave the contenders; ratios are medians of
 per-round ratios. A second, separately jitted ``optax.rmsprop`` is timed as an
 A/A control: its ratio to the first shows this machine's noise. Writes
 benchmarks/results/optimizer_step.{json,md,png}.
+
+Each step here is dispatched from Python and waited for, so the many-leaf rows
+are mostly the host's dispatch of thousands of jit arguments (the ``p + g``
+roofline pays it too). ``benchmarks/jitted_loop.py`` separates the two: it
+times K steps inside one jitted ``lax.fori_loop`` beside the dispatched step.
 """
 
 from __future__ import annotations
@@ -157,7 +162,9 @@ def to_markdown(payload: dict) -> str:
     lines = [
         f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), JAX {m['jax']} "
         f"({m['backend']}), optax {m.get('optax')}, torch {m.get('torch', 'n/a')}. "
-        "Median seconds per step; ratios are medians of per-round ratios.",
+        "Median seconds per step; ratios are medians of per-round ratios. Each step is "
+        "dispatched and waited for: many-leaf rows are mostly host dispatch "
+        "(`benchmarks/jitted_loop.py` times the step inside one jitted loop).",
         "",
         "| N | leaves | optax_rmsprop (ms) | optax (ms) | ours / optax | optax / optax (A/A) | fraction of roofline | torch foreach / ours | torch loop / ours |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -7,13 +7,16 @@ analyses are deterministic, so those figures are.
 from __future__ import annotations
 
 import json
+import math
+import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks import state_precision
+from benchmarks import accelerator, state_precision
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A donated float32 step, bytes per parameter at its peak (its arguments: params,
@@ -45,7 +48,10 @@ def test_float32_step_peak_is_its_arguments():
 def test_accelerator_check_small_mode(tmp_path):
     pytest.importorskip("flax")  # the trainer part
     payload = _run(
-        "accelerator", tmp_path, "--small", "--sizes", "1e4", "--leaves", "1", "3", "--rounds", "1"
+        "accelerator",
+        tmp_path,
+        *("--small", "--sizes", "1e4", "--leaves", "1", "3", "--rounds", "1"),
+        *("--skip", "precision", "loop"),  # their own test below
     )
     tests = payload["tests"]
     assert tests["failures"] == tests["errors"] == 0 and tests["passed"] >= 40, tests
@@ -67,7 +73,7 @@ def test_accelerator_check_small_mode(tmp_path):
             assert row["bytes_per_param"] * row["n"] <= row["xla_bytes"], row
         if name == "optax_rmsprop f32 state":
             assert row["xla_bytes"] <= steps[leaves, "optax.rmsprop"]["xla_bytes"], row
-    assert len(payload["peak_memory"]) == 9
+    assert len(payload["peak_memory"]) == 3 * len(state_precision.PRECISIONS)
     _assert_float32_peak(payload["peak_memory"])
     assert 0.1 < payload["trainer"]["test_accuracy"] <= 1.0
     table = (tmp_path / "accelerator.md").read_text()
@@ -98,3 +104,137 @@ def test_state_precision_small_mode(tmp_path):
     }
     assert payload["accuracy"]["drift_1000_steps"] < 0.05
     assert "| centered + momentum | int8 |" in (tmp_path / "state_precision.md").read_text()
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def _round_ratio(a: list[float], b: list[float]) -> float:
+    """What ``common.ratio`` computes: the median of per-round ratios."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def _assert_loop_rows(rows: list[dict], leaves: list[int], contenders: set[str]) -> None:
+    """Rows of ``benchmarks.jitted_loop``: every layout and contender, times and ratios sane."""
+    assert {(r["leaves"], r["contender"]) for r in rows} == {
+        (count, name) for count in leaves for name in contenders
+    }
+    by_key = {(r["leaves"], r["contender"]): r for r in rows}
+    for r in rows:
+        assert all(_positive(t) for t in r["dispatched_samples"] + r["loop_per_step_samples"]), r
+        assert r["dispatched_s"] == statistics.median(r["dispatched_samples"]), r
+        assert r["loop_per_step_s"] == statistics.median(r["loop_per_step_samples"]), r
+        assert r["dispatch_s"] == pytest.approx(r["dispatched_s"] - r["loop_per_step_s"]), r
+        if r["contender"] == "stream (x * 2)":
+            assert r["jit_arguments"] == r["leaves"] and r["state_bytes_per_param"] == 0, r
+            continue
+        momentum = r["contender"].endswith("+ momentum")
+        assert r["momentum"] == momentum
+        # params, grads, nu (and the momentum buffer); 8-bit state adds an absmax per buffer
+        if "int4" not in r["contender"]:
+            per_leaf = 3 + momentum + ("int8" in r["contender"]) * (1 + momentum)
+            assert r["jit_arguments"] == per_leaf * r["leaves"], r
+        if "int8" in r["contender"]:  # quantized: a quarter of float32, plus absmax
+            assert r["state_bytes_per_param"] < 1.05 * (1 + momentum), r
+        elif "int4" not in r["contender"]:
+            assert r["state_bytes_per_param"] == 4 * (1 + momentum), r
+        peer = by_key[r["leaves"], "optax.rmsprop" + (" + momentum" if momentum else "")]
+        for kind, samples in (
+            ("loop", "loop_per_step_samples"),
+            ("dispatched", "dispatched_samples"),
+        ):
+            assert r[f"{kind}_over_optax"] == pytest.approx(
+                _round_ratio(r[samples], peer[samples])
+            ), r
+
+
+@pytest.mark.slow
+def test_jitted_loop_small_mode(tmp_path):
+    payload = _run("jitted_loop", tmp_path, "--small")
+    settings = payload["settings"]
+    assert settings["leaves"] == [1, 10] and settings["steps"] >= 2
+    names = {"optax.rmsprop", "optax_rmsprop f32", "optax_rmsprop int8"}
+    if "int4" not in payload["notes"]:  # the library has int4 state: measured too
+        names.add("optax_rmsprop int4")
+    names |= {f"{name} + momentum" for name in names}
+    _assert_loop_rows(payload["rows"], [1, 10], names | {"stream (x * 2)"})
+    assert {a["contender"] for a in payload["per_argument"]} == names | {"stream (x * 2)"}
+    for a in payload["per_argument"]:
+        (few, many), (d_few, d_many) = a["jit_arguments"], a["dispatch_s"]
+        assert a["leaves"] == [1, 10] and many > few
+        assert a["per_argument_s"] == pytest.approx((d_many - d_few) / (many - few)), a
+    table = (tmp_path / "jitted_loop.md").read_text()
+    assert "| 4.10e+04 | 10 | optax_rmsprop int8 + momentum |" in table
+
+
+@pytest.mark.slow
+def test_accelerator_precision_and_loop_small_mode(tmp_path):
+    payload = _run(
+        "accelerator",
+        tmp_path,
+        *("--small", "--rounds", "2", "--skip", "tests", "trainer", "memory", "steps"),
+    )
+    section = payload["precision"]
+    states = ["f32", "bf16", "int8"] + (["int4"] if "int4" not in section["notes"] else [])
+    assert section["states"] == states
+    built = [
+        (s, k) for s in states for k in ("xla", "pallas") if f"{s}, {k}" not in section["notes"]
+    ]
+    assert ("f32", "xla") in built  # a kernel path that fails is noted, the XLA path never
+    rows = {(r["momentum"], r["state"], r["kernel"]): r for r in section["rows"]}
+    assert set(rows) == {(m, s, k) for m in (False, True) for s, k in built}
+    for (momentum, state, kernel), r in rows.items():
+        base = rows[momentum, "f32", "xla"]
+        assert r["n"] == 10_000 and _positive(r["median_s"]), r
+        assert r["median_s"] == statistics.median(r["samples"]), r
+        assert r["over_f32"] == pytest.approx(_round_ratio(r["samples"], base["samples"])), r
+        assert r["temporaries_per_param"] >= 0 and r["peak_per_param"] >= r["arguments_per_param"]
+        if state == "f32":  # params, grads, nu (and the momentum buffer), nothing else
+            assert r["temporaries_per_param"] == 0
+            assert round(r["peak_per_param"], 2) == 12 + 4 * momentum, r
+        if kernel == "pallas":
+            assert isinstance(r["same_program_as_xla"], bool), r
+    for check in section["kernel_check"]:  # the two paths from the same buffers
+        assert math.isfinite(check["max_abs_diff"]) and check["steps"] == 3, check
+    both = [s for s in states if (s, "xla") in built and (s, "pallas") in built]
+    assert sorted((c["state"], c["momentum"]) for c in section["kernel_check"]) == sorted(
+        (s, m) for s in both for m in (False, True)
+    )
+    loop = payload["loop"]
+    names = {"stream (x * 2)", "optax.rmsprop", "optax_rmsprop f32", "optax_rmsprop int8"}
+    if "int4" not in loop["notes"]:
+        names.add("optax_rmsprop int4")
+    _assert_loop_rows(loop["rows"], [1, 10], names)
+    table = (tmp_path / "accelerator.md").read_text()
+    assert "**State precision and kernel path**" in table and "**Jitted loop**" in table
+    assert "| 1e+04 | yes | int8 | xla |" in table
+
+
+def test_accelerator_skips_steps_that_do_not_fit(monkeypatch):
+    """A group is compiled from shapes first; steps whose buffers would not fit are skipped."""
+    n, notes = 8192, {}
+    monkeypatch.setattr(accelerator, "memory_limit", lambda: 10**12)
+    kept, skipped = accelerator.plan_group(n, False, ["f32", "int8"], notes)
+    assert not skipped and {(p.state, p.kernel) for p in kept} >= {("f32", "xla"), ("int8", "xla")}
+    # room for the shared gradients, the largest temporaries and the float32 step only
+    f32 = kept[0]
+    room = 4 * n + max(p.memory["temporaries"] for p in kept) + f32.own_bytes
+    monkeypatch.setattr(accelerator, "memory_limit", lambda: room / accelerator.MEMORY_MARGIN)
+    kept, skipped = accelerator.plan_group(n, False, ["f32", "int8"], notes)
+    assert [(p.state, p.kernel) for p in kept] == [("f32", "xla")]
+    assert skipped and all(s["skipped"].startswith("memory") for s in skipped)
+    monkeypatch.setattr(accelerator, "memory_limit", lambda: 0)
+    rows = accelerator.measure_precisions(n, False, 1, ["f32"], notes)
+    assert rows[-1]["skipped"] == "no float32 XLA baseline"
+
+
+def test_kernel_path_sets_and_restores_the_variable(monkeypatch):
+    monkeypatch.delenv(accelerator.KERNEL_ENV, raising=False)
+    with accelerator.kernel_path("pallas"):
+        assert os.environ[accelerator.KERNEL_ENV] == "pallas"
+    assert accelerator.KERNEL_ENV not in os.environ
+    monkeypatch.setenv(accelerator.KERNEL_ENV, "xla")
+    with pytest.raises(RuntimeError), accelerator.kernel_path("pallas"):
+        raise RuntimeError
+    assert os.environ[accelerator.KERNEL_ENV] == "xla"
