@@ -1,4 +1,4 @@
-"""``dequantize_state``: an 8-bit optimizer state as the float32 state it stands for."""
+"""``dequantize_state``: an 8-bit or 4-bit optimizer state as the float32 state it stands for."""
 
 from __future__ import annotations
 
@@ -12,21 +12,27 @@ from optax_rmsprop._scale_by_rms import ScaleByRmsState
 from optax_rmsprop._tree import Tree
 
 
-def dequantize_state(opt_state: Any) -> Any:
-    """Replaces every 8-bit buffer of every RMSProp state in ``opt_state`` by its values.
+def dequantize_state(opt_state: Any, params: Tree | None = None) -> Any:
+    """Replaces every quantized buffer of every RMSProp state in ``opt_state`` by its values.
 
     The result is the state of the same optimizer built with float32 state
     (``state_dtype=None`` for float32 params): feed it to such an optimizer to
     continue in full precision, or inspect ``nu`` directly. States that hold
-    no 8-bit buffer come back unchanged.
+    no quantized buffer come back unchanged.
 
     Args:
       opt_state: any optimizer state (inside ``chain``, ``inject_hyperparams``
         and the like) holding :class:`RMSPropState` or :class:`ScaleByRmsState`.
+      params: the parameters (or ``jax.ShapeDtypeStruct`` leaves of their
+        shapes); needed for 4-bit state only, whose codes go two per byte and
+        so do not say whether a last axis is odd.
 
     Returns:
       ``opt_state`` with codes turned into float32 values (complex64 for
       complex moments) and every ``*_absmax`` field set to None.
+
+    Raises:
+      ValueError: for 4-bit state without ``params``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -41,27 +47,35 @@ def dequantize_state(opt_state: Any) -> Any:
     def is_state(x: Any) -> bool:
         return isinstance(x, (RMSPropState, ScaleByRmsState))
 
-    return jax.tree.map(lambda x: _dequantize(x) if is_state(x) else x, opt_state, is_leaf=is_state)
+    def dequantize(state: RMSPropState | ScaleByRmsState) -> RMSPropState | ScaleByRmsState:
+        if isinstance(state, RMSPropState):
+            like = state.rms.nu if params is None else params
+            momentum = _read(state.momentum, state.momentum_absmax, like, params, real=False)
+            return RMSPropState(dequantize(state.rms), momentum, None)
+        nu, mu = rms_moments(state, params)
+        return ScaleByRmsState(state.count, nu, mu, None, None)
+
+    return jax.tree.map(lambda x: dequantize(x) if is_state(x) else x, opt_state, is_leaf=is_state)
 
 
-def rms_moments(state: ScaleByRmsState) -> tuple[Tree, Tree | None]:
-    """``(nu, mu)`` of an RMS state as arrays (float32 where stored as codes)."""
-    nu = _read(state.nu, state.nu_absmax, state.nu, real=True)
-    return nu, _read(state.mu, state.mu_absmax, state.nu, real=False)
+def rms_moments(state: ScaleByRmsState, params: Tree | None = None) -> tuple[Tree, Tree | None]:
+    """``(nu, mu)`` of an RMS state as arrays (float32 where stored as codes).
+
+    ``params`` (or their shapes) is needed for 4-bit codes only.
+    """
+    like = state.nu if params is None else params
+    nu = _read(state.nu, state.nu_absmax, like, params, real=True)
+    return nu, _read(state.mu, state.mu_absmax, like, params, real=False)
 
 
-def _dequantize(state: RMSPropState | ScaleByRmsState) -> RMSPropState | ScaleByRmsState:
-    if isinstance(state, RMSPropState):
-        momentum = _read(state.momentum, state.momentum_absmax, state.rms.nu, real=False)
-        return RMSPropState(_dequantize(state.rms), momentum, None)
-    nu, mu = rms_moments(state)
-    return ScaleByRmsState(state.count, nu, mu, None, None)
-
-
-def _read(values: Tree | None, absmax: Tree | None, nu: Tree, *, real: bool) -> Tree | None:
-    """A stored buffer's values; ``nu`` (the same parameters' ``nu``) gives each rank."""
+def _read(
+    values: Tree | None, absmax: Tree | None, like: Tree, params: Tree | None, *, real: bool
+) -> Tree | None:
+    """A stored buffer's values; ``like`` (the params, or ``nu``) gives each shape."""
     if values is None or absmax is None:
         return values
-    layouts = _storage.stored_layouts(values, absmax, nu, real=real)
+    layouts = _storage.stored_layouts(
+        values, absmax, like, real=real, length_known=params is not None
+    )
     dtypes = jax.tree.map(lambda layout: layout.dtype, layouts, is_leaf=_storage.is_layout)
     return _storage.read_tree(values, absmax, layouts, dtypes)

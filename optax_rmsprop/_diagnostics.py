@@ -28,6 +28,7 @@ def effective_step_size(
     decay: ArrayLike | None = None,
     eps_in_sqrt: bool = False,
     bias_correction: bool = False,
+    params: Tree | None = None,
 ) -> Tree:
     """The per-parameter step size ``lr / denom`` that RMSProp last applied.
 
@@ -54,6 +55,8 @@ def effective_step_size(
         unless it is injected.
       eps_in_sqrt: the optimizer's ``eps_in_sqrt``.
       bias_correction: the optimizer's ``bias_correction``.
+      params: the parameters (or their ``jax.ShapeDtypeStruct``); needed only
+        for ``state_dtype="int4"``, whose codes go two per byte.
 
     Returns:
       A tree shaped like the params, of the real dtype of ``nu``. Without
@@ -61,7 +64,8 @@ def effective_step_size(
 
     Raises:
       ValueError: if the state holds no RMSProp state or more than one, or if
-        ``eps`` (or ``decay``) is needed, not passed and not injected.
+        ``eps`` (or ``decay``) is needed, not passed and not injected, or
+        for 4-bit state without ``params``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -96,7 +100,7 @@ def effective_step_size(
         lr = learning_rate(jnp.maximum(state.count - 1, 0))
     else:
         lr = 1.0 if learning_rate is None else learning_rate
-    nu, mu = _dequantize.rms_moments(state)
+    nu, mu = _dequantize.rms_moments(state, params)
 
     def leaf(nu, mu):
         dtype = nu.dtype

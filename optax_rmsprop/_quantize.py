@@ -1,8 +1,8 @@
-"""Block-wise 8-bit quantization: the two maps and the table codec.
+"""Block-wise 8-bit and 4-bit quantization: the maps and their codecs.
 
 An array is cut into blocks along its last axis; each block keeps one float32
-``absmax`` and one 8-bit code per element. A code indexes a *map* of values
-relative to the block's absmax:
+``absmax`` and one 8-bit (or 4-bit) code per element. A code indexes a *map*
+of values relative to the block's absmax:
 
 * ``SIGNED`` (first moments ``mu`` and the momentum buffer): the dynamic map
   of Dettmers et al. (2022) over ``[-1, 1]``: a sign and 7 bits of magnitude,
@@ -16,6 +16,16 @@ relative to the block's absmax:
   0 while its block holds larger values (the zero-point failure of Li et al.,
   2023: the next step would divide by ``sqrt((1 - decay) * g**2)`` alone).
   A block whose absmax is 0 stays exactly 0.
+* ``NU4`` (``nu`` in 4 bits): the linear map ``(i + 1) / 16``, ``i = 0..15``,
+  also without zero (Li et al.'s choice): a stored ``nu`` is never below
+  ``absmax / 16``, so no step divides by ``eps`` alone. Its codes are computed
+  arithmetically (``round(16 x) - 1``), with no table.
+* ``SIGNED4`` (first moments in 4 bits): the dynamic map with a sign and 3
+  bits of magnitude, ``0, 0.01, 0.055, 0.1, 0.325, 0.55, 0.775, 1``.
+
+4-bit codes are stored two per byte along the last axis (:func:`pack`), the
+first of each pair in the low nibble; a signed code as its two's complement
+nibble.
 
 Codes are the nearest map values (in the map's own domain: ``sqrt`` for
 ``NU``). The codec is two small tables: decoding looks a code up, encoding
@@ -76,12 +86,22 @@ class Codebook:
       magnitudes: the map's magnitudes in its own domain, ascending (float64).
       sqrt_domain: the magnitudes stand for ``sqrt(x)``: a code decodes to
         ``magnitude**2`` and nearest means nearest in ``sqrt``.
+      bits: the code width, 8 or 4 (stored two codes per byte).
+      linear: the magnitudes are ``(i + 1) / n``, coded arithmetically; else
+        the dynamic map (or the zero-free ``NU`` variant of it).
     """
 
     name: str
     signed: bool
     magnitudes: np.ndarray
     sqrt_domain: bool
+    bits: int = 8
+    linear: bool = False
+
+    @property
+    def packed(self) -> bool:
+        """Two codes per byte (4-bit maps)."""
+        return self.bits == 4
 
     @functools.cached_property
     def tables(self) -> tuple[np.ndarray, np.ndarray, int]:
@@ -92,7 +112,19 @@ class Codebook:
 
     @property
     def code_dtype(self) -> np.dtype:
+        """The dtype of one (unpacked) code."""
         return np.dtype(np.int8 if self.signed else np.uint8)
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The dtype of the stored codes: ``uint8`` bytes of two 4-bit codes when packed."""
+        return np.dtype(np.uint8) if self.packed else self.code_dtype
+
+    @property
+    def fill_code(self) -> int:
+        """The code of a constant block: 0 for the signed maps (first moments start
+        at 0), else the top code (``nu`` starts at ``initial_scale``, its block's absmax)."""
+        return 0 if self.signed else len(self.magnitudes) - 1
 
     def values(self) -> np.ndarray:
         """The float32 value (relative to absmax) of every magnitude code, as decoded."""
@@ -123,6 +155,17 @@ NU = Codebook(
     magnitudes=np.concatenate([[1e-8], dynamic_magnitudes(8)[1:]]),
 )
 SIGNED = Codebook("signed", signed=True, sqrt_domain=False, magnitudes=dynamic_magnitudes(7))
+NU4 = Codebook(
+    "nu4",
+    signed=False,
+    sqrt_domain=False,
+    magnitudes=np.arange(1, 17) / 16,
+    bits=4,
+    linear=True,
+)
+SIGNED4 = Codebook(
+    "signed4", signed=True, sqrt_domain=False, magnitudes=dynamic_magnitudes(3), bits=4
+)
 
 
 def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
@@ -135,6 +178,10 @@ def encode(x: jax.Array, codebook: Codebook) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
     magnitude_bits = bits & np.uint32(0x7FFFFFFF)  # |x|; -0.0 is 0
     magnitude = jax.lax.bitcast_convert_type(magnitude_bits, jnp.float32)
+    if codebook.linear:  # the nearest (i + 1) / n, ties up, as the boundaries say
+        n = len(codebook.magnitudes)
+        code = jnp.floor(magnitude * n + 0.5).astype(jnp.int32) - 1
+        return jnp.clip(code, 0, n - 1).astype(codebook.code_dtype)
     first, bounds, extra = codebook.tables
     bucket = jnp.minimum(magnitude_bits >> 16, np.uint32(_TOP16_OF_ONE))
     code = _lookup(first, bucket).astype(jnp.int32)
@@ -154,6 +201,8 @@ def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
     gives exactly :meth:`Codebook.values` (a test checks every code).
     """
     index = codes.astype(jnp.int32)
+    if codebook.linear:  # (i + 1) / n, exact
+        return (index + 1).astype(jnp.float32) * np.float32(1 / len(codebook.magnitudes))
     magnitude = _dynamic_magnitude(jnp.abs(index), codebook)
     value = magnitude * magnitude if codebook.sqrt_domain else magnitude
     return jnp.where(index < 0, -value, value) if codebook.signed else value
@@ -226,16 +275,49 @@ def per_element(absmax: jax.Array, length: int) -> jax.Array:
     return spread if n_blocks * block_length == length else spread[..., :length]
 
 
+def pack(codes: jax.Array) -> jax.Array:
+    """4-bit codes ``(..., L)`` as bytes ``(..., ceil(L / 2))``: pairs along the last axis.
+
+    The first code of a pair goes in the low nibble; an odd last code is
+    paired with 0.
+    """
+    nibbles = _pad_last(codes.astype(jnp.uint8) & np.uint8(0xF), 2 * math.ceil(codes.shape[-1] / 2))
+    pairs = nibbles.reshape(*codes.shape[:-1], -1, 2)
+    return pairs[..., 0] | (pairs[..., 1] << np.uint8(4))
+
+
+def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
+    """The ``length`` codes (``codebook.code_dtype``) that :func:`pack` stored in ``packed``."""
+    pairs = jnp.stack([packed & np.uint8(0xF), packed >> np.uint8(4)], axis=-1)
+    codes = pairs.reshape(*packed.shape[:-1], -1)[..., :length]
+    if codebook.signed:  # sign-extend the two's complement nibble
+        return ((codes ^ np.uint8(8)).astype(jnp.int8) - np.int8(8)).astype(jnp.int8)
+    return codes
+
+
 # The codec runs as small jitted functions: traced once per shape and map, not
 # once per leaf (a 200-leaf step traced in seconds instead of tens of seconds).
 @functools.partial(jax.jit, static_argnums=2)
 def encode_blocks(x: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
-    """``x`` as codes relative to its blocks' ``absmax`` (from :func:`block_absmax`)."""
+    """``x`` as codes relative to its blocks' ``absmax`` (from :func:`block_absmax`).
+
+    4-bit codes come packed, two per byte (:func:`pack`).
+    """
     scale = per_element(absmax, x.shape[-1])
-    return encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook)
+    codes = encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook)
+    return pack(codes) if codebook.packed else codes
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def decode_blocks(codes: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
-    """The float32 values that ``codes`` on blocks of ``absmax`` stand for."""
-    return decode(codes, codebook) * per_element(absmax, codes.shape[-1])
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def decode_blocks(
+    codes: jax.Array, absmax: jax.Array, codebook: Codebook, length: int | None = None
+) -> jax.Array:
+    """The float32 values that ``codes`` on blocks of ``absmax`` stand for.
+
+    ``length`` is the last axis of the values: that of ``codes`` unless they
+    are packed (then ``2 * codes.shape[-1]`` or one less).
+    """
+    length = codes.shape[-1] if length is None else length
+    if codebook.packed:
+        codes = unpack(codes, length, codebook)
+    return decode(codes, codebook) * per_element(absmax, length)

@@ -211,7 +211,11 @@ def rmsprop(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _validation.check_tree_matches_state(
-            updates, state.rms.nu, what="gradient", where="rmsprop.update"
+            updates,
+            state.rms.nu,
+            what="gradient",
+            where="rmsprop.update",
+            absmax=state.rms.nu_absmax,
         )
         if use_weight_decay:
             if params is None:
@@ -223,7 +227,11 @@ def rmsprop(
                     "Python number.)"
                 )
             _validation.check_tree_matches_state(
-                params, state.rms.nu, what="params", where="rmsprop.update"
+                params,
+                state.rms.nu,
+                what="params",
+                where="rmsprop.update",
+                absmax=state.rms.nu_absmax,
             )
         g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
         if maximize:

@@ -308,7 +308,7 @@ def scale_by_rms(
     def update_fn(updates, state, params=None):
         del params
         _validation.check_tree_matches_state(
-            updates, state.nu, what="gradient", where="scale_by_rms.update"
+            updates, state.nu, what="gradient", where="scale_by_rms.update", absmax=state.nu_absmax
         )
         scaled, state = core.step(to_compute_dtype(updates, state.nu), state, updates)
         scaled = jax.tree.map(lambda s, g: _dtypes.cast(s, g.dtype), scaled, updates)

@@ -1,4 +1,4 @@
-"""How each per-parameter state buffer is stored: a floating array, or 8-bit codes.
+"""How each per-parameter state buffer is stored: a floating array, or 8-bit or 4-bit codes.
 
 ``nu``, ``mu`` and the momentum buffer are read into the dtype the update is
 computed in, updated there, and written back in their storage format. Each
@@ -9,22 +9,40 @@ parameter's shape and dtype, the :class:`StatePrecision` and the buffer's role:
   but at least float32 (:mod:`optax_rmsprop._dtypes`);
 * with ``state_dtype="int8"``, block-quantized 8-bit codes
   (:mod:`optax_rmsprop._quantize`): ``nu`` on the zero-free ``NU`` map, first
-  moments on the ``SIGNED`` map, a complex moment as its real and imaginary
-  parts on a trailing axis of 2. Leaves with fewer than ``min_quantized_size``
-  elements, and scalars, stay as the default policy keeps them: they cost
-  little and are often biases and norms.
+  moments on the ``SIGNED`` map;
+* with ``state_dtype="int4"``, 4-bit codes two per byte: ``nu`` on the
+  zero-free linear ``NU4`` map, first moments on ``SIGNED4``.
+
+A complex moment is stored as its real and imaginary parts on a trailing axis
+of 2. Leaves with fewer than ``min_quantized_size`` elements, and scalars,
+stay as the default policy keeps them: they cost little and are often biases
+and norms.
 
 A buffer is stored as two arrays at its parameter's position in two parallel
-trees: ``values`` (the float array, or the codes, shaped like the parameter)
-and ``absmax`` (the float32 per-block absmax of the codes; for a float buffer
-None, or in an 8-bit state a float32 scalar 0, so that every position holds an
-array that checkpointers can save). So every state leaf is a plain array, as
-``nnx.Optimizer``, ``optax.tree.map_params`` and checkpointers expect.
+trees: ``values`` (the float array, or the codes) and ``absmax`` (the float32
+per-block absmax of the codes; for a float buffer None, or in a quantized
+state a float32 scalar 0, so that every position holds an array that
+checkpointers can save). So every state leaf is a plain array, as
+``nnx.Optimizer``, ``optax.tree.map_params`` and checkpointers expect. Shapes,
+for a parameter of shape ``(..., L)`` with ``n`` blocks:
+
+=========  ============================  ============================
+state      codes                         absmax
+=========  ============================  ============================
+int8       ``(..., L)``                  ``(..., n)``
+int4       ``(..., ceil(L / 2))`` uint8  ``(..., n, 1)``
+=========  ============================  ============================
+
+(complex: one more trailing axis of 2 on both). The unit axis marks 4-bit
+codes, so a stored state says what it holds; reading it back needs the
+parameter's last axis ``L`` only there, where ``ceil(L / 2)`` leaves its
+parity open.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
@@ -36,74 +54,99 @@ from optax_rmsprop import _dtypes, _jax_versions, _quantize, _tree
 from optax_rmsprop._quantize import Codebook
 from optax_rmsprop._tree import Tree
 
-INT8 = "int8"
-_ALLOWED = "None, a floating dtype (float16, bfloat16, float32, float64) or 'int8'"
+# state_dtype names of the quantized states: code width, default block size, maps (nu, moments).
+QUANTIZED = {
+    "int8": (8, 256, _quantize.NU, _quantize.SIGNED),
+    "int4": (4, 128, _quantize.NU4, _quantize.SIGNED4),
+}
+_ALLOWED = "None, a floating dtype (float16, bfloat16, float32, float64), 'int8' or 'int4'"
 
 
 @dataclasses.dataclass(frozen=True)
 class StatePrecision:
-    """The resolved ``state_dtype`` and its 8-bit settings.
+    """The resolved ``state_dtype`` and its quantization settings.
 
     Attributes:
       dtype: a floating dtype for every buffer, or None for the default policy
-        (and for 8-bit state's unquantized small leaves).
-      int8: whether buffers of at least ``min_size`` elements are 8-bit.
+        (and for a quantized state's unquantized small leaves).
+      bits: 8 or 4 when buffers of at least ``min_size`` elements are
+        block-quantized, else 0.
       block_size: elements per quantization block (along the last axis).
       min_size: the smallest leaf that is quantized.
     """
 
     dtype: np.dtype | None = None
-    int8: bool = False
-    block_size: int = 256
+    bits: int = 0
+    block_size: int = 0
     min_size: int = 4096
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits > 0
 
     @classmethod
     def from_args(
         cls, state_dtype: Any, block_size: Any = None, min_quantized_size: Any = None
     ) -> StatePrecision:
-        """``state_dtype`` and the 8-bit settings as the user gives them, checked.
+        """``state_dtype`` and the quantization settings as the user gives them, checked.
 
         Raises:
           ValueError: naming the argument, for a ``state_dtype`` that is not
-            None, a floating dtype or ``"int8"``, or 8-bit settings that are
-            not positive integers or come without ``"int8"``.
+            None, a floating dtype, ``"int8"`` or ``"int4"``; for settings that
+            are not positive integers or come without a quantized state; for
+            an odd ``block_size`` with ``"int4"`` (its codes go two per byte).
         """
-        int8 = _is_int8(state_dtype)
-        for name, value in (("block_size", block_size), ("min_quantized_size", min_quantized_size)):
+        name = _quantized_name(state_dtype)
+        for arg, value in (("block_size", block_size), ("min_quantized_size", min_quantized_size)):
             if value is None:
                 continue
-            if not int8:
+            if name is None:
                 raise ValueError(
-                    f"{name} applies to state_dtype='int8' only, got {name}={value!r} with "
-                    f"state_dtype={state_dtype!r}."
+                    f"{arg} applies to state_dtype='int8' or 'int4' only, got {arg}={value!r} "
+                    f"with state_dtype={state_dtype!r}."
                 )
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if int8:
-            return cls(
-                int8=True,
-                block_size=int(block_size or cls.block_size),
-                min_size=int(min_quantized_size or cls.min_size),
+                raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
+        if name is None:
+            return cls(dtype=_floating_dtype(state_dtype))
+        bits, default_block, _, _ = QUANTIZED[name]
+        if bits == 4 and block_size is not None and block_size % 2:
+            raise ValueError(
+                f"block_size must be even with state_dtype='int4' (two 4-bit codes per "
+                f"byte), got block_size={block_size!r}."
             )
-        return cls(dtype=_floating_dtype(state_dtype))
+        return cls(
+            bits=bits,
+            block_size=int(block_size or default_block),
+            min_size=int(min_quantized_size or cls.min_size),
+        )
 
     def layout(self, param: jax.Array, *, real: bool, path: str = "") -> Layout:
         """The layout of a buffer for ``param``: ``real`` for ``nu``, else a first moment."""
         dtype_of = _dtypes.nu_dtype if real else _dtypes.moment_dtype
         dtype = dtype_of(param.dtype, self.dtype, path)  # also rejects integer params
-        if not (self.int8 and param.ndim >= 1 and param.size >= self.min_size):
+        if not (self.quantized and param.ndim >= 1 and param.size >= self.min_size):
             return Layout(dtype)
-        n_blocks = _quantize.num_blocks(param.shape[-1], self.block_size)
-        return Layout(dtype, _quantize.NU if real else _quantize.SIGNED, n_blocks)
+        length = param.shape[-1]
+        n_blocks = _quantize.num_blocks(length, self.block_size)
+        return Layout(dtype, codebook_for(self.bits, real=real), n_blocks, length)
 
 
-def _is_int8(state_dtype: Any) -> bool:
+def codebook_for(bits: int, *, real: bool) -> Codebook:
+    """The map of ``nu`` (``real``) or of a first moment, in ``bits`` bits."""
+    _, _, nu, signed = next(v for v in QUANTIZED.values() if v[0] == bits)
+    return nu if real else signed
+
+
+def _quantized_name(state_dtype: Any) -> str | None:
+    """``"int8"`` or ``"int4"`` if ``state_dtype`` names a quantized state, else None."""
     if isinstance(state_dtype, str):
-        return state_dtype == INT8
+        return state_dtype if state_dtype in QUANTIZED else None
     try:
-        return state_dtype is not None and jnp.dtype(state_dtype) == jnp.int8
+        dtype = jnp.dtype(state_dtype) if state_dtype is not None else None
     except TypeError:
-        return False
+        return None
+    return next((name for name in QUANTIZED if dtype == jnp.dtype(name)), None)
 
 
 def _floating_dtype(state_dtype: Any) -> np.dtype | None:
@@ -128,13 +171,15 @@ class Layout:
     Attributes:
       dtype: the dtype of the values the buffer stands for: the float array's
         own dtype, or float32 / complex64 for codes.
-      codebook: the 8-bit map of the codes, or None for a float array.
+      codebook: the map of the codes, or None for a float array.
       n_blocks: quantization blocks along the last axis (codes only).
+      length: the parameter's last axis (codes only).
     """
 
     dtype: np.dtype
     codebook: Codebook | None = None
     n_blocks: int = 0
+    length: int = 0
 
     @property
     def quantized(self) -> bool:
@@ -146,31 +191,59 @@ class Layout:
 
     @classmethod
     def of_stored(
-        cls, values: jax.Array, absmax: jax.Array | None, *, real: bool, param_ndim: int
+        cls,
+        values: jax.Array,
+        absmax: jax.Array | None,
+        *,
+        real: bool,
+        param_shape: tuple[int, ...],
+        length_known: bool,
     ) -> Layout:
-        """The layout of stored arrays, for readers that hold a state but no optimizer."""
+        """The layout of stored arrays, for readers that hold a state but no optimizer.
+
+        ``param_shape`` is the parameter's shape, or that of ``nu`` when the
+        parameters are not at hand (``length_known=False``): enough for 8-bit
+        codes, not for 4-bit ones.
+
+        Raises:
+          ValueError: for 4-bit codes without the parameter's shape.
+        """
         if absmax is None or absmax.ndim == 0:
             return cls(values.dtype)
-        complex_codes = values.ndim == param_ndim + 1  # (re, im) on a trailing axis
+        complex_codes = values.ndim == len(param_shape) + 1  # (re, im) on a trailing axis
+        packed = absmax.ndim == values.ndim + 1  # the unit axis of 4-bit absmax
+        if packed and not length_known:
+            raise ValueError(
+                "This state holds 4-bit codes (state_dtype='int4'), two per byte: pass the "
+                "parameters (params=..., arrays or jax.ShapeDtypeStruct) to read it, so that "
+                "each last axis's length is known."
+            )
         dtype = jnp.dtype(jnp.complex64 if complex_codes else jnp.float32)
-        codebook = _quantize.NU if real else _quantize.SIGNED
-        return cls(dtype, codebook, absmax.shape[-2 if complex_codes else -1])
+        codebook = codebook_for(4 if packed else 8, real=real)
+        n_blocks = absmax.shape[-1 - complex_codes - packed]
+        length = param_shape[-1] if length_known else values.shape[-1 - complex_codes]
+        return cls(dtype, codebook, n_blocks, length)
 
     def init(self, param: jax.Array, fill: Any, absmax_placeholder: bool) -> tuple:
         """``(values, absmax)`` of a buffer filled with ``fill``, written directly.
 
-        A constant block's codes are its top code and its absmax is ``|fill|``,
-        so nothing is quantized (and XLA folds no constant). ``fill`` is ``>= 0``.
+        A constant block's codes are its fill code and its absmax is
+        ``|fill|``, so nothing is quantized (and XLA folds no constant).
+        ``fill`` is ``>= 0``. The arrays shard like ``param`` (explicit
+        sharding too).
         """
         if not self.quantized:
             placeholder = jnp.zeros((), jnp.float32) if absmax_placeholder else None
             return jnp.full_like(param, fill, dtype=self.dtype), placeholder
-        # nu's fill (>= 0) is its block's absmax: the top code; first moments start at 0.
-        # Built from full_like(param), so that they shard like it (explicit sharding too).
-        code = 0 if self.codebook.signed else len(self.codebook.magnitudes) - 1
-        codes = jnp.full_like(param, code, dtype=self.codebook.code_dtype)
-        blocks = (*param.shape[:-1], self.n_blocks)
-        absmax = _jax_versions.shard_like(jnp.full(blocks, fill, jnp.float32), param)
+        code = self.codebook.fill_code
+        if self.codebook.packed:
+            byte = (code & 0xF) | (code & 0xF) << 4
+            shape = (*param.shape[:-1], math.ceil(param.shape[-1] / 2))
+            codes = _jax_versions.shard_like(jnp.full(shape, byte, jnp.uint8), param)
+        else:
+            codes = jnp.full_like(param, code, dtype=self.codebook.code_dtype)
+        absmax = jnp.full((*param.shape[:-1], self.n_blocks), fill, jnp.float32)
+        absmax = self._marked(_jax_versions.shard_like(absmax, param))
         if self.complex:  # (re, im) on a trailing axis; fill is real
             return jnp.stack([codes, codes], -1), jnp.stack([absmax, jnp.zeros_like(absmax)], -1)
         return codes, absmax
@@ -194,12 +267,19 @@ class Layout:
             return tuple(jnp.stack(arrays, -1) for arrays in zip(*parts, strict=True))
         return self._encode(value)
 
+    def _marked(self, absmax: jax.Array) -> jax.Array:
+        """``absmax`` as stored: with the unit axis that marks 4-bit codes."""
+        return absmax[..., None] if self.codebook.packed else absmax
+
     def _decode(self, codes: jax.Array, absmax: jax.Array, dtype: np.dtype) -> jax.Array:
-        return _quantize.decode_blocks(codes, absmax, self.codebook).astype(dtype)
+        if self.codebook.packed:
+            absmax = absmax[..., 0]
+        values = _quantize.decode_blocks(codes, absmax, self.codebook, self.length)
+        return values.astype(dtype)
 
     def _encode(self, value: jax.Array) -> tuple[jax.Array, jax.Array]:
         absmax = _quantize.block_absmax(value, self.n_blocks)
-        return _quantize.encode_blocks(value, absmax, self.codebook), absmax
+        return _quantize.encode_blocks(value, absmax, self.codebook), self._marked(absmax)
 
 
 # -- whole trees ----------------------------------------------------------------------
@@ -213,14 +293,14 @@ def layouts(params: Tree, precision: StatePrecision, *, real: bool) -> Tree:
 def init_tree(
     params: Tree, fill: Any, precision: StatePrecision, *, real: bool
 ) -> tuple[Tree, Tree | None]:
-    """The values tree and the absmax tree (None unless int8) of a buffer filled with ``fill``."""
+    """The values tree and the absmax tree (None unless quantized) of a buffer filled with ``fill``."""
     pairs = jax.tree.map(
-        lambda p, layout: layout.init(p, fill, precision.int8),
+        lambda p, layout: layout.init(p, fill, precision.quantized),
         params,
         layouts(params, precision, real=real),
     )
     values, absmax = _tree.unzip(params, pairs, 2)
-    return values, absmax if precision.int8 else None
+    return values, absmax if precision.quantized else None
 
 
 def read_tree(values: Tree, absmax: Tree | None, layout_tree: Tree, dtypes: Tree) -> Tree:
@@ -246,11 +326,22 @@ def write_tree(new: Tree, absmax: Tree | None, layout_tree: Tree) -> tuple[Tree,
     return values, None if absmax is None else new_absmax
 
 
-def stored_layouts(values: Tree, absmax: Tree | None, nu: Tree, *, real: bool) -> Tree:
-    """:meth:`Layout.of_stored` over a state's trees (``nu`` gives each parameter's rank)."""
+def stored_layouts(
+    values: Tree, absmax: Tree | None, like: Tree, *, real: bool, length_known: bool
+) -> Tree:
+    """:meth:`Layout.of_stored` over a state's trees.
+
+    ``like`` gives each parameter's shape: the parameters (``length_known``)
+    or the state's ``nu`` (enough for every layout but 4-bit codes).
+    """
     absmax = _tree.nones_like(values) if absmax is None else absmax
     return jax.tree.map(
-        lambda v, a, n: Layout.of_stored(v, a, real=real, param_ndim=n.ndim), values, absmax, nu
+        lambda v, a, p: Layout.of_stored(
+            v, a, real=real, param_shape=tuple(p.shape), length_known=length_known
+        ),
+        values,
+        absmax,
+        like,
     )
 
 

@@ -59,7 +59,9 @@ def check_rms_args(decay: Any, eps: Any, initial_scale: Any) -> None:
     check_range("initial_scale", initial_scale, 0.0)
 
 
-def check_tree_matches_state(tree: Any, state_tree: Any, *, what: str, where: str) -> None:
+def check_tree_matches_state(
+    tree: Any, state_tree: Any, *, what: str, where: str, absmax: Any = None
+) -> None:
     """Raises ValueError, in words, when ``tree`` is not shaped like the state.
 
     Args:
@@ -67,6 +69,8 @@ def check_tree_matches_state(tree: Any, state_tree: Any, *, what: str, where: st
       state_tree: a per-parameter tree from the optimizer state (e.g. ``nu``).
       what: how to call ``tree`` in the message ("gradient", "params").
       where: the function that raises, for the message.
+      absmax: ``state_tree``'s absmax tree when it may hold 4-bit codes
+        (``(..., ceil(L / 2))`` for a parameter ``(..., L)``), else None.
     """
     got = jax.tree.structure(tree)
     want = jax.tree.structure(state_tree)
@@ -76,16 +80,30 @@ def check_tree_matches_state(tree: Any, state_tree: Any, *, what: str, where: st
             f"state was initialised with. Pass {what} shaped like the params "
             f"given to init().\n  {what}: {got}\n  state:  {want}"
         )
-    for path_and_leaf, state_leaf in zip(
+    absmax_leaves = [None] * got.num_leaves if absmax is None else jax.tree.leaves(absmax)
+    for path_and_leaf, state_leaf, absmax_leaf in zip(
         jax.tree_util.tree_leaves_with_path(tree),
         jax.tree.leaves(state_tree),
+        absmax_leaves,
         strict=True,
     ):
         path, leaf = path_and_leaf
-        state_shape = jnp.shape(state_leaf)
-        if jnp.shape(leaf) != state_shape:
+        shapes = _param_shapes(jnp.shape(state_leaf), absmax_leaf)
+        if jnp.shape(leaf) not in shapes:
             raise ValueError(
                 f"{where}: {what} leaf {jax.tree_util.keystr(path)} has shape "
                 f"{jnp.shape(leaf)}, but the optimizer state was initialised "
-                f"for shape {state_shape}."
+                f"for shape {' or '.join(map(str, shapes))}."
             )
+
+
+def _param_shapes(state_shape: tuple[int, ...], absmax: Any) -> list[tuple[int, ...]]:
+    """The parameter shapes a state leaf of ``state_shape`` can stand for.
+
+    Two for 4-bit codes (marked by the unit axis of their absmax): the
+    packed last axis ``ceil(L / 2)`` is that of an odd or an even ``L``.
+    """
+    if absmax is None or jnp.ndim(absmax) != len(state_shape) + 1:
+        return [state_shape]
+    *lead, packed = state_shape
+    return [(*lead, 2 * packed - 1), (*lead, 2 * packed)]

@@ -54,9 +54,9 @@ def test_nesterov_needs_momentum(momentum):
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, "int16", jnp.complex64, bool, "not-a-dtype"])
-def test_state_dtype_must_be_floating_or_int8(dtype):
+def test_state_dtype_must_be_floating_int8_or_int4(dtype):
     match = r"state_dtype must be None, a floating dtype \(float16, bfloat16, float32, float64\)"
-    with pytest.raises(ValueError, match=match + " or 'int8'"):
+    with pytest.raises(ValueError, match=match + ", 'int8' or 'int4'"):
         optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
 
 
