@@ -293,7 +293,7 @@ def layouts(params: Tree, precision: StatePrecision, *, real: bool) -> Tree:
 def init_tree(
     params: Tree, fill: Any, precision: StatePrecision, *, real: bool
 ) -> tuple[Tree, Tree | None]:
-    """The values tree and the absmax tree (None unless quantized) of a buffer filled with ``fill``."""
+    """The values and absmax trees (absmax None unless quantized) of a buffer of ``fill``."""
     pairs = jax.tree.map(
         lambda p, layout: layout.init(p, fill, precision.quantized),
         params,

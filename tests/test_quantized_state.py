@@ -571,9 +571,7 @@ def test_effective_step_size_with_quantized_state_is_close_to_float32(state_dtyp
     for precision in (state_dtype, None):
         tx = optax_rmsprop.rmsprop(1e-2, centered=True, state_dtype=precision)
         _, state = tx.update(g, tx.init(PARAMS), PARAMS)
-        sizes[precision] = optax_rmsprop.effective_step_size(
-            state, 1e-2, eps=1e-8, params=PARAMS
-        )
+        sizes[precision] = optax_rmsprop.effective_step_size(state, 1e-2, eps=1e-8, params=PARAMS)
     chex.assert_trees_all_close(sizes[state_dtype], sizes[None], rtol=0.02)
 
 
@@ -702,7 +700,7 @@ def test_sharded_state_needs_no_collective(axis_types, state_dtype):
         (dict(state_dtype="int8", min_quantized_size=0), "min_quantized_size must be a positive"),
         (dict(block_size=128), "block_size applies to state_dtype='int8' or 'int4' only"),
         (dict(state_dtype=jnp.bfloat16, min_quantized_size=10), "applies to state_dtype='int8'"),
-        (dict(state_dtype="int4", block_size=127), "block_size must be even with state_dtype='int4'"),
+        (dict(state_dtype="int4", block_size=127), "block_size must be even with .*'int4'"),
         (dict(state_dtype="int4", block_size=0), "block_size must be a positive integer"),
     ],
     ids=str,
