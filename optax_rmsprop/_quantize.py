@@ -203,9 +203,20 @@ def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
     index = codes.astype(jnp.int32)
     if codebook.linear:  # (i + 1) / n, exact
         return (index + 1).astype(jnp.float32) * np.float32(1 / len(codebook.magnitudes))
-    magnitude = _dynamic_magnitude(jnp.abs(index), codebook)
+    if codebook.packed:  # 8 magnitudes: a select chain is cheaper than the arithmetic
+        magnitude = _selected_magnitude(jnp.abs(index), codebook)
+    else:
+        magnitude = _dynamic_magnitude(jnp.abs(index), codebook)
     value = magnitude * magnitude if codebook.sqrt_domain else magnitude
     return jnp.where(index < 0, -value, value) if codebook.signed else value
+
+
+def _selected_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
+    """The magnitude at ``index`` by a chain of selects over the map's float32 magnitudes."""
+    magnitude = jnp.zeros(index.shape, jnp.float32)
+    for i, m in enumerate(codebook.magnitudes.astype(np.float32)):
+        magnitude = jnp.where(index == i, m, magnitude) if m else magnitude
+    return magnitude
 
 
 def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
@@ -288,10 +299,12 @@ def pack(codes: jax.Array) -> jax.Array:
 
 def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
     """The ``length`` codes (``codebook.code_dtype``) that :func:`pack` stored in ``packed``."""
-    pairs = jnp.stack([packed & np.uint8(0xF), packed >> np.uint8(4)], axis=-1)
+    # Shifts against a broadcast pair, not a stack: XLA fuses them into the codes'
+    # consumers instead of writing the unpacked codes out.
+    pairs = (packed[..., None] >> np.array([0, 4], np.uint8)) & np.uint8(0xF)
     codes = pairs.reshape(*packed.shape[:-1], -1)[..., :length]
-    if codebook.signed:  # sign-extend the two's complement nibble
-        return ((codes ^ np.uint8(8)).astype(jnp.int8) - np.int8(8)).astype(jnp.int8)
+    if codebook.signed:  # the two's complement nibble: 8..15 stand for -8..-1
+        return jnp.where(codes >= 8, codes.astype(jnp.int8) - np.int8(16), codes.astype(jnp.int8))
     return codes
 
 

@@ -331,18 +331,27 @@ def stored_layouts(
 ) -> Tree:
     """:meth:`Layout.of_stored` over a state's trees.
 
-    ``like`` gives each parameter's shape: the parameters (``length_known``)
-    or the state's ``nu`` (enough for every layout but 4-bit codes).
+    ``like`` gives each parameter's shape, leaf by leaf in order (its
+    containers may differ, as ``nnx.Param`` and ``nnx.OptVariable`` do): the
+    parameters (``length_known``) or the state's ``nu`` (enough for every
+    layout but 4-bit codes).
+
+    Raises:
+      ValueError: if ``like`` has not one leaf per state leaf.
     """
+    leaves, treedef = jax.tree.flatten(values)
+    shapes = [tuple(jnp.shape(x)) for x in jax.tree.leaves(like)]
+    if len(shapes) != len(leaves):
+        raise ValueError(
+            f"params has {len(shapes)} leaves but the optimizer state has {len(leaves)}: "
+            "pass the parameters the optimizer was initialised with."
+        )
     absmax = _tree.nones_like(values) if absmax is None else absmax
-    return jax.tree.map(
-        lambda v, a, p: Layout.of_stored(
-            v, a, real=real, param_shape=tuple(p.shape), length_known=length_known
-        ),
-        values,
-        absmax,
-        like,
-    )
+    layouts = [
+        Layout.of_stored(v, a, real=real, param_shape=shape, length_known=length_known)
+        for v, a, shape in zip(leaves, treedef.flatten_up_to(absmax), shapes, strict=True)
+    ]
+    return treedef.unflatten(layouts)
 
 
 def is_layout(x: Any) -> bool:

@@ -117,9 +117,9 @@ class Config:
     centered: bool = _optimizer(False, "centered RMSProp (Graves 2013)")
     state_dtype: str = _optimizer(
         "float32",
-        "optimizer state precision: int8 is 8-bit block-quantized (a quarter of "
-        "float32's memory), bfloat16 half",
-        choices=("float32", "bfloat16", "int8"),
+        "optimizer state precision: int8 and int4 are block-quantized to 8 and 4 bits "
+        "(a quarter and an eighth of float32's memory), bfloat16 half",
+        choices=("float32", "bfloat16", "int8", "int4"),
     )
     epochs: int = _training(3, "epochs", interval=POSITIVE, resumable=True)
     batch_size: int = _training(

@@ -202,8 +202,11 @@ def step_size_quantiles(
     eps: float,
 ) -> jax.Array:
     """Quantiles (``QUANTILES``) of each parameter's effective step size, one row per leaf."""
-    _, optimizer = nnx.merge(graphdef, state)
-    sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, learning_rate, eps=eps)
+    model, optimizer = nnx.merge(graphdef, state)
+    params = nnx.state(model, nnx.Param)  # their shapes, which 4-bit state needs
+    sizes = optax_rmsprop.effective_step_size(
+        optimizer.opt_state, learning_rate, eps=eps, params=params
+    )
     qs = jnp.asarray(list(QUANTILES.values()))
     return jnp.stack([jnp.quantile(leaf.ravel(), qs) for leaf in jax.tree.leaves(sizes)])
 
