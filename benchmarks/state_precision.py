@@ -1,4 +1,4 @@
-"""State precision: memory, bytes moved, step time and accuracy of float32, bfloat16 and int8 state.
+"""State precision: memory, bytes moved, step time and accuracy of float32, bfloat16, int8 and int4 state.
 
     python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR] [--small] [--out DIR]
 
@@ -42,7 +42,8 @@ import optax_rmsprop
 from benchmarks import common
 
 SHAPE = (4096, 4096)
-PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8"}
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8", "int4": "int4"}
+QUANTIZED = ("int8", "int4")
 PEAK_LEAVES, PEAK_SHAPE = 4, (2048, 2048)
 STEP_OPTIONS = {
     "plain": {},
@@ -154,26 +155,46 @@ def measure_torch(kind: str, rounds: int, momentum: float) -> dict:
 def accuracy(
     per_step_shape: tuple[int, int] = (1024, 4097), drift_shape: tuple[int, int] = (64, 4096)
 ) -> dict:
-    """Per-step error (re-synced, bitsandbytes' measure) and 1,000-step drift of int8 state."""
+    """Per-step error (re-synced, bitsandbytes' measure) and 1,000-step drift, per quantized state."""
+    return {
+        name: {
+            "per_step_shape": per_step_shape,
+            **per_step_error(name, per_step_shape),
+            **drift(name, drift_shape),
+        }
+        for name in QUANTIZED
+    }
+
+
+def per_step_error(state_dtype: str, shape: tuple[int, int]) -> dict:
+    """50 steps, the float32 reference re-synced each step to the quantized run."""
     key = jax.random.key(0)
-    int8 = optax_rmsprop.rmsprop(0.01, decay=0.9, state_dtype="int8")
+    quantized = optax_rmsprop.rmsprop(0.01, decay=0.9, state_dtype=state_dtype)
     reference = optax_rmsprop.rmsprop(0.01, decay=0.9)
-    params = 0.1 * jax.random.normal(key, per_step_shape)
-    state = int8.init(params)
-    int8_step, reference_step = common.jitted_step(int8), common.jitted_step(reference)
+    params = 0.1 * jax.random.normal(key, shape)
+    state = quantized.init(params)
+    quantized_step, reference_step = common.jitted_step(quantized), common.jitted_step(reference)
     abs_err, rel_err = [], []
     for t in range(50):
         grads = 0.01 * jax.random.normal(jax.random.fold_in(key, t + 1), params.shape)
-        want, _ = reference_step(params, optax_rmsprop.dequantize_state(state), grads)
-        params, state = int8_step(params, state, grads)
+        want, _ = reference_step(params, optax_rmsprop.dequantize_state(state, params), grads)
+        params, state = quantized_step(params, state, grads)
         err = jnp.abs(params - want)
         abs_err.append(float(jnp.mean(err)))
         rel_err.append(float(jnp.mean(err / (jnp.abs(want) + 1e-9))))
+    return {
+        "per_step_mean_abs_error_max": max(abs_err),
+        "per_step_mean_rel_error_max": max(rel_err),
+    }
 
-    target = jax.random.normal(key, drift_shape)
+
+def drift(state_dtype: str, shape: tuple[int, int]) -> dict:
+    """1,000 noisy least-squares steps with momentum, never re-synced to float32 state."""
+    key = jax.random.key(0)
+    target = jax.random.normal(key, shape)
     finals = {}
-    for name in ("int8", "float32"):
-        tx = optax_rmsprop.rmsprop(1e-3, decay=0.99, momentum=0.9, state_dtype=PRECISIONS[name])
+    for name, precision in ((state_dtype, state_dtype), ("float32", None)):
+        tx = optax_rmsprop.rmsprop(1e-3, decay=0.99, momentum=0.9, state_dtype=precision)
         step = common.update_and_apply(tx)
 
         def noisy_step(t, carry, step=step):
@@ -184,12 +205,9 @@ def accuracy(
         start = jnp.zeros_like(target)
         init = (start, tx.init(start))
         finals[name] = jax.jit(lambda f=noisy_step, c=init: jax.lax.fori_loop(0, 1000, f, c))()[0]
-    drift = jnp.linalg.norm(finals["int8"] - finals["float32"]) / jnp.linalg.norm(finals["float32"])
+    apart = jnp.linalg.norm(finals[state_dtype] - finals["float32"])
     return {
-        "per_step_shape": per_step_shape,
-        "per_step_mean_abs_error_max": max(abs_err),
-        "per_step_mean_rel_error_max": max(rel_err),
-        "drift_1000_steps": float(drift),
+        "drift_1000_steps": float(apart / jnp.linalg.norm(finals["float32"])),
         "loss_1000_steps": {k: float(jnp.mean((p - target) ** 2)) for k, p in finals.items()},
     }
 
@@ -305,16 +323,28 @@ def to_markdown(payload: dict) -> str:
                     f"| {r['step_ms']:.1f} | |"
                 )
     lines += ["", *peak_memory_markdown(payload["peak_memory"], payload["peak_shape"])]
-    a = payload["accuracy"]
+    shape = next(iter(payload["accuracy"].values()))["per_step_shape"]
     lines += [
         "",
-        "int8 state against float32 state on the same gradients: per step, re-synced "
-        f"({' x '.join(map(str, a['per_step_shape']))}, lr 0.01, 50 steps): mean absolute error at most "
-        f"{a['per_step_mean_abs_error_max']:.2g}, mean relative error at most "
-        f"{a['per_step_mean_rel_error_max']:.2g}; after 1,000 noisy steps without "
-        f"re-syncing (momentum 0.9): parameters differ by {100 * a['drift_1000_steps']:.2f}% "
-        f"(relative norm), final loss {a['loss_1000_steps']['int8']:.5f} against "
-        f"{a['loss_1000_steps']['float32']:.5f}.",
+        "Quantized state against float32 state on the same gradients: per step, re-synced "
+        f"({' x '.join(map(str, shape))}, lr 0.01, 50 steps, the largest of the per-step "
+        "means), and after 1,000 noisy least-squares steps without re-syncing (momentum 0.9; "
+        "drift: the relative norm of the parameters' difference).",
+        "",
+        *common.markdown_table(
+            ["state", "per step: mean abs error", "mean rel error", "drift", "final loss"],
+            [
+                [
+                    name,
+                    f"{a['per_step_mean_abs_error_max']:.2g}",
+                    f"{a['per_step_mean_rel_error_max']:.2g}",
+                    f"{100 * a['drift_1000_steps']:.2f}%",
+                    f"{a['loss_1000_steps'][name]:.5f} (float32: "
+                    f"{a['loss_1000_steps']['float32']:.5f})",
+                ]
+                for name, a in payload["accuracy"].items()
+            ],
+        ),
     ]
     if "mnist" in payload:
         lines += [

@@ -166,11 +166,15 @@ def test_vmap_over_independent_states():
         chex.assert_trees_all_close(updates[i], u_i, rtol=1e-12)
 
 
-def test_flax_nnx_optimizer():
+@pytest.mark.parametrize("state_dtype", [None, "int8", "int4"])
+def test_flax_nnx_optimizer(state_dtype):
     nnx = pytest.importorskip("flax.nnx")
 
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax_rmsprop.rmsprop(0.05, momentum=0.9), wrt=nnx.Param)
+    # min_quantized_size=1: even these small leaves are quantized
+    quantized = {} if state_dtype is None else {"min_quantized_size": 1}
+    tx = optax_rmsprop.rmsprop(0.05, momentum=0.9, state_dtype=state_dtype, **quantized)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     x = jnp.ones((4, 3))
 
     def loss_fn(m):
@@ -184,7 +188,8 @@ def test_flax_nnx_optimizer():
 
     losses = [float(train_step(model, optimizer)) for _ in range(60)]
     assert losses[-1] < 0.01 * losses[0]
-    sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, 0.05, eps=1e-8)
-    param_shapes = [p.shape for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    params = nnx.state(model, nnx.Param)  # 4-bit codes need the params' shapes to be read
+    sizes = optax_rmsprop.effective_step_size(optimizer.opt_state, 0.05, eps=1e-8, params=params)
+    param_shapes = [p.shape for p in jax.tree.leaves(params)]
     assert [s.shape for s in jax.tree.leaves(sizes)] == param_shapes
     chex.assert_tree_all_finite(jax.tree.leaves(sizes))
