@@ -12,7 +12,7 @@ One command for whatever backend JAX sees (GPU, TPU or CPU), in these parts
    ``--mnist-dir`` when given, else the bundled sample): accuracy, seconds per
    epoch, examples per second.
 3. **The step's memory.** XLA's buffer assignment for one jitted, donated
-   step over 4 leaves of 2048 x 2048 with float32, bfloat16 and int8 state,
+   step over 4 leaves of 2048 x 2048 with float32, bfloat16, int8 and int4 state,
    plain, with momentum, centered with momentum: temporaries and peak in bytes
    per parameter (``benchmarks.state_precision.peak_memory``).
 4. **State precision and kernel path** (``precision``). The library's step

@@ -7,7 +7,7 @@
    ``optax_rmsprop.rmsprop`` against ``optax.rmsprop`` with the same settings,
    plain and with momentum.
 2. **State precision.** One step with momentum 0.9 over 200 leaves of
-   64 x 1024, with float32, bfloat16 and int8 state.
+   64 x 1024, with float32, bfloat16, int8 and int4 state.
 3. **Init.** ``tx.init`` of one 4096 x 4096 parameter per state precision:
    jitted (``jax.jit(tx.init)(params)``: trace, compile and run) and eager.
 
@@ -36,7 +36,7 @@ import optax
 import optax_rmsprop
 from benchmarks import common
 
-PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8"}
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8", "int4": "int4"}
 LEAF_MAKERS = {
     "optax_rmsprop": lambda: optax_rmsprop.rmsprop(1e-3),
     "optax": lambda: optax.rmsprop(1e-3, eps_in_sqrt=False),

@@ -14,12 +14,12 @@ bit for bit what :meth:`Layout.read <optax_rmsprop._storage.Layout.read>`,
 :meth:`Layout.write <optax_rmsprop._storage.Layout.write>` give (the tests
 compare codes, absmax and ``g / denom`` on CPU, in interpret mode).
 
-What it covers: real quantized leaves whose gradient is float32 (float32,
+What it covers: real 8-bit leaves whose gradient is float32 (float32,
 bfloat16 and float16 parameters), any leading shape, any last axis (padded
 blocks too), plain, centered, ``eps_in_sqrt`` and bias correction, with
 ``decay`` and ``eps`` as Python numbers or float32 scalars. Everything else
 (complex and float64 leaves, float64 hyperparameters, unquantized leaves, the
-momentum buffer) keeps the XLA path, leaf by leaf, automatically.
+momentum buffer, 4-bit state) keeps the XLA path, leaf by leaf, automatically.
 
 Which path runs: the environment variable ``OPTAX_RMSPROP_KERNEL``, read when
 the step is traced: ``xla`` (the default) or ``pallas``. With ``pallas`` the
@@ -185,9 +185,11 @@ def rms_leaf(
 
 
 def covers(g: jax.Array, nu: _storage.Layout, mu: _storage.Layout | None) -> bool:
-    """Whether the kernel covers a leaf: quantized, real, float32 compute dtype."""
+    """Whether the kernel covers a leaf: 8-bit codes, real, float32 compute dtype."""
     layouts = [nu] if mu is None else [nu, mu]
-    return g.dtype == jnp.float32 and all(x.quantized and not x.complex for x in layouts)
+    return g.dtype == jnp.float32 and all(
+        x.quantized and not x.codebook.packed and not x.complex for x in layouts
+    )
 
 
 def _is_float32_scalar(value: Any) -> bool:

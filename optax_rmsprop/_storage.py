@@ -173,7 +173,8 @@ class Layout:
         own dtype, or float32 / complex64 for codes.
       codebook: the map of the codes, or None for a float array.
       n_blocks: quantization blocks along the last axis (codes only).
-      length: the parameter's last axis (codes only).
+      length: the parameter's last axis (codes only; read back for 4-bit codes,
+        whose packed axis leaves its parity open).
     """
 
     dtype: np.dtype
@@ -272,9 +273,9 @@ class Layout:
         return absmax[..., None] if self.codebook.packed else absmax
 
     def _decode(self, codes: jax.Array, absmax: jax.Array, dtype: np.dtype) -> jax.Array:
-        if self.codebook.packed:
-            absmax = absmax[..., 0]
-        values = _quantize.decode_blocks(codes, absmax, self.codebook, self.length)
+        if not self.codebook.packed:  # 8-bit codes have the values' own shape
+            return _quantize.decode_blocks(codes, absmax, self.codebook).astype(dtype)
+        values = _quantize.decode_blocks(codes, absmax[..., 0], self.codebook, self.length)
         return values.astype(dtype)
 
     def _encode(self, value: jax.Array) -> tuple[jax.Array, jax.Array]:

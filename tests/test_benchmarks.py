@@ -86,7 +86,7 @@ def test_compile_time_small_mode(tmp_path):
     payload = _run("compile_time", tmp_path, "--small", "--leaves", "3")
     assert [r["leaves"] for r in payload["rows"]] == [3]
     rows = payload["precisions"]["rows"]
-    assert [r["state"] for r in rows] == ["float32", "bfloat16", "int8"]
+    assert [r["state"] for r in rows] == ["float32", "bfloat16", "int8", "int4"]
     assert all(r["compile_s"] > 0 and r["jit_init_s"] > 0 and r["eager_init_s"] > 0 for r in rows)
     assert "| int8 |" in (tmp_path / "compile_time.md").read_text()
 
@@ -98,11 +98,13 @@ def test_state_precision_small_mode(tmp_path):
     assert rows["float32"]["state_bytes_per_param"] == 4.0
     assert rows["bfloat16"]["state_bytes_per_param"] == 2.0
     assert rows["int8"]["state_bytes_per_param"] < 1.25  # a quarter of float32's, and scales
+    assert rows["int4"]["state_bytes_per_param"] < 0.75  # an eighth, and scales
     _assert_float32_peak(payload["peak_memory"])
     assert {(r["step"], r["state"]) for r in payload["peak_memory"]} == {
         (step, state) for step in FLOAT32_PEAK for state in state_precision.PRECISIONS
     }
-    assert payload["accuracy"]["drift_1000_steps"] < 0.05
+    assert set(payload["accuracy"]) == {"int8", "int4"}
+    assert all(a["drift_1000_steps"] < 0.1 for a in payload["accuracy"].values())
     assert "| centered + momentum | int8 |" in (tmp_path / "state_precision.md").read_text()
 
 
