@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 # jax.typeof: public from jax 0.6; older versions have only the abstract value.
@@ -30,18 +29,6 @@ def _explicit_sharding(x: jax.Array) -> Any:
     sharding = typeof(x).sharding
     axis_types = getattr(getattr(sharding, "mesh", None), "axis_types", ())
     return sharding if jax.sharding.AxisType.Explicit in axis_types else None
-
-
-def take_like(table: jax.Array, index: jax.Array) -> jax.Array:
-    """``table[index]`` for a small replicated ``table``, sharded like ``index``.
-
-    Under explicit sharding the gather must be told its output sharding;
-    elsewhere it follows the indices by itself, with no collective.
-    """
-    sharding = _explicit_sharding(index)
-    if sharding is not None:
-        return table.at[index].get(mode="clip", out_sharding=sharding)
-    return jnp.take(table, index, mode="clip")
 
 
 def shard_like(x: jax.Array, like: jax.Array) -> jax.Array:

@@ -36,11 +36,9 @@ few ulps) and where JAX has no usable Pallas, :func:`unavailable` says why and
 timed on an accelerator: the default stays the XLA path until the kernel is
 measured faster on real hardware.
 
-Inside the kernel nothing gathers (Mosaic lowers no table lookup):
-decoding is :func:`optax_rmsprop._quantize.decode` (integer operations and
-selects), and :func:`encode` finds the nearest code by arithmetic and two exact
-comparisons instead of :func:`optax_rmsprop._quantize.encode`'s tables, with
-the same codes for every finite or NaN input.
+Inside the kernel nothing gathers (Mosaic lowers no table lookup): the codec
+is :mod:`optax_rmsprop._quantize`'s, integer operations, selects and exact
+comparisons, the same functions the XLA path runs.
 """
 
 from __future__ import annotations
@@ -53,7 +51,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from optax_rmsprop import _dtypes, _quantize, _storage
@@ -354,7 +351,7 @@ def _quantize_into(x: jax.Array, codebook: Codebook, codes_ref: Any, absmax_ref:
     """``Layout.write`` on a tile: each block's absmax, then the codes relative to it."""
     absmax = _tile_absmax(x, absmax_ref.shape[-1])
     scale = _spread(absmax, x.shape[-1])
-    codes_ref[...] = encode(x / jnp.where(scale > 0, scale, 1.0), codebook)
+    codes_ref[...] = _quantize.encode(x / jnp.where(scale > 0, scale, 1.0), codebook)
     absmax_ref[...] = absmax
 
 
@@ -382,108 +379,3 @@ def _spread(absmax: jax.Array, length: int) -> jax.Array:
         for j, (start, stop) in enumerate(_blocks(length, absmax.shape[-1]))
     ]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-
-
-# -- a gather-free encoder ------------------------------------------------------------------
-_SPLIT_BITS = 10  # J = J_hi + J_lo with J_lo < 2**10; s_hi keeps 11 significant bits
-
-
-class _Decades(NamedTuple):
-    """Per decade ``k`` of a map (codes ``n .. 2n-1``, ``n = 2**k``), float32 constants.
-
-    Attributes:
-      lower: the boundary below code ``n`` (``boundaries()[n - 1]``).
-      slope: ``2n * 10**(e+1)``: the midpoint number ``I`` of a value (in the map's domain).
-      s_hi: the high 11 bits of the scale ``S`` that gives a boundary from its ``I``.
-      s_lo: the rest of ``S``, rounded.
-    """
-
-    lower: tuple[np.float32, ...]
-    slope: tuple[np.float32, ...]
-    s_hi: tuple[np.float32, ...]
-    s_lo: tuple[np.float32, ...]
-
-
-@functools.cache
-def _decades(codebook: Codebook) -> _Decades:
-    """The decade constants of ``codebook``'s dynamic map.
-
-    In decade ``e`` (``n = 2**(bits-1-e)`` codes), code ``n + k`` stands for
-    ``(n + 9(k+1)) * 10**-(e+1) / n``; the boundary ``i`` between codes ``i``
-    and ``i+1`` (``n - 1 <= i <= 2n - 2``) is the midpoint
-    ``I * 10**-(e+1) / (2n)`` with the integer ``I = 18i - 16n + 27``, squared
-    for ``NU``: the boundary is ``J * S`` with ``J = I`` or ``I**2`` (below
-    ``2**23``) and ``S = 10**-(e+1) / (2n)`` or its square.
-    """
-    bits = int(np.log2(len(codebook.magnitudes)))
-    bounds = codebook.boundaries()
-    lower, slope, s_hi, s_lo = [], [], [], []
-    for k in range(bits):
-        n, e = 2**k, bits - 1 - k
-        scale = 10.0 ** -(e + 1) / (2 * n)
-        scale = scale * scale if codebook.sqrt_domain else scale
-        mantissa, exponent = np.frexp(scale)
-        high = np.ldexp(np.floor(mantissa * 2.0 ** (_SPLIT_BITS + 1)), exponent - _SPLIT_BITS - 1)
-        lower.append(bounds[n - 1])
-        slope.append(np.float32(2 * n * 10.0 ** (e + 1)))
-        s_hi.append(np.float32(high))
-        s_lo.append(np.float32(scale - high))
-    return _Decades(*(tuple(c) for c in (lower, slope, s_hi, s_lo)))
-
-
-def boundary(index: jax.Array, n: jax.Array, s_hi: jax.Array, s_lo: jax.Array, *, squared: bool):
-    """Boundary ``index`` of decade ``n``, exactly ``Codebook.boundaries()[index]``.
-
-    ``J * S`` rounded once: ``J_hi * s_hi`` is exact (11 + 13 bits), and the
-    small rest ``J_lo * s_hi + J * s_lo`` is added to it, so that the one
-    rounding that matters is the last. A test checks every boundary of both
-    maps, with and without a fused multiply-add in the rest.
-    """
-    i = 18 * index - 16 * n + 27
-    j = i * i if squared else i
-    high = (j & ~((1 << _SPLIT_BITS) - 1)).astype(jnp.float32)
-    low = (j & ((1 << _SPLIT_BITS) - 1)).astype(jnp.float32)
-    return high * s_hi + (low * s_hi + j.astype(jnp.float32) * s_lo)
-
-
-def encode(x: jax.Array, codebook: Codebook) -> jax.Array:
-    """:func:`optax_rmsprop._quantize.encode` without tables: the same codes.
-
-    The code of ``|x|`` is the number of map boundaries at or below it. The
-    decade comes from comparing with its lower boundary (one per decade);
-    inside it, the midpoint formula inverted gives a code that is off by at
-    most one near a boundary, and two exact comparisons with the boundaries
-    around it (:func:`boundary`, computed, not looked up) settle it. Values
-    above 1 and NaN get the top code, as with the tables. The same codes as
-    ``_quantize.encode`` for every finite or NaN ``x`` (``+-inf``, which
-    ``encode_blocks`` never passes since ``x <= 1`` there, differ).
-
-    Args:
-      x: float32 values relative to the block's absmax.
-      codebook: :data:`~optax_rmsprop._quantize.NU` or ``SIGNED``.
-
-    Returns:
-      The codes, of ``codebook.code_dtype``.
-    """
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    magnitude = jax.lax.bitcast_convert_type(bits & np.uint32(0x7FFFFFFF), jnp.float32)
-    magnitude = jnp.where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
-    constants = _decades(codebook)
-    n = jnp.zeros(x.shape, jnp.int32)
-    slope = s_hi = s_lo = jnp.zeros(x.shape, jnp.float32)
-    for k, (lower, *decade) in enumerate(zip(*constants, strict=True)):
-        above = magnitude >= lower
-        n = jnp.where(above, 2**k, n)
-        slope, s_hi, s_lo = (
-            jnp.where(above, c, v) for c, v in zip(decade, (slope, s_hi, s_lo), strict=True)
-        )
-    domain = jnp.sqrt(magnitude) if codebook.sqrt_domain else magnitude
-    estimate = jnp.floor((domain * slope + (16 * n - 27).astype(jnp.float32)) * np.float32(1 / 18))
-    code = jnp.clip(estimate.astype(jnp.int32) + 1, n, 2 * n - 1)
-    at = functools.partial(boundary, n=n, s_hi=s_hi, s_lo=s_lo, squared=codebook.sqrt_domain)
-    code = jnp.where((code > n) & (magnitude < at(code - 1)), code - 1, code)
-    code = jnp.where((code < 2 * n - 1) & (magnitude >= at(code)), code + 1, code)
-    code = jnp.where(n == 0, 0, code)  # below the first boundary
-    if codebook.signed:
-        code = jnp.where(bits >> 31 == 1, -code, code)
-    return code.astype(codebook.code_dtype)

@@ -21,6 +21,7 @@ import pytest
 import optax_rmsprop
 from optax_rmsprop import _jax_versions, _quantize, _storage
 from tests.helpers import jitted_step, update_and_apply
+from tests.reference_codec import table_encode
 
 F32 = jnp.float32
 
@@ -32,6 +33,7 @@ MAPS = {
     "nu4": _quantize.NU4,
     "signed4": _quantize.SIGNED4,
 }
+DYNAMIC_MAPS = ["nu", "signed", "signed4"]  # the maps coded by decades (NU4 is linear)
 STATES = ["int8", "int4"]
 
 
@@ -97,6 +99,89 @@ def test_encoding_picks_the_nearest_map_value(name):
     if codebook.signed:  # the sign is its own bit
         negative = np.asarray(_quantize.encode(-jnp.asarray(v), codebook)).astype(np.int64)
         np.testing.assert_array_equal(negative, -got)
+
+
+# -- the encoder against an independent table encoder --------------------------------
+def _near_boundaries(codebook) -> np.ndarray:
+    """Every boundary and its two float32 neighbours on each side."""
+    b = codebook.boundaries()
+    out, down, up = [b], b, b
+    for _ in range(2):
+        down, up = np.nextafter(down, np.float32(0)), np.nextafter(up, np.float32(2))
+        out += [down, up]
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("name", DYNAMIC_MAPS)
+def test_every_boundary_is_computed_exactly(name):
+    codebook = MAPS[name]
+    bounds = codebook.boundaries()
+    decades = _quantize._decades(codebook)
+    bits = int(np.log2(len(codebook.magnitudes)))
+    for k in range(1, bits):  # decade n = 2**k holds boundaries n .. 2n-2 (n-1 is `lower`)
+        n = 2**k
+        index = jnp.arange(n, 2 * n - 1)
+        args = (jnp.full_like(index, n), decades.s_hi[k], decades.s_lo[k])
+        squared = codebook.sqrt_domain
+        at = jax.jit(_quantize.boundary, static_argnames="squared")
+        got = at(index, *args, squared=squared)
+        np.testing.assert_array_equal(got, bounds[n : 2 * n - 1])
+        assert decades.lower[k] == bounds[n - 1]
+        # Also with the small rest computed by a fused multiply-add (as a GPU compiler may):
+        i = 18 * np.arange(n, 2 * n - 1) - 16 * n + 27
+        j = (i * i if squared else i).astype(np.float64)
+        high, low = j - j % 1024, j % 1024
+        s_hi, s_lo = np.float64(decades.s_hi[k]), np.float64(decades.s_lo[k])
+        for rest in (
+            np.float32(low * s_hi) + (j * s_lo).astype(np.float32),
+            (low * s_hi + np.float32(j * s_lo)).astype(np.float32),
+            (np.float32(low * s_hi) + j * s_lo).astype(np.float32),
+        ):
+            fused = (high * s_hi + rest.astype(np.float64)).astype(np.float32)
+            np.testing.assert_array_equal(fused, bounds[n : 2 * n - 1])
+
+
+@pytest.mark.parametrize("name", DYNAMIC_MAPS)
+def test_the_encoder_gives_the_table_encoders_codes(name):
+    codebook = MAPS[name]
+    rng = np.random.default_rng(0)
+    v = np.concatenate(
+        [
+            _near_boundaries(codebook),
+            rng.random(1_000_000, dtype=np.float32),
+            10 ** rng.uniform(-45, 0.3, 2_000_000),
+            codebook.values(),
+            [0, 1, 1.5, 3e38, 1e-45, np.nan],
+        ]
+    ).astype(np.float32)
+    v = np.concatenate([v, -v])
+    table = jax.jit(table_encode, static_argnums=1)(jnp.asarray(v), codebook)
+    arithmetic = jax.jit(_quantize.encode, static_argnums=1)(jnp.asarray(v), codebook)
+    np.testing.assert_array_equal(arithmetic, table)
+    # and the codes are the nearest map values (brute force, as above)
+    some = np.abs(v[: 20_000 if codebook.signed else 10_000]).astype(np.float64)
+    got = np.abs(np.asarray(arithmetic[: len(some)]).astype(np.int64))
+    domain = np.sqrt(some) if codebook.sqrt_domain else some
+    distance = np.abs(codebook.magnitudes[None, :] - domain[:, None])
+    nearest = distance[np.arange(len(some)), got] <= distance.min(axis=1)
+    ulp = np.spacing(some.astype(np.float32))
+    tie = np.min(np.abs(codebook.boundaries()[None, :] - some[:, None]), axis=1) <= ulp
+    assert np.all(nearest | tie)
+
+
+@pytest.mark.slow
+def test_the_encoder_gives_the_table_encoders_codes_for_every_float_below_2():
+    chunk = 1 << 24  # 2**30 floats: every float32 in [0, 2), about 45 s on 2 cores
+
+    @jax.jit
+    def mismatches(start):
+        x = jax.lax.bitcast_convert_type(start + jnp.arange(chunk, dtype=jnp.uint32), F32)
+        pairs = [(x, _quantize.NU), (x, _quantize.SIGNED), (-x, _quantize.SIGNED)]
+        pairs += [(x, _quantize.SIGNED4), (-x, _quantize.SIGNED4)]
+        return sum(jnp.sum(table_encode(v, c) != _quantize.encode(v, c)) for v, c in pairs)
+
+    total = sum(int(mismatches(np.uint32(s))) for s in range(0, 0x40000000, chunk))
+    assert total == 0
 
 
 # The widest gap between neighbours in each map's top range, and where that range starts
@@ -540,9 +625,11 @@ def test_init_writes_constant_codes_without_quantizing(state_dtype):
 
 @pytest.mark.parametrize("state_dtype", STATES)
 def test_the_quantized_step_stays_a_small_graph(state_dtype):
-    # Compile time follows the graph's size: the table codec keeps each
-    # quantized buffer at about a hundred StableHLO operations (the codec it
-    # replaced took 35 s to compile 200 leaves, 38x float32 state).
+    # Compile time follows the graph's size. The arithmetic codec costs about
+    # two hundred StableHLO operations per quantized buffer (26x float32 state's
+    # whole step for 8 bits, 15x for 4; a table codec took half as many, but
+    # runs the step about 2x slower on CPU; the first codec took 35 s to
+    # compile 200 leaves, 38x float32 state). The bound catches a blow-up.
     def size(state_dtype):
         params = {"w": jax.ShapeDtypeStruct((64, 1024), F32)}
         tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
@@ -550,7 +637,7 @@ def test_the_quantized_step_stays_a_small_graph(state_dtype):
         text = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).as_text()
         return sum(" = " in line for line in text.splitlines())
 
-    assert size(state_dtype) <= 15 * size(None), (size(state_dtype), size(None))
+    assert size(state_dtype) <= 30 * size(None), (size(state_dtype), size(None))
 
 
 def test_a_state_saved_before_the_nu_map_changed_is_refused_by_name():
