@@ -92,6 +92,20 @@ def test_compile_time_small_mode(tmp_path):
 
 
 @pytest.mark.slow
+def test_rank1_normalization_small_mode(tmp_path):
+    payload = _run("rank1_normalization", tmp_path, "--small")
+    rows = payload["rows"]
+    assert len(rows) == 3 and all(0 < r["drift"] < 0.5 and r["loss"] > 0 for r in rows.values())
+    # the round trip by hand is what the library's int4 state does
+    by_hand, library = rows["block 128 (absmax)"], rows["library int4 (block 128)"]
+    assert abs(by_hand["drift"] - library["drift"]) < 0.1 * library["drift"]
+    assert (
+        "| rank-1 (min of row and column max) |"
+        in (tmp_path / "rank1_normalization.md").read_text()
+    )
+
+
+@pytest.mark.slow
 def test_state_precision_small_mode(tmp_path):
     payload = _run("state_precision", tmp_path, "--small", "--rounds", "1")
     rows = payload["jax"]["plain"]

@@ -377,7 +377,7 @@ def test_dequantize_state_is_a_float32_state_of_the_same_optimizer(state_dtype):
 
 
 # Per-step error bounds (mean |error|, mean relative error): bitsandbytes' for 8 bits.
-PER_STEP_BOUNDS = {"int8": (6e-5, 6e-4), "int4": (6e-4, 6e-3)}
+PER_STEP_BOUNDS = {"int8": (6e-5, 6e-4), "int4": (6e-5, 6e-4)}
 
 
 @pytest.mark.slow
@@ -406,8 +406,8 @@ def test_per_step_error_resynced_as_bitsandbytes_measures_it(state_dtype):
     assert max(rel_errors) < rel_bound, max(rel_errors)
 
 
-# measured 0.0012 (int8, 2026-11-26) and INT4_DRIFT (docs/state_precision.md)
-DRIFT_BOUND = {"int8": 0.005, "int4": 0.05}
+# measured 0.0012 (int8, 2026-11-26) and 0.0181 (int4, 2026-11-28; docs/state_precision.md)
+DRIFT_BOUND = {"int8": 0.005, "int4": 0.04}
 
 
 @pytest.mark.slow
