@@ -359,8 +359,11 @@ def pack(codes: jax.Array) -> jax.Array:
     paired with 0.
     """
     nibbles = _pad_last(codes.astype(jnp.uint8) & np.uint8(0xF), 2 * math.ceil(codes.shape[-1] / 2))
-    pairs = nibbles.reshape(*codes.shape[:-1], -1, 2)
-    return pairs[..., 0] | (pairs[..., 1] << np.uint8(4))
+    pairs = nibbles.reshape(*codes.shape[:-1], -1, 2) << np.array([0, 4], np.uint8)
+    # A sum over the pair (the nibbles do not overlap: it is their OR), not two slices:
+    # XLA then computes each code once, where slices made it compute the pair's inputs
+    # along two index paths.
+    return jnp.sum(pairs, axis=-1, dtype=jnp.uint8)
 
 
 def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:

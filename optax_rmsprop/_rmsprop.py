@@ -43,9 +43,10 @@ class RMSPropState(NamedTuple):
         count when a schedule or bias correction needs it).
       momentum: the momentum buffer, one array per parameter, when
         ``momentum`` is set (and not the Python number 0), else ``None``.
-      momentum_absmax: with ``state_dtype="int8"`` and momentum, the
-        per-block absmax of the 8-bit buffer (whose leaves are then ``int8``
-        codes), a scalar 0 at leaves kept unquantized; else None.
+      momentum_absmax: with ``state_dtype="int8"`` or ``"int4"`` and momentum,
+        the per-block absmax of the quantized buffer (whose leaves are then
+        ``int8`` codes, or ``uint8`` bytes of two 4-bit codes), a scalar 0 at
+        leaves kept unquantized; else None.
     """
 
     rms: _scale_by_rms.ScaleByRmsState
@@ -132,11 +133,16 @@ def rmsprop(
         float32's memory: 8-bit codes on a dynamic map (``nu`` unsigned, the
         first moments signed) and one float32 absmax per block along the last
         axis; the step dequantizes, updates in float32 (float64 for float64
-        params) and re-quantizes. See the state-precision docs page.
-      block_size: with ``state_dtype="int8"``, elements per quantization block
-        along the last axis (default 256, as bitsandbytes and torchao).
-      min_quantized_size: with ``state_dtype="int8"``, leaves with fewer
-        elements (and scalars) keep the default float state (default 4096).
+        params) and re-quantizes. ``"int4"``: 4-bit codes, two per byte, an
+        eighth of float32's memory (``nu`` on the linear map ``(i + 1) / 16``
+        without zero, the first moments on a signed dynamic map). See the
+        state-precision docs page.
+      block_size: with ``state_dtype="int8"`` or ``"int4"``, elements per
+        quantization block along the last axis (default 256 for int8, as
+        bitsandbytes; 128 for int4, as torchao; even for int4).
+      min_quantized_size: with ``state_dtype="int8"`` or ``"int4"``, leaves
+        with fewer elements (and scalars) keep the default float state
+        (default 4096).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. Its state is an

@@ -30,10 +30,12 @@ class ScaleByRmsState(NamedTuple):
         parameter, starting at ``initial_scale``.
       mu: exponential moving average of ``g`` when ``centered=True``
         (complex for complex parameters), else ``None``.
-      nu_absmax: with ``state_dtype="int8"``, the float32 per-block absmax of
-        the 8-bit ``nu`` (whose leaves are then the ``uint8`` codes), a scalar
-        0 at leaves kept unquantized; else None.
-      mu_absmax: the same for ``mu`` (``int8`` codes).
+      nu_absmax: with ``state_dtype="int8"`` or ``"int4"``, the float32
+        per-block absmax of the quantized ``nu`` (whose leaves are then the
+        ``uint8`` codes, or bytes of two 4-bit codes), a scalar 0 at leaves
+        kept unquantized; else None. For 4-bit codes it has a trailing unit
+        axis, the mark of their packing.
+      mu_absmax: the same for ``mu`` (``int8`` codes, or bytes of two 4-bit codes).
     """
 
     count: jax.Array | None
@@ -264,11 +266,11 @@ def scale_by_rms(
         square (Graves 2013).
       bias_correction: divide the moments by ``1 - decay**(t+1)`` (Adam style).
       state_dtype: dtype of the state; ``None`` keeps each parameter's dtype
-        but never below float32; ``"int8"`` stores it block-quantized in 8
-        bits (see :func:`rmsprop`).
-      block_size: with ``state_dtype="int8"``, elements per quantization block
-        along the last axis (default 256).
-      min_quantized_size: with ``state_dtype="int8"``, leaves with fewer
+        but never below float32; ``"int8"`` or ``"int4"`` stores it
+        block-quantized in 8 or 4 bits (see :func:`rmsprop`).
+      block_size: with ``state_dtype="int8"`` or ``"int4"``, elements per
+        quantization block along the last axis (default 256 or 128).
+      min_quantized_size: with a quantized ``state_dtype``, leaves with fewer
         elements stay unquantized (default 4096).
 
     Returns:
