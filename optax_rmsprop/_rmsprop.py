@@ -214,15 +214,14 @@ def rmsprop(
             buffer, absmax = _storage.init_tree(params, 0.0, core.precision, real=False)
         return RMSPropState(rms=rms, momentum=buffer, momentum_absmax=absmax)
 
+    def check_matches_state(tree, what, state):
+        _validation.check_tree_matches_state(
+            tree, state.rms.nu, what=what, where="rmsprop.update", absmax=state.rms.nu_absmax
+        )
+
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _validation.check_tree_matches_state(
-            updates,
-            state.rms.nu,
-            what="gradient",
-            where="rmsprop.update",
-            absmax=state.rms.nu_absmax,
-        )
+        check_matches_state(updates, "gradient", state)
         if use_weight_decay:
             if params is None:
                 raise ValueError(
@@ -232,13 +231,7 @@ def rmsprop(
                     "when 0: pass static_args=('weight_decay',) to keep it a "
                     "Python number.)"
                 )
-            _validation.check_tree_matches_state(
-                params,
-                state.rms.nu,
-                what="params",
-                where="rmsprop.update",
-                absmax=state.rms.nu_absmax,
-            )
+            check_matches_state(params, "params", state)
         g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
         if maximize:
             g = jax.tree.map(lambda x: -x, g)
