@@ -162,6 +162,16 @@ def test_option_sets_the_kernel_leaves_out_keep_the_xla_path(monkeypatch, option
 
 
 @needs_kernel
+def test_4bit_state_keeps_the_xla_path(monkeypatch):
+    params = {"w": jnp.ones((16, 512), F32)}
+    tx = optax_rmsprop.rmsprop(0.01, centered=True, state_dtype="int4", min_quantized_size=1)
+    want = _run(monkeypatch, "xla", tx, params, steps=1)
+    got = _run(monkeypatch, "pallas", tx, params, steps=1)
+    assert got[2] == 0
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, got[:2], want[:2])))
+
+
+@needs_kernel
 @pytest.mark.skipif(
     tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 7),
     reason="lowering for another platform from a CPU host: checked on jax >= 0.7",
