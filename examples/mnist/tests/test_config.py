@@ -50,7 +50,10 @@ def test_python_and_cli_refuse_alike(name, value, text, capsys):
         (dict(learning_rate="1e-3"), "Config.learning_rate must be a number, got '1e-3'"),
         (dict(learning_rate=float("nan")), "Config.learning_rate must be in [0.0, inf], got nan"),
         (dict(model="resnet"), "Config.model must be one of cnn, mlp, got 'resnet'"),
-        (dict(state_dtype="int2"), "Config.state_dtype must be one of float32, bfloat16, int8, int4"),
+        (
+            dict(state_dtype="int2"),
+            "Config.state_dtype must be one of float32, bfloat16, int8, int4, got 'int2'",
+        ),
         (dict(centered=1), "Config.centered must be a bool, got 1"),
         (dict(mlp_widths=[10, 10]), "Config.mlp_widths must be a non-empty tuple of integers"),
         (dict(mlp_widths=()), "Config.mlp_widths must be a non-empty tuple of integers"),
