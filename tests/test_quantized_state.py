@@ -176,8 +176,8 @@ def test_the_encoder_gives_the_table_encoders_codes_for_every_float_below_2():
     @jax.jit
     def mismatches(start):
         x = jax.lax.bitcast_convert_type(start + jnp.arange(chunk, dtype=jnp.uint32), F32)
+        # (SIGNED4's 7 boundaries are covered above, each with its float32 neighbours)
         pairs = [(x, _quantize.NU), (x, _quantize.SIGNED), (-x, _quantize.SIGNED)]
-        pairs += [(x, _quantize.SIGNED4), (-x, _quantize.SIGNED4)]
         return sum(jnp.sum(table_encode(v, c) != _quantize.encode(v, c)) for v, c in pairs)
 
     total = sum(int(mismatches(np.uint32(s))) for s in range(0, 0x40000000, chunk))
@@ -454,8 +454,9 @@ DTYPES = ["bfloat16", "float16", "float32", "float64", "complex64"]
 
 
 def _option_and_dtype_params() -> list:
-    """Every option set with every dtype and state; the fast tier runs every option set
-    in float32 and every dtype with centered momentum, in 8 bits (CI runs them all)."""
+    """8 bits: every option set with every dtype (the fast tier: every option set in
+    float32 and every dtype with centered momentum; CI runs them all). 4 bits, which
+    shares the step and differs only in the codec: those same cases, marked slow."""
     rich = dict(centered=True, momentum=0.9)
     return [
         pytest.param(
@@ -470,6 +471,7 @@ def _option_and_dtype_params() -> list:
         for state_dtype in STATES
         for options in OPTIONS
         for dtype in DTYPES
+        if state_dtype == "int8" or dtype == "float32" or options == rich
     ]
 
 
