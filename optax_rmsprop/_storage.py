@@ -54,11 +54,10 @@ from optax_rmsprop import _dtypes, _jax_versions, _quantize, _tree
 from optax_rmsprop._quantize import Codebook
 from optax_rmsprop._tree import Tree
 
-# state_dtype names of the quantized states: code width, default block size, maps (nu, moments).
-QUANTIZED = {
-    "int8": (8, 256, _quantize.NU, _quantize.SIGNED),
-    "int4": (4, 128, _quantize.NU4, _quantize.SIGNED4),
-}
+# The quantized states by name: (code width in bits, default block size).
+QUANTIZED = {"int8": (8, 256), "int4": (4, 128)}
+# The maps by code width: (nu's, the first moments').
+_MAPS = {8: (_quantize.NU, _quantize.SIGNED), 4: (_quantize.NU4, _quantize.SIGNED4)}
 _ALLOWED = "None, a floating dtype (float16, bfloat16, float32, float64), 'int8' or 'int4'"
 
 
@@ -109,7 +108,7 @@ class StatePrecision:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
         if name is None:
             return cls(dtype=_floating_dtype(state_dtype))
-        bits, default_block, _, _ = QUANTIZED[name]
+        bits, default_block = QUANTIZED[name]
         if bits == 4 and block_size is not None and block_size % 2:
             raise ValueError(
                 f"block_size must be even with state_dtype='int4' (two 4-bit codes per "
@@ -134,7 +133,7 @@ class StatePrecision:
 
 def codebook_for(bits: int, *, real: bool) -> Codebook:
     """The map of ``nu`` (``real``) or of a first moment, in ``bits`` bits."""
-    _, _, nu, signed = next(v for v in QUANTIZED.values() if v[0] == bits)
+    nu, signed = _MAPS[bits]
     return nu if real else signed
 
 
