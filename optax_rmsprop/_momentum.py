@@ -10,6 +10,9 @@ Both are the same for a constant learning rate and differ under a schedule.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 from jax.typing import ArrayLike
 
@@ -32,14 +35,25 @@ def momentum_step(
     *,
     nesterov: bool,
     lr_in_momentum: bool,
+    rescaled: Callable[[int], Tree] | None = None,
 ) -> tuple[Tree, Tree, Tree | None]:
     """Returns ``(step, new_buffer, new_buffer_absmax)``; the buffer keeps its layout.
 
     ``layouts`` and ``buffer_absmax`` say how the buffer is stored
-    (:mod:`optax_rmsprop._storage`).
+    (:mod:`optax_rmsprop._storage`). ``rescaled(copy)``, if given, computes
+    ``scaled`` afresh, from its own copy of the gradients (``copy`` 1 or 2,
+    :mod:`optax_rmsprop._opaque`: XLA merges no two of them):
+    a buffer stored otherwise than it is computed (8-bit or 4-bit codes, a
+    lower precision) is then written from values computed apart from the
+    step's, one computation per pass over it (the absmax, the codes), so that
+    no float32 copy of ``scaled`` or of the new buffer is kept at the step's
+    peak. It costs those passes a division and a square root each.
     """
     dtypes = jax.tree.map(lambda s: s.dtype, scaled)
-    old = _storage.read_tree(buffer, buffer_absmax, layouts, dtypes)
+
+    def updated(scaled: Tree) -> tuple[Tree, Tree]:
+        old = _storage.read_tree(buffer, buffer_absmax, layouts, dtypes)
+        return _tree.unzip(scaled, jax.tree.map(leaf, scaled, old), 2)
 
     def leaf(s, b):
         lr = _as_real(learning_rate, s)
@@ -50,8 +64,16 @@ def momentum_step(
         b = mu * b + s
         return (lr * (s + mu * b) if nesterov else lr * b), b
 
-    step, new = _tree.unzip(scaled, jax.tree.map(leaf, scaled, old), 2)
-    return step, *_storage.write_tree(new, buffer_absmax, layouts)
+    step, new = updated(scaled)
+    stored_as_computed = jax.tree.map(
+        lambda layout, d: layout.stores_as_computed(d), layouts, dtypes, is_leaf=_storage.is_layout
+    )
+    if rescaled is None or all(jax.tree.leaves(stored_as_computed)):
+        return step, *_storage.write_tree(new, buffer_absmax, layouts)
+    first, second = (updated(rescaled(copy))[1] for copy in (1, 2))
+    pick = functools.partial(jax.tree.map, lambda same, x, y: x if same else y, stored_as_computed)
+    new_buffer = _storage.write_tree(pick(new, first), buffer_absmax, layouts, pick(new, second))
+    return step, *new_buffer
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:

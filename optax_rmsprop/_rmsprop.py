@@ -26,7 +26,9 @@ from jax.typing import ArrayLike
 from optax_rmsprop import (
     _caution,
     _dtypes,
+    _kernel,
     _momentum,
+    _opaque,
     _scale_by_rms,
     _storage,
     _validation,
@@ -232,12 +234,22 @@ def rmsprop(
                     "Python number.)"
                 )
             check_matches_state(params, "params", state)
-        g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
-        if maximize:
-            g = jax.tree.map(lambda x: -x, g)
-        if use_weight_decay and not decoupled_weight_decay:
-            g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
         like = updates if params is None else params
+
+        def gradient(updates, state, params):
+            g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
+            if maximize:
+                g = jax.tree.map(lambda x: -x, g)
+            if use_weight_decay and not decoupled_weight_decay:
+                g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
+            return g
+
+        def rescaled(copy: int) -> Tree:
+            """``scaled`` again, from gradients XLA cannot merge with another ``copy``'s."""
+            fresh = jax.tree.map(lambda u: _opaque.identity(u, copy), updates)
+            return core.step(gradient(fresh, state, params), state.rms, like, write=False)[0]
+
+        g = gradient(updates, state, params)
         scaled, rms = core.step(g, state.rms, like)
         lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
         if use_momentum:
@@ -250,6 +262,7 @@ def rmsprop(
                 momentum,
                 nesterov=nesterov,
                 lr_in_momentum=lr_in_momentum,
+                rescaled=None if _kernel.use_pallas() else rescaled,
             )
         else:
             step, buffer, buffer_absmax = _momentum.scale_by_lr(scaled, lr), None, None

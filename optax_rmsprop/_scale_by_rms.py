@@ -183,13 +183,15 @@ class RmsCore:
             mu_absmax=mu_absmax,
         )
 
-    def step(self, grads: Tree, state: ScaleByRmsState, like: Tree) -> tuple[Tree, ScaleByRmsState]:
+    def step(
+        self, grads: Tree, state: ScaleByRmsState, like: Tree, *, write: bool = True
+    ) -> tuple[Tree, ScaleByRmsState | None]:
         """:func:`rms_update` over the tree, on gradients already in their compute dtype.
 
         ``like`` (the params, or the raw gradients) fixes each buffer's layout.
         The buffers are read in the compute dtype and written back in their
         own storage. Returns ``g / denom`` in the compute dtype (the caller
-        casts) and the new state.
+        casts) and the new state (None with ``write=False``: ``g / denom`` alone).
         """
         correction = None
         if self.bias_correction:
@@ -209,10 +211,14 @@ class RmsCore:
             nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
             mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
             scaled, new_nu, new_mu = rms_update(g, nu_value, mu_value, **hyper)
+            if not write:
+                return scaled, None, None
             new_mu = None if mu is None else mu.layout.write(new_mu, mu.absmax)
             return scaled, nu.layout.write(new_nu, nu.absmax), new_mu
 
         scaled, new_nu, new_mu = _tree.unzip(grads, jax.tree.map(leaf, grads, nu, mu), 3)
+        if not write:
+            return scaled, None
         nu, nu_absmax = _tree.unzip(grads, new_nu, 2)
         nu_absmax = None if state.nu_absmax is None else nu_absmax
         mu, mu_absmax = None, None

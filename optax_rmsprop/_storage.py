@@ -258,14 +258,27 @@ class Layout:
             return jax.lax.complex(re, im).astype(dtype)
         return self._decode(values, absmax, dtype)
 
-    def write(self, value: jax.Array, absmax: jax.Array | None) -> tuple:
-        """``value`` in this layout: ``(values, absmax)``; the absmax is recomputed."""
+    def write(
+        self, value: jax.Array, absmax: jax.Array | None, again: jax.Array | None = None
+    ) -> tuple:
+        """``value`` in this layout: ``(values, absmax)``; the absmax is recomputed.
+
+        ``again`` is the same value computed a second time, apart (see
+        :func:`write_tree`): the codes are taken from it and the absmax from
+        ``value``, so that no float copy of the value is kept between the two.
+        """
+        again = value if again is None else again
         if not self.quantized:
-            return _dtypes.cast(value, self.dtype), absmax
+            return _dtypes.cast(again, self.dtype), absmax
         if self.complex:
-            parts = [self._encode(x) for x in (value.real, value.imag)]
+            pairs = ((value.real, again.real), (value.imag, again.imag))
+            parts = [self._encode(x, y) for x, y in pairs]
             return tuple(jnp.stack(arrays, -1) for arrays in zip(*parts, strict=True))
-        return self._encode(value)
+        return self._encode(value, again)
+
+    def stores_as_computed(self, dtype: np.dtype) -> bool:
+        """The buffer is stored as it is computed in ``dtype``: a float array of that dtype."""
+        return not self.quantized and self.dtype == dtype
 
     def _marked(self, absmax: jax.Array) -> jax.Array:
         """``absmax`` as stored: with the unit axis that marks 4-bit codes."""
@@ -277,9 +290,9 @@ class Layout:
         values = _quantize.decode_blocks(codes, absmax[..., 0], self.codebook, self.length)
         return values.astype(dtype)
 
-    def _encode(self, value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _encode(self, value: jax.Array, again: jax.Array) -> tuple[jax.Array, jax.Array]:
         absmax = _quantize.block_absmax(value, self.n_blocks)
-        return _quantize.encode_blocks(value, absmax, self.codebook), self._marked(absmax)
+        return _quantize.encode_blocks(again, absmax, self.codebook), self._marked(absmax)
 
 
 # -- whole trees ----------------------------------------------------------------------
@@ -316,11 +329,27 @@ def read_tree(values: Tree, absmax: Tree | None, layout_tree: Tree, dtypes: Tree
     )
 
 
-def write_tree(new: Tree, absmax: Tree | None, layout_tree: Tree) -> tuple[Tree, Tree | None]:
-    """``new`` (compute-dtype values) written in each leaf's layout: ``(values, absmax)``."""
+def write_tree(
+    new: Tree, absmax: Tree | None, layout_tree: Tree, again: Tree | None = None
+) -> tuple[Tree, Tree | None]:
+    """``new`` (compute-dtype values) written in each leaf's layout: ``(values, absmax)``.
+
+    ``again``, if given, is ``new`` computed a second time, apart from it (from
+    inputs behind an optimization barrier, which XLA cannot merge): the codes
+    come from ``again`` and the absmax from ``new``, each pass computing its
+    own value. Without it, where the value is costly (it holds a division or
+    a square root), XLA computes it once and writes it out in float32 for
+    both passes.
+    """
     old = _tree.nones_like(new) if absmax is None else absmax
+    again = new if again is None else again
     pairs = jax.tree.map(
-        lambda layout, v, a: layout.write(v, a), layout_tree, new, old, is_leaf=is_layout
+        lambda layout, v, a, w: layout.write(v, a, w),
+        layout_tree,
+        new,
+        old,
+        again,
+        is_leaf=is_layout,
     )
     values, new_absmax = _tree.unzip(new, pairs, 2)
     return values, None if absmax is None else new_absmax
