@@ -92,18 +92,18 @@ PALLAS_BLOCK = 8192
 
 
 # -- 1. tests ----------------------------------------------------------------
-def run_tests(out_dir: str, timeout_s: float) -> dict:
-    """Runs the fast correctness tests in a child pytest; returns its counts."""
+def run_tests(out_dir: str, timeout_s: float, files: list[str] = TEST_FILES) -> dict:
+    """Runs the fast correctness tests (``files``) in a child pytest; returns its counts."""
     junit = os.path.join(out_dir, "accelerator_tests.xml")
     flags = ["-q", *"-p no:cacheprovider -o addopts=".split(), f"--junitxml={junit}"]
-    cmd = [sys.executable, "-m", "pytest", *flags, *TEST_FILES]
+    cmd = [sys.executable, "-m", "pytest", *flags, *files]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     except subprocess.TimeoutExpired:
         tail = [f"pytest did not finish in {timeout_s:.0f} s"]
-    result = {"seconds": round(time.perf_counter() - t0, 1), "files": TEST_FILES, "tail": tail}
+    result = {"seconds": round(time.perf_counter() - t0, 1), "files": files, "tail": tail}
     if os.path.exists(junit):
         suite = ET.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -821,6 +821,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds for the whole run: timed parts that would not finish are skipped",
     )
     ap.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    ap.add_argument("--test-files", nargs="+", default=TEST_FILES, help="the tests part's files")
     args = ap.parse_args(argv)
     small = args.small
     args.sizes = [int(s) for s in (args.sizes or ([1e4, 1e5] if small else [1e6, 1e7, 1e8, 1e9]))]
@@ -908,7 +909,9 @@ def main(argv: list[str] | None = None) -> int:
     save = functools.partial(_save, out, payload, t0)
     parts = {
         "tests": lambda: payload.update(
-            tests=run_tests(out, timeout_s=min(600, max(60, budget.left() / 3)))
+            tests=run_tests(
+                out, timeout_s=min(600, max(60, budget.left() / 3)), files=args.test_files
+            )
         ),
         "trainer": lambda: payload.update(trainer=trainer_part(args, budget)),
         "memory": lambda: memory_part(args, payload),  # compiles only: cheap, deterministic

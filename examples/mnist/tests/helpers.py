@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
@@ -13,11 +14,20 @@ SAMPLE = os.path.join(ROOT, "examples", "mnist", "data")
 SHARED_MNIST = os.path.normpath(os.path.join(ROOT, "..", "shared", "datasets", "mnist"))
 
 
+# One JAX compilation cache for the trainer runs of this test process: a run that
+# resumes, or repeats a configuration, loads its programs instead of compiling them
+# again (the runs compare results, which a cached program does not change).
+_COMPILATION_CACHE = tempfile.TemporaryDirectory(prefix="jax-cache-")
+
+
 def env(devices: int = 1) -> dict:
     e = dict(os.environ)
     e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     e["PYTHONPATH"] = ROOT
     e.pop("JAX_ENABLE_X64", None)
+    e["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE.name
+    e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    e["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     return e
 
 
