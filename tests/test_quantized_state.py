@@ -632,9 +632,10 @@ def test_init_writes_constant_codes_without_quantizing(state_dtype):
 @pytest.mark.parametrize("state_dtype", STATES)
 def test_the_quantized_step_stays_a_small_graph(state_dtype):
     # Compile time follows the graph's size. The arithmetic codec costs about
-    # two hundred StableHLO operations per quantized buffer (26x float32 state's
-    # whole step for 8 bits, 15x for 4; a table codec took half as many, but
-    # runs the step about 2x slower on CPU; the first codec took 35 s to
+    # two hundred StableHLO operations per quantized buffer, and the momentum
+    # buffer's passes compute the scaled gradient for themselves (29x float32
+    # state's whole step for 8 bits, 18x for 4; a table codec took half as many,
+    # but writes the decoded state out on CPU; the first codec took 35 s to
     # compile 200 leaves, 38x float32 state). The bound catches a blow-up.
     def size(state_dtype):
         params = {"w": jax.ShapeDtypeStruct((64, 1024), F32)}
@@ -643,7 +644,7 @@ def test_the_quantized_step_stays_a_small_graph(state_dtype):
         text = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).as_text()
         return sum(" = " in line for line in text.splitlines())
 
-    assert size(state_dtype) <= 30 * size(None), (size(state_dtype), size(None))
+    assert size(state_dtype) <= 40 * size(None), (size(state_dtype), size(None))
 
 
 def test_a_state_saved_before_the_nu_map_changed_is_refused_by_name():
