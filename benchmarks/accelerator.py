@@ -6,8 +6,8 @@ One command for whatever backend JAX sees (GPU, TPU or CPU), in these parts
 (run in this order; ``--skip`` leaves any out):
 
 1. **Tests.** The library's fast correctness tests (reference, dtypes,
-   composition, sharding) run on this backend in a child pytest; pass, fail
-   and skip counts are recorded.
+   composition, sharding; ``--test-files`` names others) run on this backend
+   in a child pytest; pass, fail and skip counts are recorded.
 2. **The trainer.** The MNIST cnn for 3 epochs (real MNIST from
    ``--mnist-dir`` when given, else the bundled sample): accuracy, seconds per
    epoch, examples per second.
