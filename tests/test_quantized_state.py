@@ -616,7 +616,7 @@ def test_quantized_step_holds_no_float32_copy_of_its_buffers(options, state_dtyp
     assert float32_temp == 0
     bits, block = _storage.QUANTIZED[state_dtype]
     buffers = 1 + ("momentum" in options) + ("centered" in options)
-    assert temp <= buffers * (bits / 8 + 4 / block) + 0.01, temp
+    assert temp <= buffers * (bits / 8 + 4 / block) + 0.05, temp
     assert peak < float32_peak - 1, (peak, float32_peak)
 
 
