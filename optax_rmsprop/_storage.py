@@ -319,14 +319,7 @@ def init_tree(
 def read_tree(values: Tree, absmax: Tree | None, layout_tree: Tree, dtypes: Tree) -> Tree:
     """Every buffer of a tree read in its compute dtype (``dtypes``: one dtype per leaf)."""
     absmax = _tree.nones_like(values) if absmax is None else absmax
-    return jax.tree.map(
-        lambda layout, v, a, d: layout.read(v, a, d),
-        layout_tree,
-        values,
-        absmax,
-        dtypes,
-        is_leaf=is_layout,
-    )
+    return jax.tree.map(Layout.read, layout_tree, values, absmax, dtypes, is_leaf=is_layout)
 
 
 def write_tree(
@@ -335,22 +328,15 @@ def write_tree(
     """``new`` (compute-dtype values) written in each leaf's layout: ``(values, absmax)``.
 
     ``again``, if given, is ``new`` computed a second time, apart from it (from
-    inputs behind an optimization barrier, which XLA cannot merge): the codes
-    come from ``again`` and the absmax from ``new``, each pass computing its
-    own value. Without it, where the value is costly (it holds a division or
-    a square root), XLA computes it once and writes it out in float32 for
-    both passes.
+    its own copy of the inputs, :mod:`optax_rmsprop._opaque`): the codes come
+    from ``again`` and the absmax from ``new``, each pass computing its own
+    value. Without it, where the value is costly (it holds a division or a
+    square root), XLA computes it once and writes it out in float32 for both
+    passes.
     """
     old = _tree.nones_like(new) if absmax is None else absmax
     again = new if again is None else again
-    pairs = jax.tree.map(
-        lambda layout, v, a, w: layout.write(v, a, w),
-        layout_tree,
-        new,
-        old,
-        again,
-        is_leaf=is_layout,
-    )
+    pairs = jax.tree.map(Layout.write, layout_tree, new, old, again, is_leaf=is_layout)
     values, new_absmax = _tree.unzip(new, pairs, 2)
     return values, None if absmax is None else new_absmax
 
