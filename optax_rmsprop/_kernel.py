@@ -10,7 +10,8 @@ updates the moments in registers, reduces each block's new absmax inside the
 tile (a tile holds whole rows of the leaf's last axis, so whole blocks),
 computes ``g / denom``, encodes and writes the new codes and absmax. It gives
 bit for bit what :meth:`Layout.read <optax_rmsprop._storage.Layout.read>`,
-:func:`~optax_rmsprop._scale_by_rms.rms_update` and
+:func:`~optax_rmsprop._scale_by_rms.update_moments`,
+:func:`~optax_rmsprop._scale_by_rms.rms_scale` and
 :meth:`Layout.write <optax_rmsprop._storage.Layout.write>` give (the tests
 compare codes, absmax and ``g / denom`` on CPU, in interpret mode).
 
@@ -327,14 +328,9 @@ def _rms_body(
         if mu_ref is None
         else _dequantize(mu_ref[...], mu_max_ref[...], _quantize.SIGNED, length)
     )
-    scaled, nu, mu = _scale_by_rms.rms_update(
-        g,
-        nu,
-        mu,
-        decay=scalars["decay"],
-        eps=scalars["eps"],
-        eps_in_sqrt=eps_in_sqrt,
-        correction=scalars["correction"],
+    nu, mu = _scale_by_rms.update_moments(g, nu, mu, decay=scalars["decay"])
+    scaled = _scale_by_rms.rms_scale(
+        g, nu, mu, eps=scalars["eps"], eps_in_sqrt=eps_in_sqrt, correction=scalars["correction"]
     )
     outs[0][...] = scaled.astype(outs[0].dtype)
     _quantize_into(nu, _quantize.NU, outs[1], outs[2])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import jax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _storage, _tree
+from optax_rmsprop import _dtypes, _opaque, _storage
 from optax_rmsprop._tree import Tree
 
 
@@ -39,41 +39,67 @@ def momentum_step(
 ) -> tuple[Tree, Tree, Tree | None]:
     """Returns ``(step, new_buffer, new_buffer_absmax)``; the buffer keeps its layout.
 
+    The step uses the new buffer as stored (8-bit or 4-bit codes, bfloat16:
+    read back), as PyTorch's in-place update of a low-precision buffer does:
+    the parameters move by the buffer the state holds. The parameter update
+    then reads the new buffer, never the old one, so that XLA overwrites the
+    old one in place without keeping a copy of it.
+
     ``layouts`` and ``buffer_absmax`` say how the buffer is stored
     (:mod:`optax_rmsprop._storage`). ``rescaled(copy)``, if given, computes
     ``scaled`` afresh, from its own copy of the gradients (``copy`` 1 or 2,
-    :mod:`optax_rmsprop._opaque`: XLA merges no two of them):
-    a buffer stored otherwise than it is computed (8-bit or 4-bit codes, a
-    lower precision) is then written from values computed apart from the
-    step's, one computation per pass over it (the absmax, the codes), so that
-    no float32 copy of ``scaled`` or of the new buffer is kept at the step's
+    :mod:`optax_rmsprop._opaque`: XLA merges no two of them): a buffer stored
+    otherwise than it is computed is then written from values computed apart,
+    one computation per pass over it (the absmax, the codes), so that no
+    float32 copy of ``scaled`` or of the new buffer is kept at the step's
     peak. It costs those passes a division and a square root each.
     """
     dtypes = jax.tree.map(lambda s: s.dtype, scaled)
+    old = _storage.read_tree(buffer, buffer_absmax, layouts, dtypes)
 
-    def updated(scaled: Tree) -> tuple[Tree, Tree]:
-        old = _storage.read_tree(buffer, buffer_absmax, layouts, dtypes)
-        return _tree.unzip(scaled, jax.tree.map(leaf, scaled, old), 2)
+    def updated(scaled: Tree) -> Tree:
+        return jax.tree.map(new_buffer, scaled, old)
 
-    def leaf(s, b):
+    def new_buffer(s, b):
+        mu = _as_real(momentum, s)
+        return mu * b + (_as_real(learning_rate, s) * s if lr_in_momentum else s)
+
+    def step(s, b):
         lr = _as_real(learning_rate, s)
         mu = _as_real(momentum, s)
         if lr_in_momentum:
-            b = mu * b + lr * s
-            return (lr * s + mu * b if nesterov else b), b
-        b = mu * b + s
-        return (lr * (s + mu * b) if nesterov else lr * b), b
+            return lr * s + mu * b if nesterov else b
+        return lr * (s + mu * b) if nesterov else lr * b
 
-    step, new = updated(scaled)
+    new = updated(scaled)
     stored_as_computed = jax.tree.map(
         lambda layout, d: layout.stores_as_computed(d), layouts, dtypes, is_leaf=_storage.is_layout
     )
     if rescaled is None or all(jax.tree.leaves(stored_as_computed)):
-        return step, *_storage.write_tree(new, buffer_absmax, layouts)
-    first, second = (updated(rescaled(copy))[1] for copy in (1, 2))
-    pick = functools.partial(jax.tree.map, lambda same, x, y: x if same else y, stored_as_computed)
-    new_buffer = _storage.write_tree(pick(new, first), buffer_absmax, layouts, pick(new, second))
-    return step, *new_buffer
+        values, absmax = _storage.write_tree(new, buffer_absmax, layouts)
+    else:
+        first, second = (updated(rescaled(copy)) for copy in (1, 2))
+        pick = functools.partial(
+            jax.tree.map, lambda same, x, y: x if same else y, stored_as_computed
+        )
+        values, absmax = _storage.write_tree(
+            pick(new, first), buffer_absmax, layouts, pick(new, second)
+        )
+    values = jax.tree.map(_kept, values, layouts, stored_as_computed, is_leaf=_storage.is_layout)
+    stored = _storage.read_tree(values, absmax, layouts, dtypes)
+    return jax.tree.map(step, scaled, stored), values, absmax
+
+
+def _kept(values: jax.Array, layout: _storage.Layout, stored_as_computed: bool) -> jax.Array:
+    """The new buffer as stored, which the step reads back from memory.
+
+    Else XLA recomputes it inside the parameter update, from float32 values it
+    writes out or from the old buffer it then keeps a copy of. Packed 4-bit
+    codes come out of a reduction, which XLA never fuses onward anyway.
+    """
+    if stored_as_computed or (layout.quantized and layout.codebook.packed):
+        return values
+    return _opaque.kept(values)
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:

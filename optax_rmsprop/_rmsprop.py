@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
@@ -137,8 +138,12 @@ def rmsprop(
         axis; the step dequantizes, updates in float32 (float64 for float64
         params) and re-quantizes. ``"int4"``: 4-bit codes, two per byte, an
         eighth of float32's memory (``nu`` on the linear map ``(i + 1) / 16``
-        without zero, the first moments on a signed dynamic map). See the
-        state-precision docs page.
+        without zero, the first moments on a signed dynamic map). Below
+        float32, the step moves the params by the new momentum buffer as
+        stored (as PyTorch's in-place update does) and divides by the new
+        ``nu`` and ``mu`` as computed (rounded to a bfloat16 or float16
+        state's dtype, not to 8-bit or 4-bit codes). See the state-precision
+        docs page.
       block_size: with ``state_dtype="int8"`` or ``"int4"``, elements per
         quantization block along the last axis (default 256 for int8, as
         bitsandbytes; 128 for int4, as torchao; even for int4).
@@ -253,16 +258,22 @@ def rmsprop(
         scaled, rms = core.step(g, state.rms, like)
         lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
         if use_momentum:
+            layouts = _storage.layouts(like, core.precision, real=False)
             step, buffer, buffer_absmax = _momentum.momentum_step(
                 scaled,
                 state.momentum,
                 state.momentum_absmax,
-                _storage.layouts(like, core.precision, real=False),
+                layouts,
                 lr,
                 momentum,
                 nesterov=nesterov,
                 lr_in_momentum=lr_in_momentum,
                 rescaled=None if _kernel.use_pallas() else rescaled,
+            )
+            nu_layouts = _storage.layouts(like, core.precision, real=True)
+            rms = rms._replace(
+                nu=_written_after(rms.nu, buffer, nu_layouts, g, real=True),
+                mu=_written_after(rms.mu, buffer, layouts, g, real=False),
             )
         else:
             step, buffer, buffer_absmax = _momentum.scale_by_lr(scaled, lr), None, None
@@ -276,3 +287,26 @@ def rmsprop(
         return new_updates, RMSPropState(rms, buffer, buffer_absmax)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _written_after(
+    moment: Tree | None, buffer: Tree, layouts: Tree, grads: Tree, *, real: bool
+) -> Tree | None:
+    """``moment`` (the new ``nu`` or ``mu``, as stored), written after the momentum buffer.
+
+    The passes that write the momentum buffer read the old moment (through
+    ``g / denom``), and the new moment overwrites the old one in place: where
+    XLA cannot order the two, it keeps a copy of the old moment (1 byte per
+    parameter for 8-bit codes). A moment stored as it is computed (float32
+    state) is updated in the same fusion as the buffer, and is left alone.
+    """
+    if moment is None:
+        return None
+
+    def leaf(m, b, layout, g):
+        dtype = _dtypes.real_dtype(g.dtype) if real else g.dtype
+        if layout.stores_as_computed(dtype) or jnp.iscomplexobj(m):
+            return m
+        return _opaque.after(m, b)
+
+    return jax.tree.map(leaf, moment, buffer, layouts, grads, is_leaf=_storage.is_layout)

@@ -72,43 +72,63 @@ def denominator(
     return jnp.sqrt(var + eps) if eps_in_sqrt else jnp.sqrt(var) + eps
 
 
-def rms_update(
-    g: jax.Array,
-    nu: jax.Array,
-    mu: jax.Array | None,
-    *,
-    decay: ArrayLike,
-    eps: ArrayLike,
-    eps_in_sqrt: bool,
-    correction: jax.Array | None,
-) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    r"""The RMSProp equation for one parameter, in its compute dtype.
+def update_moments(
+    g: jax.Array, nu: jax.Array, mu: jax.Array | None, *, decay: ArrayLike
+) -> tuple[jax.Array, jax.Array | None]:
+    r"""The moving averages after one more gradient, in ``g``'s compute dtype.
 
     .. math::
 
-      \nu' &= \rho\,\nu + (1-\rho)\,|g|^2 \\
-      m' &= \rho\,m + (1-\rho)\,g \quad\text{(centered only)} \\
-      v &= c\,\nu' \;\text{ or, centered, }\; \max(c\,\nu' - |c\,m'|^2,\ 0) \\
-      u &= g / (\sqrt{v} + \epsilon) \;\text{ or }\; g / \sqrt{v + \epsilon}
-      \;\text{(eps\_in\_sqrt)}
-
-    with :math:`c` the bias-correction factor :math:`1/(1-\rho^{t+1})`, or 1.
+      \nu' = \rho\,\nu + (1-\rho)\,|g|^2, \qquad
+      m' = \rho\,m + (1-\rho)\,g \quad\text{(centered only)}
 
     Args:
       g: the gradient (real or complex).
       nu: the running mean of ``|g|**2``, real, in ``g``'s real dtype.
       mu: the running mean of ``g`` (centered), or None.
       decay: :math:`\rho`.
+
+    Returns:
+      ``(nu', m')``, with ``m'`` None when ``mu`` is.
+    """
+    nu = decay * nu + (1 - decay) * abs_sq(g)
+    mu = None if mu is None else decay * mu + (1 - decay) * g
+    return nu, mu
+
+
+def rms_scale(
+    g: jax.Array,
+    nu: jax.Array,
+    mu: jax.Array | None,
+    *,
+    eps: ArrayLike,
+    eps_in_sqrt: bool,
+    correction: jax.Array | None,
+) -> jax.Array:
+    r"""``g`` divided by the root of its moments (already updated with ``g``).
+
+    .. math::
+
+      v = c\,\nu' \;\text{ or, centered, }\; \max(c\,\nu' - |c\,m'|^2,\ 0), \qquad
+      u = g / (\sqrt{v} + \epsilon) \;\text{ or }\; g / \sqrt{v + \epsilon}
+      \;\text{(eps\_in\_sqrt)}
+
+    with :math:`c` the bias-correction factor :math:`1/(1-\rho^{t+1})`, or 1.
+    :meth:`RmsCore.step` passes the new moments as computed, rounded to a
+    bfloat16 or float16 state's dtype (not to 8-bit or 4-bit codes).
+
+    Args:
+      g: the gradient (real or complex).
+      nu: :math:`\nu'`, real, in ``g``'s real dtype.
+      mu: :math:`m'` (centered), or None.
       eps: :math:`\epsilon`.
       eps_in_sqrt: where :math:`\epsilon` goes.
       correction: :math:`c`, or None for no bias correction.
 
     Returns:
-      ``(u, nu', m')``, with ``m'`` None when ``mu`` is.
+      ``u``, in ``g``'s dtype.
     """
-    nu = decay * nu + (1 - decay) * abs_sq(g)
-    mu = None if mu is None else decay * mu + (1 - decay) * g
-    return g / denominator(nu, mu, correction, eps, eps_in_sqrt), nu, mu
+    return g / denominator(nu, mu, correction, eps, eps_in_sqrt)
 
 
 def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
@@ -186,7 +206,7 @@ class RmsCore:
     def step(
         self, grads: Tree, state: ScaleByRmsState, like: Tree, *, write: bool = True
     ) -> tuple[Tree, ScaleByRmsState | None]:
-        """:func:`rms_update` over the tree, on gradients already in their compute dtype.
+        """:func:`update_moments`, then :func:`rms_scale`, over gradients in their compute dtype.
 
         ``like`` (the params, or the raw gradients) fixes each buffer's layout.
         The buffers are read in the compute dtype and written back in their
@@ -210,7 +230,11 @@ class RmsCore:
                 return fused
             nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
             mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
-            scaled, new_nu, new_mu = rms_update(g, nu_value, mu_value, **hyper)
+            new_nu, new_mu = update_moments(g, nu_value, mu_value, decay=self.decay)
+            del hyper["decay"]
+            nu_divisor = _divided_by(nu.layout, new_nu)
+            mu_divisor = None if mu is None else _divided_by(mu.layout, new_mu)
+            scaled = rms_scale(g, nu_divisor, mu_divisor, **hyper)
             if not write:
                 return scaled, None, None
             new_mu = None if mu is None else mu.layout.write(new_mu, mu.absmax)
@@ -227,6 +251,22 @@ class RmsCore:
             mu_absmax = None if state.mu_absmax is None else mu_absmax
         count = None if state.count is None else optax.safe_int32_increment(state.count)
         return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax)
+
+
+def _divided_by(layout: _storage.Layout, value: jax.Array) -> jax.Array:
+    """A new moment as the step divides by it.
+
+    A bfloat16 or float16 state rounds it to its dtype first, as PyTorch's
+    in-place update of such a state does (a relative error of at most 2**-9
+    for bfloat16): the step then reads the new moment as stored, never the old
+    one, so that XLA overwrites the old one in place without keeping a copy.
+    8-bit and 4-bit codes are coarse (a small ``nu`` can be off by tens of
+    percent), so the step uses the moment it just computed, as bitsandbytes'
+    kernels do.
+    """
+    if layout.quantized:
+        return value
+    return layout.read(layout.write(value, None)[0], None, value.dtype)
 
 
 def _stored(values: Tree, absmax: Tree | None, layouts: Tree) -> Tree:

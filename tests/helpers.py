@@ -144,6 +144,7 @@ def run_both(
     steps: int = STEPS,
     shape: tuple[int, ...] = (7,),
     resync: bool | Callable[[Any], dict[str, Any]] = False,
+    stored_buffer: Callable[[Any], Any] | None = None,
     **options,
 ) -> Run:
     """The library and the reference side by side on {'a', 'b'} params of ``dtype``.
@@ -154,6 +155,9 @@ def run_both(
     many. The reference keeps its own float64 moments, unless ``resync`` is a
     function of the library's state that gives the reference's fields (``nu``,
     ``m``, ``buf``: trees, or None to keep its own) to restart from too.
+    ``stored_buffer``, a function of the library's new state, gives the
+    momentum buffer as it stores it (a tree): the reference's step then uses
+    that buffer (:attr:`RMSPropReference.store`), as the library's does.
     """
     rng = np.random.default_rng(1)
     init = {
@@ -179,6 +183,10 @@ def run_both(
         before = {k: ref.params for k, ref in refs.items()}
         updates, state = update(grads, state, params)
         params = optax.apply_updates(params, updates)
+        buffers = None if stored_buffer is None else stored_buffer(state)
+        if buffers is not None:
+            for k, ref in refs.items():
+                ref.store = lambda _, b=buffers[k]: np.asarray(b)
         ref = {k: refs[k].step(np.asarray(grads[k], refs[k].params.dtype)) for k in refs}
         traj.append(updates if resync else params)
         ref_traj.append({k: ref[k] - before[k] for k in ref} if resync else ref)

@@ -6,6 +6,7 @@ over plain NumPy arrays, sharing no code with the library.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,10 @@ class RMSPropReference:
     nu: np.ndarray = field(init=False)
     m: np.ndarray = field(init=False)
     buf: np.ndarray = field(init=False)
+    # The momentum buffer as the state stores it (8-bit or 4-bit codes, bfloat16:
+    # rounded); the step uses the buffer as stored. None: stored exactly.
+    store: Callable[[np.ndarray], np.ndarray] | None = None
+    computed_buf: np.ndarray | None = None  # the last new buffer, before it was stored
 
     def __post_init__(self):
         self.params = np.array(self.params)
@@ -78,10 +83,10 @@ class RMSPropReference:
         if mu is None or mu == 0:
             step = lr * s
         elif c.lr_in_momentum:
-            self.buf = mu * self.buf + lr * s
+            self.buf = self._stored(mu * self.buf + lr * s)
             step = lr * s + mu * self.buf if c.nesterov else self.buf
         else:
-            self.buf = mu * self.buf + s
+            self.buf = self._stored(mu * self.buf + s)
             step = lr * (s + mu * self.buf) if c.nesterov else lr * self.buf
         # 7. decoupled weight decay
         if c.decoupled_weight_decay:
@@ -90,3 +95,8 @@ class RMSPropReference:
         self.params = p - step
         self.t += 1
         return self.params
+
+    def _stored(self, buf: np.ndarray) -> np.ndarray:
+        """The new buffer as stored; ``computed_buf`` keeps it as computed."""
+        self.computed_buf = buf
+        return buf if self.store is None else np.asarray(self.store(buf), buf.dtype)

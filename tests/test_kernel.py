@@ -1,7 +1,7 @@
 """The one-pass Pallas kernel (``OPTAX_RMSPROP_KERNEL=pallas``) against the XLA path.
 
 On CPU the kernel runs in interpret mode; every comparison is bitwise: the
-kernel reuses ``rms_update`` and ``_quantize.decode`` and does the same float32
+kernel reuses ``update_moments``, ``rms_scale`` and ``_quantize.decode`` and does the same float32
 operations, so codes, absmax and ``g / denom`` must be identical.
 """
 
@@ -38,7 +38,7 @@ def test_the_switch_is_read_when_called_and_checked(monkeypatch):
         tx.update(params, tx.init(params), params)
 
 
-# -- the kernel against Layout.read + rms_update + Layout.write ----------------------------
+# -- the kernel against Layout.read + update_moments + rms_scale + Layout.write ------------
 def _state(shape, n_blocks, key):
     nu_key, mu_key, g_key = jax.random.split(jax.random.key(key), 3)
     nu = jax.random.normal(nu_key, shape, F32) ** 2
@@ -56,7 +56,9 @@ def _xla_path(g, nu_codes, nu_max, mu_codes, mu_max, **hyper):
     mu_layout = _storage.Layout(np.dtype(np.float32), _quantize.SIGNED, nu_max.shape[-1])
     nu = nu_layout.read(nu_codes, nu_max, F32)
     mu = None if mu_codes is None else mu_layout.read(mu_codes, mu_max, F32)
-    scaled, nu, mu = _scale_by_rms.rms_update(g, nu, mu, **hyper)
+    hyper = dict(hyper)
+    nu, mu = _scale_by_rms.update_moments(g, nu, mu, decay=hyper.pop("decay"))
+    scaled = _scale_by_rms.rms_scale(g, nu, mu, **hyper)
     out = (scaled, *nu_layout.write(nu, nu_max))
     return out if mu is None else (*out, *mu_layout.write(mu, mu_max))
 
