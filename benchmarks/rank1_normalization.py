@@ -10,10 +10,9 @@ decay 0.99, momentum 0.9) with float32 state and with 4-bit ``nu`` scaled
 either way (the momentum buffer on the 4-bit signed map in blocks of 128 for
 both), and reports each run's drift from float32 state and its final loss.
 
-The 4-bit runs quantize by round trip: each step the buffers are replaced
-by what their codes stand for, which is what storing the codes does (the
-momentum buffer before the parameters move by it, as the library's step uses
-it; the library's own ``state_dtype="int4"`` run is reported beside them as a
+The 4-bit runs quantize by round trip: after each step the buffers are
+replaced by what their codes stand for, which is what storing the codes does
+(the library's own ``state_dtype="int4"`` run is reported beside them as a
 check of that).
 """
 
@@ -68,9 +67,10 @@ def run_by_hand(shape: tuple[int, int], steps: int, store_nu: Callable | None) -
         g = grad(t, p)
         nu = DECAY * nu + (1 - DECAY) * g * g
         b = MOMENTUM * b + LR * g / (jnp.sqrt(nu) + EPS)
-        if store_nu is not None:  # the step uses the buffer as stored, nu as computed
+        p = p - b
+        if store_nu is not None:
             nu, b = store_nu(nu), block_round_trip(b, _quantize.SIGNED4)
-        return p - b, nu, b
+        return p, nu, b
 
     zeros = jnp.zeros(shape)
     return jax.jit(lambda: jax.lax.fori_loop(0, steps, body, (zeros, zeros, zeros)))()[0]

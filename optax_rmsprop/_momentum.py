@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 
 import jax
+import numpy as np
 from jax.typing import ArrayLike
 
 from optax_rmsprop import _dtypes, _opaque, _storage
@@ -39,11 +40,9 @@ def momentum_step(
 ) -> tuple[Tree, Tree, Tree | None]:
     """Returns ``(step, new_buffer, new_buffer_absmax)``; the buffer keeps its layout.
 
-    The step uses the new buffer as stored (8-bit or 4-bit codes, bfloat16:
-    read back), as PyTorch's in-place update of a low-precision buffer does:
-    the parameters move by the buffer the state holds. The parameter update
-    then reads the new buffer, never the old one, so that XLA overwrites the
-    old one in place without keeping a copy of it.
+    The step uses the new buffer as stored (8-bit codes, bfloat16: read back;
+    :func:`_read_back`), as PyTorch's in-place update of a low-precision
+    buffer does: the parameters move by the buffer the state holds.
 
     ``layouts`` and ``buffer_absmax`` say how the buffer is stored
     (:mod:`optax_rmsprop._storage`). ``rescaled(copy)``, if given, computes
@@ -85,21 +84,27 @@ def momentum_step(
         values, absmax = _storage.write_tree(
             pick(new, first), buffer_absmax, layouts, pick(new, second)
         )
-    values = jax.tree.map(_kept, values, layouts, stored_as_computed, is_leaf=_storage.is_layout)
+    read_back = jax.tree.map(_read_back, layouts, dtypes, is_leaf=_storage.is_layout)
+    values = jax.tree.map(lambda v, back: _opaque.kept(v) if back else v, values, read_back)
     stored = _storage.read_tree(values, absmax, layouts, dtypes)
-    return jax.tree.map(step, scaled, stored), values, absmax
+    used = jax.tree.map(lambda back, x, y: x if back else y, read_back, stored, new)
+    return jax.tree.map(step, scaled, used), values, absmax
 
 
-def _kept(values: jax.Array, layout: _storage.Layout, stored_as_computed: bool) -> jax.Array:
-    """The new buffer as stored, which the step reads back from memory.
+def _read_back(layout: _storage.Layout, dtype: np.dtype) -> bool:
+    """Whether the step uses the new buffer as stored, read back from memory.
 
-    Else XLA recomputes it inside the parameter update, from float32 values it
-    writes out or from the old buffer it then keeps a copy of. Packed 4-bit
-    codes come out of a reduction, which XLA never fuses onward anyway.
+    Yes for 8-bit codes and a lower float precision (bfloat16, float16): the
+    parameter update then reads the new buffer, never the old one, and XLA
+    overwrites the old one in place (:func:`optax_rmsprop._opaque.kept` keeps
+    XLA from recomputing the stored values inside the update instead, from
+    float32 values it would write out). Not for 4-bit codes, whose 8
+    magnitudes would round each step by up to 0.11 of the block's absmax (the
+    step uses the buffer as computed), nor for a buffer stored as computed.
     """
-    if stored_as_computed or (layout.quantized and layout.codebook.packed):
-        return values
-    return _opaque.kept(values)
+    if layout.stores_as_computed(dtype):
+        return False
+    return not (layout.quantized and layout.codebook.packed)
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:

@@ -140,10 +140,10 @@ def rmsprop(
         eighth of float32's memory (``nu`` on the linear map ``(i + 1) / 16``
         without zero, the first moments on a signed dynamic map). Below
         float32, the step moves the params by the new momentum buffer as
-        stored (as PyTorch's in-place update does) and divides by the new
-        ``nu`` and ``mu`` as computed (rounded to a bfloat16 or float16
-        state's dtype, not to 8-bit or 4-bit codes). See the state-precision
-        docs page.
+        stored (bfloat16, 8-bit codes; as PyTorch's in-place update does) and
+        divides by the new ``nu`` and ``mu`` as computed (rounded to a
+        bfloat16 or float16 state's dtype, not to 8-bit or 4-bit codes). See
+        the state-precision docs page.
       block_size: with ``state_dtype="int8"`` or ``"int4"``, elements per
         quantization block along the last axis (default 256 for int8, as
         bitsandbytes; 128 for int4, as torchao; even for int4).
