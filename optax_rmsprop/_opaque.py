@@ -63,6 +63,8 @@ def after(x: jax.Array, y: jax.Array) -> jax.Array:
     ``y`` has ``x``'s shape, or one trailing axis more (complex codes: its
     real part is read); complex ``y`` is read by its real part.
     """
+    if jnp.iscomplexobj(x):
+        return jax.lax.complex(after(x.real, y), after(x.imag, y))
     if jnp.iscomplexobj(y):
         y = y.real
     if y.ndim == x.ndim + 1:

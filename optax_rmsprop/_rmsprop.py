@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
@@ -305,7 +304,7 @@ def _written_after(
 
     def leaf(m, b, layout, g):
         dtype = _dtypes.real_dtype(g.dtype) if real else g.dtype
-        if layout.stores_as_computed(dtype) or jnp.iscomplexobj(m):
+        if layout.stores_as_computed(dtype):
             return m
         return _opaque.after(m, b)
 

@@ -1,0 +1,58 @@
+"""The opaque identities: the same bits as their input, for every dtype the step stores."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optax_rmsprop import _opaque
+
+SPECIALS = [0.0, -0.0, 1.0, -1.5, 1e-30, 3e38, np.inf, -np.inf, np.nan]
+
+
+def _values(dtype) -> jax.Array:
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return jnp.arange(info.min, info.max + 1, dtype=jnp.int32).astype(dtype)
+    x = jnp.asarray(SPECIALS + list(np.linspace(-3, 3, 23)), jnp.float32)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return jax.lax.complex(x, x[::-1]).astype(dtype)
+    return x.astype(dtype)
+
+
+def _same_bits(x, y) -> None:
+    assert x.dtype == y.dtype and x.shape == y.shape
+    x, y = np.asarray(x), np.asarray(y)
+    np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+
+
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16, jnp.int8, jnp.uint8, jnp.complex64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_each_is_an_identity_on_the_bits(dtype):
+    x = _values(dtype)
+    other = jnp.ones(x.shape, jnp.int8)  # what `after` waits for: any dtype of x's shape
+    got = jax.jit(
+        lambda x, y: (
+            _opaque.identity(x, 1),
+            _opaque.identity(x, 2),
+            _opaque.kept(x),
+            _opaque.after(x, y),
+        )
+    )(x, other)
+    for y in got:
+        _same_bits(y, x)
+
+
+def test_after_reads_complex_and_trailing_pair_buffers():
+    x = _values(jnp.uint8)[:6].reshape(2, 3)
+    pairs = jnp.zeros((2, 3, 2), jnp.complex64)  # complex codes: (re, im) on a trailing axis
+    _same_bits(jax.jit(_opaque.after)(x, pairs), x)
+
+
+def test_after_refuses_buffers_of_another_shape():
+    with pytest.raises(ValueError, match=r"shapes \(2, 3\) and \(3, 2\)"):
+        _opaque.after(jnp.zeros((2, 3)), jnp.zeros((3, 2)))
