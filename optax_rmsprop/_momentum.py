@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _opaque, _storage
+from optax_rmsprop import _dtypes, _jax_versions, _opaque, _storage
 from optax_rmsprop._tree import Tree
 
 
@@ -85,7 +85,8 @@ def momentum_step(
             pick(new, first), buffer_absmax, layouts, pick(new, second)
         )
     read_back = jax.tree.map(_read_back, layouts, dtypes, is_leaf=_storage.is_layout)
-    values = jax.tree.map(lambda v, back: _opaque.kept(v) if back else v, values, read_back)
+    kept = jax.tree.map(_kept, layouts, read_back, is_leaf=_storage.is_layout)
+    values = jax.tree.map(lambda v, keep: _opaque.kept(v) if keep else v, values, kept)
     stored = _storage.read_tree(values, absmax, layouts, dtypes)
     used = jax.tree.map(lambda back, x, y: x if back else y, read_back, stored, new)
     return jax.tree.map(step, scaled, used), values, absmax
@@ -96,15 +97,27 @@ def _read_back(layout: _storage.Layout, dtype: np.dtype) -> bool:
 
     Yes for 8-bit codes and a lower float precision (bfloat16, float16): the
     parameter update then reads the new buffer, never the old one, and XLA
-    overwrites the old one in place (:func:`optax_rmsprop._opaque.kept` keeps
-    XLA from recomputing the stored values inside the update instead, from
-    float32 values it would write out). Not for 4-bit codes, whose 8
+    overwrites the old one in place (:func:`_kept` says where the readers
+    must load the stored values rather than recompute them). Not for 4-bit codes, whose 8
     magnitudes would round each step by up to 0.11 of the block's absmax (the
     step uses the buffer as computed), nor for a buffer stored as computed.
     """
     if layout.stores_as_computed(dtype):
         return False
     return not (layout.quantized and layout.codebook.packed)
+
+
+def _kept(layout: _storage.Layout, read_back: bool) -> bool:
+    """Whether the readers of a buffer read back load it from memory (:func:`_opaque.kept`).
+
+    8-bit codes: always (else XLA recomputes them inside the parameter update,
+    from float32 values it writes out). bfloat16 and float16: only where XLA
+    needs it (before jaxlib 0.9.1, :data:`_jax_versions.FUSES_ROUNDED_READ_BACK`);
+    newer XLA fuses the rounded buffer into the update with no copy at all.
+    """
+    if not read_back:
+        return False
+    return layout.quantized or not _jax_versions.FUSES_ROUNDED_READ_BACK
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:

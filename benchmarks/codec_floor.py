@@ -1,0 +1,193 @@
+"""The 8-bit step's floor on the XLA path: its cost with a codec that costs nothing.
+
+    python -m benchmarks.codec_floor [--rounds 7] [--small] [--out DIR]
+
+The int8 state's step costs two things beyond float32 state's: its codec (the
+dynamic map's encoder and decoder, arithmetic and exact) and its structure.
+The structure is what keeps the step's peak small (docs/state_precision.md):
+each new buffer is computed twice, once for its block absmax and once for its
+codes, and the passes that need ``g / denom`` compute it for themselves, so
+that no float32 copy of any buffer is written out.
+
+This benchmark tells the two apart. A child process per codec runs the same
+step with:
+
+* ``map``: the library as it is;
+* ``free``: the codec replaced by the cheapest one conceivable, a linear
+  ``round(127 x)`` with no map (``optax_rmsprop._quantize.encode`` and
+  ``decode`` patched before anything is traced). Every pass, the layout and
+  the block maxima stay. It is not a usable optimizer: its figures are the
+  floor that no 8-bit codec on the XLA path can go below, whatever its map.
+
+Each child times float32 state's step beside the int8 step, interleaved, for
+one 4096 x 4096 parameter (plain and with momentum 0.9; median of rounds and
+the median of the per-round ratios), and compiles the step over 200 leaves of
+64 x 1024 (trace, lower and compile) for both. ``--small`` shrinks every size
+(the check that the command runs). Writes
+benchmarks/results/codec_floor.{json,md} (or to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from benchmarks import common
+
+CODECS = ("map", "free")
+OPTIONS = {"plain": {}, "momentum": {"momentum": 0.9}}
+SIZES = {  # (step shape, compile: leaves and leaf shape), full and --small
+    False: {"shape": (4096, 4096), "leaves": 200, "leaf": (64, 1024)},
+    True: {"shape": (256, 512), "leaves": 4, "leaf": (8, 512)},
+}
+
+
+def free_codec() -> None:
+    """Replaces the int8 codec by ``round(127 x)``: the same layout, no map, no cost."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from optax_rmsprop import _quantize
+
+    def encode(x, codebook):
+        low = -127 if codebook.signed else 0
+        return jnp.clip(jnp.round(x * 127), low, 127).astype(codebook.code_dtype)
+
+    def decode(codes, codebook):
+        return codes.astype(jnp.float32) * np.float32(1 / 127)
+
+    _quantize.encode, _quantize.decode = encode, decode
+
+
+def measure(codec: str, rounds: int, small: bool) -> dict:
+    """In this process: step times and compile times of float32 and int8 state."""
+    if codec == "free":
+        free_codec()
+    import jax
+    import jax.numpy as jnp
+
+    import optax_rmsprop
+
+    size = SIZES[small]
+    key_p, key_g = jax.random.split(jax.random.key(0))
+    params = jax.random.normal(key_p, size["shape"])
+    grads = 0.01 * jax.random.normal(key_g, size["shape"])
+    leaves = {
+        f"p{i}": jax.ShapeDtypeStruct(size["leaf"], jnp.float32) for i in range(size["leaves"])
+    }
+    for state_dtype in (None, "int8"):  # warm JAX's shape-keyed caches for both alike
+        common.compile_step(optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype), leaves)
+    result = {}
+    for step_name, options in OPTIONS.items():
+        runs = {}
+        for state in ("float32", "int8"):
+            tx = optax_rmsprop.rmsprop(
+                1e-3, state_dtype=None if state == "float32" else state, **options
+            )
+            runs[state] = _stepper(tx, params, grads)
+            t0 = time.perf_counter()
+            common.compile_step(tx, leaves)
+            result[f"{step_name} {state} compile_s"] = time.perf_counter() - t0
+        timed = common.paired(runs, rounds, per_round=1)
+        for state in runs:
+            result[f"{step_name} {state} step_s"] = timed[state]["median_s"]
+        result[f"{step_name} step_ratio"] = common.ratio(timed, "int8", "float32")
+        result[f"{step_name} compile_ratio"] = (
+            result[f"{step_name} int8 compile_s"] / result[f"{step_name} float32 compile_s"]
+        )
+    return result
+
+
+def _stepper(tx, params, grads):
+    """A function that runs one jitted, donated step of ``tx`` and waits for it."""
+    import jax
+
+    step = common.jitted_step(tx, donate=True)
+    box = {"p": params + 0, "s": tx.init(params)}
+
+    def run():
+        box["p"], box["s"] = step(box["p"], box["s"], grads)
+        jax.block_until_ready(box["p"])
+
+    run()
+    return run
+
+
+def in_child(codec: str, rounds: int, small: bool) -> dict:
+    """:func:`measure` in a fresh process (nothing traced before the codec is chosen)."""
+    cmd = [sys.executable, "-m", "benchmarks.codec_floor", "--child", codec]
+    cmd += ["--rounds", str(rounds)] + (["--small"] if small else [])
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7; small 2)")
+    ap.add_argument("--small", action="store_true", help="small sizes (a check)")
+    ap.add_argument("--out", default=None, help="folder for the JSON and table")
+    ap.add_argument("--child", choices=CODECS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (2 if args.small else 7)
+    if args.child:
+        print(json.dumps(measure(args.child, rounds, args.small)))
+        return
+    payload = {
+        "machine": common.machine(),
+        "small": args.small,
+        "sizes": SIZES[args.small],
+        "codecs": {codec: in_child(codec, rounds, args.small) for codec in CODECS},
+    }
+    markdown = to_markdown(payload)
+    print(markdown)
+    common.write("codec_floor", payload, markdown, args.out)
+
+
+def to_markdown(payload: dict) -> str:
+    m, size = payload["machine"], payload["sizes"]
+    shape = " x ".join(map(str, size["shape"]))
+    leaf = " x ".join(map(str, size["leaf"]))
+    rows = []
+    for codec, r in payload["codecs"].items():
+        for step in OPTIONS:
+            rows.append(
+                [
+                    "the map (as shipped)" if codec == "map" else "free (`round(127 x)`, a floor)",
+                    step,
+                    f"{r[f'{step} float32 step_s'] * 1e3:.1f}",
+                    f"{r[f'{step} int8 step_s'] * 1e3:.1f}",
+                    f"{r[f'{step} step_ratio']:.2f}",
+                    f"{r[f'{step} float32 compile_s']:.2f}",
+                    f"{r[f'{step} int8 compile_s']:.2f}",
+                    f"{r[f'{step} compile_ratio']:.1f}",
+                ]
+            )
+    header = [
+        "int8 codec",
+        "step",
+        "float32 step (ms)",
+        "int8 step (ms)",
+        "int8 / float32",
+        "float32 compile (s)",
+        "int8 compile (s)",
+        "int8 / float32",
+    ]
+    return "\n".join(
+        [
+            f"Measured {m['date']}, JAX {m['jax']}, {m['cpus']} CPU cores, backend "
+            f"{m.get('backend')}{' (small mode)' if payload['small'] else ''}. Step: one "
+            f"{shape} parameter, median of rounds, each codec in its own process beside "
+            f"float32 state. Compile: trace, lower and compile the step over "
+            f"{size['leaves']} leaves of {leaf}.",
+            "",
+            *common.markdown_table(header, rows),
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
