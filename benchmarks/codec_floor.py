@@ -1,6 +1,6 @@
 """The 8-bit step's floor on the XLA path: its cost with a codec that costs nothing.
 
-    python -m benchmarks.codec_floor [--rounds 7] [--small] [--out DIR]
+    python -m benchmarks.codec_floor [--rounds 9] [--compile-repeats 3] [--small] [--out DIR]
 
 The int8 state's step costs two things beyond float32 state's: its codec (the
 dynamic map's encoder and decoder, arithmetic and exact) and its structure.
@@ -22,7 +22,7 @@ step with:
 Each child times float32 state's step beside the int8 step, interleaved, for
 one 4096 x 4096 parameter (plain and with momentum 0.9; median of rounds and
 the median of the per-round ratios), and compiles the step over 200 leaves of
-64 x 1024 (trace, lower and compile) for both. ``--small`` shrinks every size
+64 x 1024 (trace, lower and compile) for both, interleaved, three times. ``--small`` shrinks every size
 (the check that the command runs). Writes
 benchmarks/results/codec_floor.{json,md} (or to ``--out``).
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -62,7 +63,7 @@ def free_codec() -> None:
     _quantize.encode, _quantize.decode = encode, decode
 
 
-def measure(codec: str, rounds: int, small: bool) -> dict:
+def measure(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
     """In this process: step times and compile times of float32 and int8 state."""
     if codec == "free":
         free_codec()
@@ -80,25 +81,42 @@ def measure(codec: str, rounds: int, small: bool) -> dict:
     }
     for state_dtype in (None, "int8"):  # warm JAX's shape-keyed caches for both alike
         common.compile_step(optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype), leaves)
-    result = {}
+    result = {"code of 0.5": _code_of_half()}
     for step_name, options in OPTIONS.items():
-        runs = {}
-        for state in ("float32", "int8"):
-            tx = optax_rmsprop.rmsprop(
+        txs = {
+            state: optax_rmsprop.rmsprop(
                 1e-3, state_dtype=None if state == "float32" else state, **options
             )
-            runs[state] = _stepper(tx, params, grads)
-            t0 = time.perf_counter()
-            common.compile_step(tx, leaves)
-            result[f"{step_name} {state} compile_s"] = time.perf_counter() - t0
-        timed = common.paired(runs, rounds, per_round=1)
-        for state in runs:
+            for state in ("float32", "int8")
+        }
+        timed = common.paired(
+            {state: _stepper(tx, params, grads) for state, tx in txs.items()}, rounds
+        )
+        compiles = {state: [] for state in txs}
+        for r in range(compile_repeats):
+            for state in common.rotated(list(txs), r):
+                t0 = time.perf_counter()
+                common.compile_step(txs[state], leaves)
+                compiles[state].append(time.perf_counter() - t0)
+        for state in txs:
             result[f"{step_name} {state} step_s"] = timed[state]["median_s"]
+            result[f"{step_name} {state} compile_s"] = statistics.median(compiles[state])
         result[f"{step_name} step_ratio"] = common.ratio(timed, "int8", "float32")
-        result[f"{step_name} compile_ratio"] = (
-            result[f"{step_name} int8 compile_s"] / result[f"{step_name} float32 compile_s"]
+        result[f"{step_name} compile_ratio"] = statistics.median(
+            a / b for a, b in zip(compiles["int8"], compiles["float32"], strict=True)
         )
     return result
+
+
+def _code_of_half() -> int:
+    """The signed int8 code of 0.5 in a block of absmax 1, as this process's step writes it
+    (the map: 91; the free codec: 64), so that a run shows which codec it measured."""
+    import jax.numpy as jnp
+
+    from optax_rmsprop import _quantize
+
+    codes = _quantize.encode_blocks(jnp.full((1, 256), 0.5), jnp.ones((1, 1)), _quantize.SIGNED)
+    return int(codes[0, 0])
 
 
 def _stepper(tx, params, grads):
@@ -116,30 +134,38 @@ def _stepper(tx, params, grads):
     return run
 
 
-def in_child(codec: str, rounds: int, small: bool) -> dict:
+def in_child(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
     """:func:`measure` in a fresh process (nothing traced before the codec is chosen)."""
     cmd = [sys.executable, "-m", "benchmarks.codec_floor", "--child", codec]
-    cmd += ["--rounds", str(rounds)] + (["--small"] if small else [])
+    cmd += ["--rounds", str(rounds), "--compile-repeats", str(compile_repeats)]
+    cmd += ["--small"] if small else []
     run = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 7; small 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 9; small 2)")
+    ap.add_argument(
+        "--compile-repeats",
+        type=int,
+        default=None,
+        help="compiles of each step (default 3; small 1)",
+    )
     ap.add_argument("--small", action="store_true", help="small sizes (a check)")
     ap.add_argument("--out", default=None, help="folder for the JSON and table")
     ap.add_argument("--child", choices=CODECS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    rounds = args.rounds or (2 if args.small else 7)
+    rounds = args.rounds or (2 if args.small else 9)
+    compile_repeats = args.compile_repeats or (1 if args.small else 3)
     if args.child:
-        print(json.dumps(measure(args.child, rounds, args.small)))
+        print(json.dumps(measure(args.child, rounds, compile_repeats, args.small)))
         return
     payload = {
         "machine": common.machine(),
         "small": args.small,
         "sizes": SIZES[args.small],
-        "codecs": {codec: in_child(codec, rounds, args.small) for codec in CODECS},
+        "codecs": {codec: in_child(codec, rounds, compile_repeats, args.small) for codec in CODECS},
     }
     markdown = to_markdown(payload)
     print(markdown)
@@ -181,7 +207,7 @@ def to_markdown(payload: dict) -> str:
             f"{m.get('backend')}{' (small mode)' if payload['small'] else ''}. Step: one "
             f"{shape} parameter, median of rounds, each codec in its own process beside "
             f"float32 state. Compile: trace, lower and compile the step over "
-            f"{size['leaves']} leaves of {leaf}.",
+            f"{size['leaves']} leaves of {leaf}, median of interleaved repeats.",
             "",
             *common.markdown_table(header, rows),
             "",

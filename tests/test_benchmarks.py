@@ -257,3 +257,19 @@ def test_kernel_path_sets_and_restores_the_variable(monkeypatch):
     with pytest.raises(RuntimeError), accelerator.kernel_path("pallas"):
         raise RuntimeError
     assert os.environ[accelerator.KERNEL_ENV] == "xla"
+
+
+@pytest.mark.slow
+def test_codec_floor_small_mode(tmp_path):
+    payload = _run("codec_floor", tmp_path, "--small", "--rounds", "1")
+    codecs = payload["codecs"]
+    # each child measured the codec it names: the map's code of 0.5, or round(127 * 0.5)
+    assert codecs["map"]["code of 0.5"] == 91 and codecs["free"]["code of 0.5"] == 64
+    for result in codecs.values():
+        for step in ("plain", "momentum"):
+            for state in ("float32", "int8"):
+                assert result[f"{step} {state} step_s"] > 0
+                assert result[f"{step} {state} compile_s"] > 0
+    assert (
+        "| free (`round(127 x)`, a floor) | momentum |" in (tmp_path / "codec_floor.md").read_text()
+    )
