@@ -1,4 +1,4 @@
-"""The 8-bit step's floor on the XLA path: its cost with a codec that costs nothing.
+"""The 8-bit step's floor on the XLA path: its cost with a codec that costs nothing, and with a cheaper map.
 
     python -m benchmarks.codec_floor [--rounds 9] [--compile-repeats 3] [--small] [--out DIR]
 
@@ -13,6 +13,9 @@ This benchmark tells the two apart. A child process per codec runs the same
 step with:
 
 * ``map``: the library as it is;
+* ``base8``: the same dynamic maps in base 8 instead of 10, whose codec is
+  exact integer arithmetic with no select chain (:mod:`benchmarks.base8_map`:
+  a candidate, not the library's map);
 * ``free``: the codec replaced by the cheapest one conceivable, a linear
   ``round(127 x)`` with no map (``optax_rmsprop._quantize.encode`` and
   ``decode`` patched before anything is traced). Every pass, the layout and
@@ -36,9 +39,14 @@ import subprocess
 import sys
 import time
 
-from benchmarks import common
+from benchmarks import base8_map, common
 
-CODECS = ("map", "free")
+CODECS = ("map", "base8", "free")
+LABELS = {
+    "map": "the map (as shipped)",
+    "base8": "base 8 (a candidate map)",
+    "free": "free (`round(127 x)`, a floor)",
+}
 OPTIONS = {"plain": {}, "momentum": {"momentum": 0.9}}
 SIZES = {  # (step shape, compile: leaves and leaf shape), full and --small
     False: {"shape": (4096, 4096), "leaves": 200, "leaf": (64, 1024)},
@@ -67,6 +75,8 @@ def measure(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
     """In this process: step times and compile times of float32 and int8 state."""
     if codec == "free":
         free_codec()
+    elif codec == "base8":
+        base8_map.install()
     import jax
     import jax.numpy as jnp
 
@@ -110,7 +120,7 @@ def measure(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
 
 def _code_of_half() -> int:
     """The signed int8 code of 0.5 in a block of absmax 1, as this process's step writes it
-    (the map: 91; the free codec: 64), so that a run shows which codec it measured."""
+    (the map: 91; base 8: 90; the free codec: 64), so that a run shows which codec it measured."""
     import jax.numpy as jnp
 
     from optax_rmsprop import _quantize
@@ -181,7 +191,7 @@ def to_markdown(payload: dict) -> str:
         for step in OPTIONS:
             rows.append(
                 [
-                    "the map (as shipped)" if codec == "map" else "free (`round(127 x)`, a floor)",
+                    LABELS[codec],
                     step,
                     f"{r[f'{step} float32 step_s'] * 1e3:.1f}",
                     f"{r[f'{step} int8 step_s'] * 1e3:.1f}",

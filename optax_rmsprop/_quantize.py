@@ -195,11 +195,12 @@ def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
     ``10**-e * (0.1 + 0.9 * (i - n + 1) / n) = (n + 9 * (i - n + 1)) * 10**-(e+1) / n``,
     an exact integer times a per-decade constant: one rounding, no sum that a
     compiler could contract into a fused multiply-add one way here and another
-    there. The decade comes from count-leading-zeros, the power of ten from selects.
+    there. The decade comes from the float32 exponent of the index, the power of ten
+    from selects.
     """
     bits = int(np.log2(len(codebook.magnitudes)))
     i = jnp.maximum(index, 1)
-    k = 31 - jax.lax.clz(i)  # floor(log2(i))
+    k = _exponent(i.astype(jnp.float32))  # floor(log2(i)), exact below 2**24
     n = jnp.left_shift(1, k)
     inverse_n = jax.lax.bitcast_convert_type(jnp.left_shift(127 - k, 23), jnp.float32)
     decade = bits - 1 - k
@@ -292,7 +293,7 @@ def _encode_dynamic(x: jax.Array, codebook: Codebook) -> jax.Array:
     n = jnp.zeros(x.shape, jnp.int32)
     slope = s_hi = s_lo = jnp.zeros(x.shape, jnp.float32)
     for k, (lower, *decade) in enumerate(zip(*constants, strict=True)):
-        above = magnitude >= lower
+        above = _ordered(magnitude) >= _ordered(lower)
         n = jnp.where(above, 2**k, n)
         slope, s_hi, s_lo = (
             jnp.where(above, c, v) for c, v in zip(decade, (slope, s_hi, s_lo), strict=True)
@@ -301,12 +302,33 @@ def _encode_dynamic(x: jax.Array, codebook: Codebook) -> jax.Array:
     estimate = jnp.floor((domain * slope + (16 * n - 27).astype(jnp.float32)) * np.float32(1 / 18))
     code = jnp.clip(estimate.astype(jnp.int32) + 1, n, 2 * n - 1)
     at = functools.partial(boundary, n=n, s_hi=s_hi, s_lo=s_lo, squared=codebook.sqrt_domain)
-    code = jnp.where((code > n) & (magnitude < at(code - 1)), code - 1, code)
-    code = jnp.where((code < 2 * n - 1) & (magnitude >= at(code)), code + 1, code)
+    code = jnp.where((code > n) & (_ordered(magnitude) < _ordered(at(code - 1))), code - 1, code)
+    code = jnp.where(
+        (code < 2 * n - 1) & (_ordered(magnitude) >= _ordered(at(code))), code + 1, code
+    )
     code = jnp.where(n == 0, 0, code)  # below the first boundary
     if codebook.signed:
         code = jnp.where(bits >> 31 == 1, -code, code)
     return code.astype(codebook.code_dtype)
+
+
+def _exponent(x: jax.Array) -> jax.Array:
+    """``floor(log2(x))`` of a positive normal float32, from its exponent bits.
+
+    Not ``31 - clz(i)`` for an integer ``i``: CPUs without AVX-512 have no
+    vector count-leading-zeros, and LLVM emulates it element by element.
+    """
+    return (_ordered(x) >> 23) - 127
+
+
+def _ordered(x: jax.Array) -> jax.Array:
+    """A non-negative float32's bits as int32: the same order as the floats.
+
+    The encoder compares these rather than the floats: with float comparisons
+    XLA:CPU splits a cheap encoder in two and writes a float32 value out between
+    the parts (seen with a base-8 map, ``benchmarks/base8_map.py``).
+    """
+    return jax.lax.bitcast_convert_type(x, jnp.int32)
 
 
 # -- blocks -----------------------------------------------------------------------
