@@ -292,8 +292,11 @@ def _encode_dynamic(x: jax.Array, codebook: Codebook) -> jax.Array:
     constants = _decades(codebook)
     n = jnp.zeros(x.shape, jnp.int32)
     slope = s_hi = s_lo = jnp.zeros(x.shape, jnp.float32)
+    ordered = _ordered(magnitude)
     for k, (lower, *decade) in enumerate(zip(*constants, strict=True)):
-        above = _ordered(magnitude) >= _ordered(lower)
+        above = ordered >= np.float32(lower).view(
+            np.int32
+        )  # a constant (Mosaic: no scalar bitcast)
         n = jnp.where(above, 2**k, n)
         slope, s_hi, s_lo = (
             jnp.where(above, c, v) for c, v in zip(decade, (slope, s_hi, s_lo), strict=True)
@@ -302,10 +305,8 @@ def _encode_dynamic(x: jax.Array, codebook: Codebook) -> jax.Array:
     estimate = jnp.floor((domain * slope + (16 * n - 27).astype(jnp.float32)) * np.float32(1 / 18))
     code = jnp.clip(estimate.astype(jnp.int32) + 1, n, 2 * n - 1)
     at = functools.partial(boundary, n=n, s_hi=s_hi, s_lo=s_lo, squared=codebook.sqrt_domain)
-    code = jnp.where((code > n) & (_ordered(magnitude) < _ordered(at(code - 1))), code - 1, code)
-    code = jnp.where(
-        (code < 2 * n - 1) & (_ordered(magnitude) >= _ordered(at(code))), code + 1, code
-    )
+    code = jnp.where((code > n) & (ordered < _ordered(at(code - 1))), code - 1, code)
+    code = jnp.where((code < 2 * n - 1) & (ordered >= _ordered(at(code))), code + 1, code)
     code = jnp.where(n == 0, 0, code)  # below the first boundary
     if codebook.signed:
         code = jnp.where(bits >> 31 == 1, -code, code)
