@@ -294,9 +294,8 @@ def _encode_dynamic(x: jax.Array, codebook: Codebook) -> jax.Array:
     slope = s_hi = s_lo = jnp.zeros(x.shape, jnp.float32)
     ordered = _ordered(magnitude)
     for k, (lower, *decade) in enumerate(zip(*constants, strict=True)):
-        above = ordered >= np.float32(lower).view(
-            np.int32
-        )  # a constant (Mosaic: no scalar bitcast)
+        # ``lower``'s bits as a constant: Mosaic TPU has no scalar bitcast
+        above = ordered >= np.float32(lower).view(np.int32)
         n = jnp.where(above, 2**k, n)
         slope, s_hi, s_lo = (
             jnp.where(above, c, v) for c, v in zip(decade, (slope, s_hi, s_lo), strict=True)
