@@ -33,13 +33,13 @@ benchmarks/results/codec_floor.{json,md} (or to ``--out``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
 import sys
-import time
 
-from benchmarks import base8_map, common
+from benchmarks import base8_map, common, compile_time
 
 CODECS = ("map", "base8", "free")
 LABELS = {
@@ -78,42 +78,39 @@ def measure(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
     elif codec == "base8":
         base8_map.install()
     import jax
-    import jax.numpy as jnp
-
-    import optax_rmsprop
 
     size = SIZES[small]
     key_p, key_g = jax.random.split(jax.random.key(0))
     params = jax.random.normal(key_p, size["shape"])
     grads = 0.01 * jax.random.normal(key_g, size["shape"])
-    leaves = {
-        f"p{i}": jax.ShapeDtypeStruct(size["leaf"], jnp.float32) for i in range(size["leaves"])
-    }
     for state_dtype in (None, "int8"):  # warm JAX's shape-keyed caches for both alike
-        common.compile_step(optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype), leaves)
+        compile_time.compile_seconds(
+            compile_time.precision_maker(state_dtype), size["leaves"], size["leaf"]
+        )
     result = {"code of 0.5": _code_of_half()}
     for step_name, options in OPTIONS.items():
-        txs = {
-            state: optax_rmsprop.rmsprop(
-                1e-3, state_dtype=None if state == "float32" else state, **options
-            )
+        makers = {
+            state: compile_time.precision_maker(None if state == "float32" else state, **options)
             for state in ("float32", "int8")
         }
         timed = common.paired(
-            {state: _stepper(tx, params, grads) for state, tx in txs.items()}, rounds
+            {state: _stepper(make(), params, grads) for state, make in makers.items()}, rounds
         )
-        compiles = {state: [] for state in txs}
-        for r in range(compile_repeats):
-            for state in common.rotated(list(txs), r):
-                t0 = time.perf_counter()
-                common.compile_step(txs[state], leaves)
-                compiles[state].append(time.perf_counter() - t0)
-        for state in txs:
+        compiles = compile_time.interleaved(
+            {
+                state: functools.partial(
+                    compile_time.compile_seconds, make, size["leaves"], size["leaf"]
+                )
+                for state, make in makers.items()
+            },
+            compile_repeats,
+        )
+        for state in makers:
             result[f"{step_name} {state} step_s"] = timed[state]["median_s"]
             result[f"{step_name} {state} compile_s"] = statistics.median(compiles[state])
         result[f"{step_name} step_ratio"] = common.ratio(timed, "int8", "float32")
-        result[f"{step_name} compile_ratio"] = statistics.median(
-            a / b for a, b in zip(compiles["int8"], compiles["float32"], strict=True)
+        result[f"{step_name} compile_ratio"] = compile_time.paired_ratio(
+            compiles, "int8", "float32"
         )
     return result
 
