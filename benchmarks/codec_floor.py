@@ -1,9 +1,9 @@
-"""The 8-bit step's floor on the XLA path: its cost with a codec that costs nothing, and with a cheaper map.
+"""The 8-bit step's floor on the XLA path: its cost with a codec that costs nothing, and with 0.1's map.
 
     python -m benchmarks.codec_floor [--rounds 9] [--compile-repeats 3] [--small] [--out DIR]
 
 The int8 state's step costs two things beyond float32 state's: its codec (the
-dynamic map's encoder and decoder, arithmetic and exact) and its structure.
+dynamic map's encoder and decoder, integer arithmetic and exact) and its structure.
 The structure is what keeps the step's peak small (docs/state_precision.md):
 each new buffer is computed twice, once for its block absmax and once for its
 codes, and the passes that need ``g / denom`` compute it for themselves, so
@@ -12,10 +12,9 @@ that no float32 copy of any buffer is written out.
 This benchmark tells the two apart. A child process per codec runs the same
 step with:
 
-* ``map``: the library as it is;
-* ``base8``: the same dynamic maps in base 8 instead of 10, whose codec is
-  exact integer arithmetic with no select chain (:mod:`benchmarks.base8_map`:
-  a candidate, not the library's map);
+* ``base10``: the dynamic maps in base 10, as optax_rmsprop 0.1 shipped them
+  (:mod:`benchmarks.base10_map`: powers of ten chosen by select chains);
+* ``map``: the library as it is (the dynamic maps in base 8);
 * ``free``: the codec replaced by the cheapest one conceivable, a linear
   ``round(127 x)`` with no map (``optax_rmsprop._quantize.encode`` and
   ``decode`` patched before anything is traced). Every pass, the layout and
@@ -39,12 +38,12 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks import base8_map, common, compile_time
+from benchmarks import base10_map, common, compile_time
 
-CODECS = ("map", "base8", "free")
+CODECS = ("base10", "map", "free")
 LABELS = {
-    "map": "the map (as shipped)",
-    "base8": "base 8 (a candidate map)",
+    "base10": "base 10 (0.1's map)",
+    "map": "base 8 (the map)",
     "free": "free (`round(127 x)`, a floor)",
 }
 OPTIONS = {"plain": {}, "momentum": {"momentum": 0.9}}
@@ -75,8 +74,8 @@ def measure(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
     """In this process: step times and compile times of float32 and int8 state."""
     if codec == "free":
         free_codec()
-    elif codec == "base8":
-        base8_map.install()
+    elif codec == "base10":
+        base10_map.install()
     import jax
 
     size = SIZES[small]
@@ -117,7 +116,7 @@ def measure(codec: str, rounds: int, compile_repeats: int, small: bool) -> dict:
 
 def _code_of_half() -> int:
     """The signed int8 code of 0.5 in a block of absmax 1, as this process's step writes it
-    (the map: 91; base 8: 90; the free codec: 64), so that a run shows which codec it measured."""
+    (the map: 90; base 10: 91; the free codec: 64), so that a run shows which codec it measured."""
     import jax.numpy as jnp
 
     from optax_rmsprop import _quantize

@@ -5,14 +5,18 @@ An array is cut into blocks along its last axis; each block keeps one float32
 of values relative to the block's absmax:
 
 * ``SIGNED`` (first moments ``mu`` and the momentum buffer): the dynamic map
-  of Dettmers et al. (2022) over ``[-1, 1]``: a sign and 7 bits of magnitude,
-  with ``2**(6-e)`` linearly spaced magnitudes in decade ``e`` (values in
-  ``(10**-(e+1), 10**-e]``), and an exact 0.
+  of Dettmers et al. (2022) over ``[-1, 1]``, in base 8: a sign and 7 bits of
+  magnitude, with ``2**(6-e)`` linearly spaced magnitudes in decade ``e``
+  (values in ``(8**-(e+1), 8**-e]``, down to ``2**-18``), and an exact 0.
+  Base 8 rather than Dettmers et al.'s base 10 keeps the same resolution (128
+  values in the top decade of ``NU``) and makes every value and boundary an
+  integer times a power of two: the codec is a few integer operations, with
+  no per-decade constants.
 * ``NU`` (the second moment ``nu >= 0``): the same dynamic decades with 8
   bits, laid over ``sqrt(nu / absmax)`` rather than over ``nu / absmax``, and
-  *without zero*: code 0 stands for ``1e-8``, the map's lower edge. The
-  square root doubles the range in gradient terms (7 decades of ``|g|``
-  instead of 3.5), and the missing zero means a small ``nu`` is never stored as
+  *without zero*: code 0 stands for ``2**-24``, the map's lower edge. The
+  square root doubles the range in gradient terms (``|g|`` down to ``2**-24``
+  of its block's largest, against ``2**-12`` over ``nu``), and the missing zero means a small ``nu`` is never stored as
   0 while its block holds larger values (the zero-point failure of Li et al.,
   2023: the next step would divide by ``sqrt((1 - decay) * g**2)`` alone).
   A block whose absmax is 0 stays exactly 0.
@@ -20,8 +24,8 @@ of values relative to the block's absmax:
   also without zero (Li et al.'s choice): a stored ``nu`` is never below
   ``absmax / 16``, so no step divides by ``eps`` alone. Its codes are computed
   arithmetically (``round(16 x) - 1``), with no table.
-* ``SIGNED4`` (first moments in 4 bits): the dynamic map with a sign and 3
-  bits of magnitude, ``0, 0.01, 0.055, 0.1, 0.325, 0.55, 0.775, 1``.
+* ``SIGNED4`` (first moments in 4 bits): the base-8 dynamic map with a sign and
+  3 bits of magnitude, ``0, 1/64, 9/128, 1/8, 11/32, 9/16, 25/32, 1``.
 
 4-bit codes are stored two per byte along the last axis (:func:`pack`), the
 first of each pair in the low nibble; a signed code as its two's complement
@@ -29,11 +33,11 @@ nibble.
 
 Codes are the nearest map values (in the map's own domain: ``sqrt`` for
 ``NU``). The codec has no table, so it fuses into XLA's loops, shards like
-its input and lowers in Pallas kernels: decoding is integer and select
-arithmetic; encoding finds a value's decade by one comparison per decade,
-inverts the decade's midpoint formula and settles the code with two exact
-comparisons against the boundaries around it, computed exactly (the linear
-``NU4`` map: ``round(16 x) - 1``).
+its input and lowers in Pallas kernels: decoding is integer arithmetic and
+one multiplication by a power of two; encoding takes the decade from the
+binary exponent, inverts the decade's midpoint formula and settles the code
+with one exact comparison against the boundary above it (the linear ``NU4``
+map: ``round(16 x) - 1``).
 
 Layout: the codes have the array's own shape (so they shard like it) and the
 absmax has shape ``(..., n_blocks)``. With ``L`` the last axis and ``B`` the
@@ -53,23 +57,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def dynamic_magnitudes(bits: int) -> np.ndarray:
+def dynamic_magnitudes(bits: int, *, zero_free: bool = False) -> np.ndarray:
     """The dynamic map's ``2**bits`` magnitudes in ``[0, 1]``, ascending, in float64.
 
-    Index 0 is 0; indices ``n .. 2n - 1`` (``n = 2**(bits-1-e)``) are decade
-    ``e``: ``10**-e * (0.1 + 0.9 * (k + 1) / n)`` for ``k = index - n``.
+    Indices ``n .. 2n - 1`` (``n = 2**k``) are decade ``e = bits - 1 - k``, ``n``
+    values spaced linearly in ``(8**-(e+1), 8**-e]``: index ``c`` stands for
+    ``(7c - 6n + 7) * 2**(2k - 3 bits)``. Index 0 is 0, or with ``zero_free`` the
+    map's lower edge ``2**-(3 bits)`` (the same formula at ``c = 0``).
     """
-    values = [0.0]
-    for e in reversed(range(bits)):
-        n = 2 ** (bits - 1 - e)
-        values += [10.0**-e * (0.1 + 0.9 * (k + 1) / n) for k in range(n)]
+    values = [2.0 ** (-3 * bits) if zero_free else 0.0]
+    for k in range(bits):
+        n = 2**k
+        values += [(7 * c - 6 * n + 7) * 2.0 ** (2 * k - 3 * bits) for c in range(n, 2 * n)]
     return np.asarray(values)
 
 
@@ -132,7 +137,7 @@ NU = Codebook(
     "nu",
     signed=False,
     sqrt_domain=True,
-    magnitudes=np.concatenate([[1e-8], dynamic_magnitudes(8)[1:]]),
+    magnitudes=dynamic_magnitudes(8, zero_free=True),
 )
 SIGNED = Codebook("signed", signed=True, sqrt_domain=False, magnitudes=dynamic_magnitudes(7))
 NU4 = Codebook(
@@ -148,18 +153,32 @@ SIGNED4 = Codebook(
 )
 
 
+BASE = 8  # of the dynamic maps; a quantized state stores it (``codebook``) as its mark
+
+
+def codebook_marker() -> jax.Array:
+    """What a quantized state stores in its ``codebook`` field: :data:`BASE`, int32."""
+    return jnp.asarray(BASE, jnp.int32)
+
+
 def encode(x: jax.Array, codebook: Codebook) -> jax.Array:
     """The codes of the map values nearest ``x`` (float32 in ``[-1, 1]``, ``[0, 1]`` for nu).
 
-    No table: arithmetic and exact comparisons, so it fuses, shards and lowers
-    everywhere (Pallas kernels included) and every program gives the same codes.
+    No table: integer arithmetic and one exact comparison, so it fuses, shards
+    and lowers everywhere (Pallas kernels included) and every program gives the
+    same codes. Values above 1, infinities and NaN get the top code.
     """
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    magnitude = jax.lax.bitcast_convert_type(bits & np.uint32(0x7FFFFFFF), jnp.float32)
+    magnitude = jnp.where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
     if codebook.linear:  # the nearest (i + 1) / n, ties up, as the boundaries say
-        magnitude = jnp.abs(x.astype(jnp.float32))
         n = len(codebook.magnitudes)
         code = jnp.floor(magnitude * n + 0.5).astype(jnp.int32) - 1
         return jnp.clip(code, 0, n - 1).astype(codebook.code_dtype)
-    return _encode_dynamic(x, codebook)
+    code = _nearest(magnitude, codebook)
+    if codebook.signed:
+        code = jnp.where(bits >> 31 == 1, -code, code)
+    return code.astype(codebook.code_dtype)
 
 
 def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
@@ -188,128 +207,83 @@ def _selected_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
     return magnitude
 
 
+# -- the dynamic maps' codec: integers times powers of two -----------------------------
+# In base 8, each decade's values and boundaries are integers times a power of two,
+# all exact in float32: the codec needs no per-decade constants (the powers of ten
+# of Dettmers et al.'s base-10 map took a chain of selects per element, the largest
+# cost of the 8-bit step on CPU) and no split arithmetic to round boundaries exactly.
+
+
+def _code_bits(codebook: Codebook) -> int:
+    return int(np.log2(len(codebook.magnitudes)))
+
+
+def _power_of_two(exponent: jax.Array) -> jax.Array:
+    """``2.0**exponent`` in float32, exactly (``exponent`` int32, in the normal range)."""
+    return jax.lax.bitcast_convert_type((exponent + 127) << 23, jnp.float32)
+
+
+def _decade(c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(k, n = 2**k)`` with ``n <= c < 2n``, for int32 ``1 <= c < 2**24``."""
+    k = _exponent(c.astype(jnp.float32))
+    return k, jnp.left_shift(1, k)
+
+
 def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
-    """The dynamic map at ``index`` in float32, the same in every compiled program.
+    """Magnitude ``index`` of a dynamic map, ``(7c - 6n + 7) * 2**(2k - 3 bits)``: exact.
 
-    Index ``i`` in ``n .. 2n - 1`` (``n = 2**k``) is decade ``e = bits - 1 - k``:
-    ``10**-e * (0.1 + 0.9 * (i - n + 1) / n) = (n + 9 * (i - n + 1)) * 10**-(e+1) / n``,
-    an exact integer times a per-decade constant: one rounding, no sum that a
-    compiler could contract into a fused multiply-add one way here and another
-    there. The decade comes from the float32 exponent of the index, the power of ten
-    from selects.
+    At ``index = 0`` the formula (with ``n = 1``) gives the zero-free map's lower
+    edge; a map with zero selects 0 there.
     """
-    bits = int(np.log2(len(codebook.magnitudes)))
-    i = jnp.maximum(index, 1)
-    k = _exponent(i.astype(jnp.float32))  # floor(log2(i)), exact below 2**24
+    bits = _code_bits(codebook)
+    k, n = _decade(jnp.maximum(index, 1))
+    magnitude = (7 * index - 6 * n + 7).astype(jnp.float32) * _power_of_two(2 * k - 3 * bits)
+    return magnitude if codebook.magnitudes[0] else jnp.where(index == 0, 0, magnitude)
+
+
+def boundary(c: jax.Array, codebook: Codebook) -> jax.Array:
+    """The boundary between codes ``c`` and ``c + 1``: ``Codebook.boundaries()[c]``, exactly.
+
+    The midpoint of the two magnitudes is ``I * 2**(2k - 3 bits - 1)`` with the
+    integer ``I = 14c - 12n + 21`` (``n = 2**k`` the decade of ``c + 1``),
+    squared for ``nu``: below ``2**24`` either way, so exact in float32. A map
+    with zero has the first boundary at half its first magnitude (``I = 8``).
+    """
+    bits = _code_bits(codebook)
+    k, n = _decade(c + 1)
+    i = 14 * c - 12 * n + 21
+    if codebook.sqrt_domain:
+        return (i * i).astype(jnp.float32) * _power_of_two(4 * k - 6 * bits - 2)
+    if not codebook.magnitudes[0]:
+        i = jnp.where(c == 0, 8, i)
+    return i.astype(jnp.float32) * _power_of_two(2 * k - 3 * bits - 1)
+
+
+# The midpoint formula's estimate is biased down by 0.01 code, more than its float32
+# error (about 1e-4 code), so that it is the code or the one below, never above.
+_BIAS = np.float32(7 * 0.01)
+
+
+def _nearest(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
+    """The code of the magnitude nearest ``magnitude`` (in ``[0, 1]``), as int32.
+
+    The decade comes from the binary exponent of ``y`` (``sqrt(magnitude)`` for
+    ``nu``): decade ``e`` spans three binary exponents. Inverting the midpoint
+    formula gives the code, or the one below it; one exact comparison with the
+    boundary above settles it.
+    """
+    bits = _code_bits(codebook)
+    top = 2**bits - 1
+    y = jnp.sqrt(magnitude) if codebook.sqrt_domain else magnitude
+    # floor(x / 3) for x in [0, 3 bits) as (11 x) >> 5, no integer division (which
+    # XLA deems expensive: it then splits the encoder and writes a float32 value out)
+    k = (jnp.clip(_exponent(y) + 3 * bits, 0, 3 * bits - 1) * 11) >> 5
     n = jnp.left_shift(1, k)
-    inverse_n = jax.lax.bitcast_convert_type(jnp.left_shift(127 - k, 23), jnp.float32)
-    decade = bits - 1 - k
-    power = jnp.full(index.shape, np.float32(0.1))
-    for e in range(1, bits):
-        power = jnp.where(decade == e, np.float32(10.0 ** -(e + 1)), power)
-    numerator = (n + 9 * (i - n + 1)).astype(jnp.float32)
-    return jnp.where(
-        index == 0, np.float32(codebook.magnitudes[0]), numerator * (power * inverse_n)
-    )
-
-
-# -- the encoder of the dynamic maps ---------------------------------------------------
-_SPLIT_BITS = 10  # J = J_hi + J_lo with J_lo < 2**10; s_hi keeps 11 significant bits
-
-
-class _Decades(NamedTuple):
-    """Per decade ``k`` of a map (codes ``n .. 2n-1``, ``n = 2**k``), float32 constants.
-
-    Attributes:
-      lower: the boundary below code ``n`` (``boundaries()[n - 1]``).
-      slope: ``2n * 10**(e+1)``: the midpoint number ``I`` of a value (in the map's domain).
-      s_hi: the high 11 bits of the scale ``S`` that gives a boundary from its ``I``.
-      s_lo: the rest of ``S``, rounded.
-    """
-
-    lower: tuple[np.float32, ...]
-    slope: tuple[np.float32, ...]
-    s_hi: tuple[np.float32, ...]
-    s_lo: tuple[np.float32, ...]
-
-
-@functools.cache
-def _decades(codebook: Codebook) -> _Decades:
-    """The decade constants of ``codebook``'s dynamic map.
-
-    In decade ``e`` (``n = 2**(bits-1-e)`` codes), code ``n + k`` stands for
-    ``(n + 9(k+1)) * 10**-(e+1) / n``; the boundary ``i`` between codes ``i``
-    and ``i+1`` (``n - 1 <= i <= 2n - 2``) is the midpoint
-    ``I * 10**-(e+1) / (2n)`` with the integer ``I = 18i - 16n + 27``, squared
-    for ``NU``: the boundary is ``J * S`` with ``J = I`` or ``I**2`` (below
-    ``2**23``) and ``S = 10**-(e+1) / (2n)`` or its square.
-    """
-    bits = int(np.log2(len(codebook.magnitudes)))
-    bounds = codebook.boundaries()
-    lower, slope, s_hi, s_lo = [], [], [], []
-    for k in range(bits):
-        n, e = 2**k, bits - 1 - k
-        scale = 10.0 ** -(e + 1) / (2 * n)
-        scale = scale * scale if codebook.sqrt_domain else scale
-        mantissa, exponent = np.frexp(scale)
-        high = np.ldexp(np.floor(mantissa * 2.0 ** (_SPLIT_BITS + 1)), exponent - _SPLIT_BITS - 1)
-        lower.append(bounds[n - 1])
-        slope.append(np.float32(2 * n * 10.0 ** (e + 1)))
-        s_hi.append(np.float32(high))
-        s_lo.append(np.float32(scale - high))
-    return _Decades(*(tuple(c) for c in (lower, slope, s_hi, s_lo)))
-
-
-def boundary(index: jax.Array, n: jax.Array, s_hi: jax.Array, s_lo: jax.Array, *, squared: bool):
-    """Boundary ``index`` of decade ``n``, exactly ``Codebook.boundaries()[index]``.
-
-    ``J * S`` rounded once: ``J_hi * s_hi`` is exact (11 + 13 bits), and the
-    small rest ``J_lo * s_hi + J * s_lo`` is added to it, so that the one
-    rounding that matters is the last. A test checks every boundary of both
-    maps, with and without a fused multiply-add in the rest.
-    """
-    i = 18 * index - 16 * n + 27
-    j = i * i if squared else i
-    high = (j & ~((1 << _SPLIT_BITS) - 1)).astype(jnp.float32)
-    low = (j & ((1 << _SPLIT_BITS) - 1)).astype(jnp.float32)
-    return high * s_hi + (low * s_hi + j.astype(jnp.float32) * s_lo)
-
-
-def _encode_dynamic(x: jax.Array, codebook: Codebook) -> jax.Array:
-    """The nearest codes of a dynamic map, by arithmetic and two exact comparisons.
-
-    The code of ``|x|`` is the number of map boundaries at or below it. The
-    decade comes from comparing with its lower boundary (one per decade);
-    inside it, the midpoint formula inverted gives a code that is off by at
-    most one near a boundary, and two exact comparisons with the boundaries
-    around it (:func:`boundary`, computed, not looked up) settle it. Values
-    above 1, infinities and NaN get the top code. A test checks it against an
-    independent table encoder on every float32 in ``[0, 2)``.
-    """
-    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    magnitude = jax.lax.bitcast_convert_type(bits & np.uint32(0x7FFFFFFF), jnp.float32)
-    magnitude = jnp.where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
-    constants = _decades(codebook)
-    n = jnp.zeros(x.shape, jnp.int32)
-    slope = s_hi = s_lo = jnp.zeros(x.shape, jnp.float32)
-    ordered = _ordered(magnitude)
-    for k, (lower, *decade) in enumerate(zip(*constants, strict=True)):
-        # ``lower``'s bits as a constant: Mosaic TPU has no scalar bitcast
-        above = ordered >= np.float32(lower).view(np.int32)
-        n = jnp.where(above, 2**k, n)
-        slope, s_hi, s_lo = (
-            jnp.where(above, c, v) for c, v in zip(decade, (slope, s_hi, s_lo), strict=True)
-        )
-    domain = jnp.sqrt(magnitude) if codebook.sqrt_domain else magnitude
-    estimate = jnp.floor((domain * slope + (16 * n - 27).astype(jnp.float32)) * np.float32(1 / 18))
-    code = jnp.clip(estimate.astype(jnp.int32) + 1, n, 2 * n - 1)
-    at = functools.partial(boundary, n=n, s_hi=s_hi, s_lo=s_lo, squared=codebook.sqrt_domain)
-    code = jnp.where((code > n) & (ordered < _ordered(at(code - 1))), code - 1, code)
-    code = jnp.where((code < 2 * n - 1) & (ordered >= _ordered(at(code))), code + 1, code)
-    code = jnp.where(n == 0, 0, code)  # below the first boundary
-    if codebook.signed:
-        code = jnp.where(bits >> 31 == 1, -code, code)
-    return code.astype(codebook.code_dtype)
+    # y = (7c - 6n + 7) * 2**(2k - 3 bits), inverted; the nearest c rounds at c + 1/2
+    t = y * _power_of_two(3 * bits - 2 * k) + (6 * n).astype(jnp.float32) - (3.5 + _BIAS)
+    c = jnp.clip(jnp.floor(t * np.float32(1 / 7)).astype(jnp.int32), 0, top)
+    above = _ordered(magnitude) >= _ordered(boundary(jnp.minimum(c, top - 1), codebook))
+    return jnp.where((c < top) & above, c + 1, c)
 
 
 def _exponent(x: jax.Array) -> jax.Array:
@@ -317,6 +291,7 @@ def _exponent(x: jax.Array) -> jax.Array:
 
     Not ``31 - clz(i)`` for an integer ``i``: CPUs without AVX-512 have no
     vector count-leading-zeros, and LLVM emulates it element by element.
+    (Zero and subnormals give -127.)
     """
     return (_ordered(x) >> 23) - 127
 
@@ -325,8 +300,8 @@ def _ordered(x: jax.Array) -> jax.Array:
     """A non-negative float32's bits as int32: the same order as the floats.
 
     The encoder compares these rather than the floats: with float comparisons
-    XLA:CPU splits a cheap encoder in two and writes a float32 value out between
-    the parts (seen with a base-8 map, ``benchmarks/base8_map.py``).
+    XLA:CPU splits the encoder in two and writes a float32 value out between
+    the parts.
     """
     return jax.lax.bitcast_convert_type(x, jnp.int32)
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _kernel, _storage, _tree, _validation
+from optax_rmsprop import _dtypes, _kernel, _quantize, _storage, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -36,6 +36,11 @@ class ScaleByRmsState(NamedTuple):
         kept unquantized; else None. For 4-bit codes it has a trailing unit
         axis, the mark of their packing.
       mu_absmax: the same for ``mu`` (``int8`` codes, or bytes of two 4-bit codes).
+      codebook: with ``state_dtype="int8"`` or ``"int4"``, the base of the
+        dynamic maps that the codes index (an int32 scalar, 8); else None. It
+        marks the stored form: a state saved before the base-8 maps has no such
+        field, so restoring one fails by name instead of reading its codes on
+        the wrong map.
     """
 
     count: jax.Array | None
@@ -43,6 +48,24 @@ class ScaleByRmsState(NamedTuple):
     mu: Tree | None
     nu_absmax: Tree | None
     mu_absmax: Tree | None
+    codebook: jax.Array | None = None
+
+
+def check_codebook(state: ScaleByRmsState) -> None:
+    """Raises if ``state`` holds codes but no ``codebook`` mark: codes of the base-10 maps.
+
+    ``flax.serialization`` refuses such a state on restore (the field names
+    differ); orbax restores the missing field as None, and this catches it
+    before any code is read on the wrong map.
+    """
+    if state.nu_absmax is not None and state.codebook is None:
+        raise ValueError(
+            "This quantized optimizer state has no `codebook` field (it is None): it was "
+            "saved by optax_rmsprop 0.1, whose 8-bit and 4-bit codes index base-10 maps, "
+            "and read on today's base-8 maps its codes would mean other values. Restore it "
+            "with optax_rmsprop 0.1, convert it with `optax_rmsprop.dequantize_state`, and "
+            "save that (or start the optimizer state afresh)."
+        )
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -201,6 +224,7 @@ class RmsCore:
             mu=mu,
             nu_absmax=nu_absmax,
             mu_absmax=mu_absmax,
+            codebook=_quantize.codebook_marker() if self.precision.quantized else None,
         )
 
     def step(
@@ -213,6 +237,7 @@ class RmsCore:
         own storage. Returns ``g / denom`` in the compute dtype (the caller
         casts) and the new state (None with ``write=False``: ``g / denom`` alone).
         """
+        check_codebook(state)
         correction = None
         if self.bias_correction:
             correction = bias_correction_factor(state.count, self.decay)
@@ -250,7 +275,7 @@ class RmsCore:
             mu, mu_absmax = _tree.unzip(grads, new_mu, 2)
             mu_absmax = None if state.mu_absmax is None else mu_absmax
         count = None if state.count is None else optax.safe_int32_increment(state.count)
-        return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax)
+        return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax, state.codebook)
 
 
 def _divided_by(layout: _storage.Layout, value: jax.Array) -> jax.Array:

@@ -39,19 +39,19 @@ STATES = ["int8", "int4"]
 
 
 def test_the_maps_are_the_dynamic_decades_and_nu_has_no_zero():
-    # Independently: decade e holds 2**(bits-1-e) values spaced linearly in (0.1, 1] * 10**-e.
+    # Independently: decade e holds 2**(bits-1-e) values spaced linearly in (1/8, 1] * 8**-e.
     def decades(bits):
         return [
-            10.0**-e * (0.1 + 0.9 * (k + 1) / 2 ** (bits - 1 - e))
+            8.0**-e * (1 / 8 + 7 / 8 * (k + 1) / 2 ** (bits - 1 - e))
             for e in reversed(range(bits))
             for k in range(2 ** (bits - 1 - e))
         ]
 
     np.testing.assert_allclose(_quantize.SIGNED.magnitudes, [0.0, *decades(7)], rtol=1e-12)
-    # nu: 8 bits over sqrt(nu / absmax), code 0 is the lower edge 1e-8, not 0
-    np.testing.assert_allclose(_quantize.NU.magnitudes, [1e-8, *decades(8)], rtol=1e-12)
-    values = _quantize.NU.values()  # decoded: magnitude**2
-    np.testing.assert_allclose(values, _quantize.NU.magnitudes**2, rtol=1e-6)
+    # nu: 8 bits over sqrt(nu / absmax), code 0 is the lower edge 8**-8, not 0
+    np.testing.assert_allclose(_quantize.NU.magnitudes, [8.0**-8, *decades(8)], rtol=1e-12)
+    values = _quantize.NU.values()  # decoded: magnitude**2, exactly (powers of two)
+    np.testing.assert_array_equal(values, (_quantize.NU.magnitudes**2).astype(np.float32))
     assert values[-1] == 1 and np.all(np.diff(values) > 0)
     codes = np.arange(-127, 128, dtype=np.int8)  # the sign is its own: -c decodes to -value
     np.testing.assert_array_equal(
@@ -61,7 +61,8 @@ def test_the_maps_are_the_dynamic_decades_and_nu_has_no_zero():
     # 4 bits: nu on the linear map (i + 1) / 16 without zero, first moments on 3-bit decades
     np.testing.assert_array_equal(_quantize.NU4.values(), np.arange(1, 17, dtype=np.float32) / 16)
     np.testing.assert_allclose(_quantize.SIGNED4.magnitudes, [0.0, *decades(3)], rtol=1e-12)
-    np.testing.assert_allclose(_quantize.SIGNED4.values(), _quantize.SIGNED4.magnitudes, rtol=1e-6)
+    for codebook in (_quantize.SIGNED, _quantize.SIGNED4):  # every value exact in float32
+        np.testing.assert_array_equal(codebook.values(), codebook.magnitudes.astype(np.float32))
 
 
 @pytest.mark.parametrize("name", ["nu4", "signed4"])
@@ -115,31 +116,16 @@ def _near_boundaries(codebook) -> np.ndarray:
 
 @pytest.mark.parametrize("name", DYNAMIC_MAPS)
 def test_every_boundary_is_computed_exactly(name):
+    # The midpoints in float64 (squared for nu), rounded once, against the encoder's
+    # integer-times-power-of-two formula: equal for every boundary of the map.
     codebook = MAPS[name]
-    bounds = codebook.boundaries()
-    decades = _quantize._decades(codebook)
-    bits = int(np.log2(len(codebook.magnitudes)))
-    for k in range(1, bits):  # decade n = 2**k holds boundaries n .. 2n-2 (n-1 is `lower`)
-        n = 2**k
-        index = jnp.arange(n, 2 * n - 1)
-        args = (jnp.full_like(index, n), decades.s_hi[k], decades.s_lo[k])
-        squared = codebook.sqrt_domain
-        at = jax.jit(_quantize.boundary, static_argnames="squared")
-        got = at(index, *args, squared=squared)
-        np.testing.assert_array_equal(got, bounds[n : 2 * n - 1])
-        assert decades.lower[k] == bounds[n - 1]
-        # Also with the small rest computed by a fused multiply-add (as a GPU compiler may):
-        i = 18 * np.arange(n, 2 * n - 1) - 16 * n + 27
-        j = (i * i if squared else i).astype(np.float64)
-        high, low = j - j % 1024, j % 1024
-        s_hi, s_lo = np.float64(decades.s_hi[k]), np.float64(decades.s_lo[k])
-        for rest in (
-            np.float32(low * s_hi) + (j * s_lo).astype(np.float32),
-            (low * s_hi + np.float32(j * s_lo)).astype(np.float32),
-            (np.float32(low * s_hi) + j * s_lo).astype(np.float32),
-        ):
-            fused = (high * s_hi + rest.astype(np.float64)).astype(np.float32)
-            np.testing.assert_array_equal(fused, bounds[n : 2 * n - 1])
+    index = jnp.arange(len(codebook.magnitudes) - 1)
+    got = jax.jit(_quantize.boundary, static_argnums=1)(index, codebook)
+    np.testing.assert_array_equal(got, codebook.boundaries())
+    m = codebook.magnitudes
+    midpoint = (m[1:] + m[:-1]) / 2
+    exact = midpoint**2 if codebook.sqrt_domain else midpoint
+    np.testing.assert_array_equal(np.asarray(got, np.float64), exact)  # no rounding at all
 
 
 @pytest.mark.parametrize("name", DYNAMIC_MAPS)
@@ -187,8 +173,8 @@ def test_the_encoder_gives_the_table_encoders_codes_for_every_float_below_2():
 
 # The widest gap between neighbours in each map's top range, and where that range starts
 # (relative to absmax, in the map's own domain: sqrt for nu).
-TOP_GAPS = {"nu": (0.9 / 128, 0.1), "signed": (0.9 / 64, 0.1), "nu4": (1 / 16, 1 / 16)}
-TOP_GAPS["signed4"] = (0.225, 0.1)
+TOP_GAPS = {"nu": (7 / 8 / 128, 1 / 8), "signed": (7 / 8 / 64, 1 / 8), "nu4": (1 / 16, 1 / 16)}
+TOP_GAPS["signed4"] = (7 / 32, 1 / 8)
 
 
 @pytest.mark.parametrize("name", MAPS)
@@ -232,10 +218,10 @@ def test_zeros_and_absmax_are_exact_and_an_all_zero_block_is_zero():
         _quantize.decode_blocks(_quantize.encode_blocks(x, absmax, signed), absmax, signed)[0, 0]
         == 0
     )
-    nu = _quantize.NU  # no zero: a zero beside larger values is the map's floor, 1e-16 * absmax
+    nu = _quantize.NU  # no zero: a zero beside larger values is the map's floor, 2**-48 * absmax
     floor = _quantize.decode_blocks(_quantize.encode_blocks(x, absmax, nu), absmax, nu)[0, 0]
     np.testing.assert_allclose(floor, nu.values()[0] * 3, rtol=1e-6)
-    assert 0 < floor < 1e-15
+    assert 0 < floor <= 3 * 2.0**-48
     # 4 bits: no zero either, and the floor is exactly absmax / 16 (every nu in the block
     # is stored at least that large, so no step divides by eps alone)
     nu4 = _quantize.NU4
@@ -516,7 +502,7 @@ def test_every_option_and_dtype_tracks_float32_state(options, dtype, state_dtype
 @pytest.mark.parametrize("options", [{}, dict(momentum=0.9, centered=True)], ids=str)
 def test_zero_and_tiny_gradients_give_finite_steps(options, state_dtype):
     # Affine int8 quantization rounds small nu to 0 and divides by eps alone;
-    # the dynamic map keeps nu down to 1e-7 of the block's absmax, and the step
+    # the dynamic map keeps nu down to 2**-48 of the block's absmax, and the step
     # uses the float32 nu it just computed, never a re-rounded one. Gradients:
     # a third 1e-20, a third 1, a third 0, and every other step all 0.
     params = jnp.ones((8, 1024), F32)
@@ -578,7 +564,7 @@ def _largest_late_step(tiny, decay, state_dtype, steps=2000, late=200):
 def test_a_small_nu_beside_a_large_one_is_not_rounded_to_zero(tiny, decay, state_dtype):
     # A map with 0 stored these nu as 0, and the next step divided by
     # sqrt((1 - decay) * g**2) alone: 9x to 31x lr. Neither nu map has a zero:
-    # the 8-bit one spans 7 decades of |g|, the 4-bit one stops at absmax / 16.
+    # the 8-bit one spans 2**24 in |g|, the 4-bit one stops at absmax / 16.
     float32 = _largest_late_step(tiny, decay, None)
     quantized = _largest_late_step(tiny, decay, state_dtype)
     assert 0.9 < float32 < 1.2
@@ -677,14 +663,43 @@ def test_the_quantized_step_stays_a_small_graph(state_dtype):
     assert size(state_dtype) <= 40 * size(None), (size(state_dtype), size(None))
 
 
-def test_a_state_saved_before_the_nu_map_changed_is_refused_by_name():
+@pytest.mark.parametrize("field", ["codebook", "nu_scales"])
+def test_a_state_saved_on_earlier_maps_is_refused_by_name(field):
+    # 0.1's states had no `codebook` (base-10 maps); before that, nu's block maxima
+    # were `nu_scales` (nu / absmax on a map with 0). flax refuses both on restore.
     serialization = pytest.importorskip("flax.serialization")
     tx = optax_rmsprop.rmsprop(1e-2, state_dtype="int8")
     state = tx.init(PARAMS)
     old = serialization.to_state_dict(state)
-    old["rms"]["nu_scales"] = old["rms"].pop("nu_absmax")  # the field's name before
-    with pytest.raises(ValueError, match="nu_scales"):
+    del old["rms"]["codebook"]
+    if field == "nu_scales":
+        old["rms"]["nu_scales"] = old["rms"].pop("nu_absmax")
+    with pytest.raises(ValueError, match=field):
         serialization.from_state_dict(state, old)
+
+
+@pytest.mark.parametrize("state_dtype", STATES)
+def test_a_state_restored_without_its_codebook_mark_is_refused_before_a_step(
+    state_dtype, tmp_path
+):
+    # orbax restores a field missing from the checkpoint (a 0.1 state) as None:
+    # the update and dequantize_state then refuse the codes, naming the field.
+    ocp = pytest.importorskip("orbax.checkpoint")
+    tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
+    state = tx.init(PARAMS)
+    assert state.rms.codebook.dtype == jnp.int32 and int(state.rms.codebook) == 8
+    old = state._replace(rms=state.rms._replace(codebook=None))
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "old", old)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(tmp_path / "old", state)
+    assert restored.rms.codebook is None
+    with pytest.raises(ValueError, match="no `codebook` field.*dequantize_state"):
+        tx.update(PARAMS, restored, PARAMS)
+    with pytest.raises(ValueError, match="no `codebook` field"):
+        optax_rmsprop.dequantize_state(restored)
+    # float32 state carries no mark and needs none
+    assert optax_rmsprop.rmsprop(1e-2).init(PARAMS).rms.codebook is None
 
 
 # -- composition -----------------------------------------------------------------
@@ -795,10 +810,12 @@ def test_sharded_state_needs_no_collective(axis_types, state_dtype):
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype=state_dtype)
     with _jax_versions.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     if axis_types == "auto":  # jit(init) of constants cannot know the sharding: place it
-        state = jax.device_put(state, sharding)
-    for leaf in jax.tree.leaves(state):  # codes and scales alike
-        assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), leaf.shape
+        state = jax.tree.map(lambda x: jax.device_put(x, sharding if x.ndim else replicated), state)
+    for leaf in jax.tree.leaves(state):  # codes and scales alike; the codebook mark replicated
+        expected = sharding if leaf.ndim else replicated
+        assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), leaf.shape
     with _jax_versions.set_mesh(mesh):
         compiled = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).compile()
         new_params, new_state = compiled(params, state, params)
