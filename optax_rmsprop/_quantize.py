@@ -16,9 +16,10 @@ of values relative to the block's absmax:
   bits, laid over ``sqrt(nu / absmax)`` rather than over ``nu / absmax``, and
   *without zero*: code 0 stands for ``2**-24``, the map's lower edge. The
   square root doubles the range in gradient terms (``|g|`` down to ``2**-24``
-  of its block's largest, against ``2**-12`` over ``nu``), and the missing zero means a small ``nu`` is never stored as
-  0 while its block holds larger values (the zero-point failure of Li et al.,
-  2023: the next step would divide by ``sqrt((1 - decay) * g**2)`` alone).
+  of its block's largest, against ``2**-12`` over ``nu``), and the missing
+  zero means a small ``nu`` is never stored as 0 while its block holds larger
+  values (the zero-point failure of Li et al., 2023: the next step would
+  divide by ``sqrt((1 - decay) * g**2)`` alone).
   A block whose absmax is 0 stays exactly 0.
 * ``NU4`` (``nu`` in 4 bits): the linear map ``(i + 1) / 16``, ``i = 0..15``,
   also without zero (Li et al.'s choice): a stored ``nu`` is never below

@@ -679,9 +679,7 @@ def test_a_state_saved_on_earlier_maps_is_refused_by_name(field):
 
 
 @pytest.mark.parametrize("state_dtype", STATES)
-def test_a_state_restored_without_its_codebook_mark_is_refused_before_a_step(
-    state_dtype, tmp_path
-):
+def test_a_state_restored_without_its_codebook_mark_is_refused_before_a_step(state_dtype, tmp_path):
     # orbax restores a field missing from the checkpoint (a 0.1 state) as None:
     # the update and dequantize_state then refuse the codes, naming the field.
     ocp = pytest.importorskip("orbax.checkpoint")
