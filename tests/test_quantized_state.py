@@ -467,9 +467,9 @@ def _option_and_dtype_params() -> list:
 
 
 # mean |error| over mean |distance travelled| after 5 steps, per state and param precision;
-# the worst over every option set, 2026-11-29: int8 0.010 (0.011 for bf16/fp16 params;
-# 0.006 and 0.007 before the step used the 8-bit momentum buffer as stored), int4 0.140
-# (0.147): its 4-bit first moments are coarse (a step of 0.225 at the top)
+# the worst over every option set, 2026-11-29, base-8 maps: int8 0.009 (0.010 for bf16/fp16
+# params; base 10: 0.010 and 0.011), int4 0.136 (0.123): its 4-bit first moments are
+# coarse (a step of 0.22 of the block's absmax at the top)
 OPTION_TOLERANCE = {("int8", "full"): 0.03, ("int8", "half"): 0.1}
 OPTION_TOLERANCE.update({("int4", "full"): 0.2, ("int4", "half"): 0.2})
 
