@@ -39,8 +39,9 @@ class ScaleByRmsState(NamedTuple):
       codebook: with ``state_dtype="int8"`` or ``"int4"``, the base of the
         dynamic maps that the codes index (an int32 scalar, 8); else None. It
         marks the stored form: a state saved before the base-8 maps has no such
-        field, so restoring one fails by name instead of reading its codes on
-        the wrong map.
+        field, so ``flax.serialization`` refuses to restore it, and one that
+        orbax restores (the field None) is refused by the next update and by
+        ``dequantize_state``, instead of reading its codes on the wrong map.
     """
 
     count: jax.Array | None
