@@ -31,6 +31,12 @@ def _release(version: str) -> tuple[int, int, int]:
 # 0.10.2 do not.
 FUSES_ROUNDED_READ_BACK = _release(jaxlib.__version__) >= (0, 9, 1)
 
+# XLA from jaxlib 0.7.2 (measured: 0.7.2 and 0.10.2) fuses a uint16 array read as
+# pairs of bytes (a bitcast to a narrower type) into its consumers, and shards it like
+# its input. jaxlib 0.4.35 writes the pairs out (1 B/param more with 4-bit state) and
+# gathers them across devices when sharded. 4-bit codes are unpacked so where it can.
+FUSES_NARROWING_BITCAST = _release(jaxlib.__version__) >= (0, 7, 2)
+
 # jax.typeof: public from jax 0.6; older versions have only the abstract value.
 typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or jax.core.get_aval
 

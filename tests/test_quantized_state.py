@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 
 import chex
 import jax
@@ -77,6 +78,26 @@ def test_4bit_codes_pack_two_per_byte_and_unpack_exactly(name):
         first = np.asarray(codes[:, 0]).astype(np.int64) & 0xF  # the first code: low nibble
         np.testing.assert_array_equal(np.asarray(packed[:, 0]) & 0xF, first)
         np.testing.assert_array_equal(_quantize.unpack(packed, length, codebook), codes)
+
+
+@pytest.mark.skipif(
+    not _jax_versions.FUSES_NARROWING_BITCAST, reason="older XLA unpacks by shifts (see _quantize)"
+)
+def test_unpacking_inside_a_loop_leaves_nothing_for_xla_to_hoist():
+    # Shifts by a [0, 4] pattern made XLA hoist the pattern out of a jax.lax loop as a
+    # small argument (u8[2]), and shifts by amounts read from it are not vectorized: a
+    # 4-bit step in fori_loop or scan ran 2x slower than alone. Unpacking now uses
+    # whole-byte operations only, so the loop carries nothing but the arrays themselves.
+    packed = jnp.zeros((64, 512), jnp.uint8)
+
+    def body(i, total):
+        codes = _quantize.unpack(packed + i.astype(jnp.uint8), 1024, _quantize.SIGNED4)
+        return total + codes.astype(jnp.int32)
+
+    loop = jax.jit(lambda t: jax.lax.fori_loop(0, 3, body, t))
+    text = loop.lower(jnp.zeros((64, 1024), jnp.int32)).compile().as_text()
+    assert "while(" in text
+    assert not re.search(r"\b(u8|s8|pred|s32)\[2\]", text), re.findall(r"\S+\[2\]\S*", text)
 
 
 @pytest.mark.parametrize("name", MAPS)
