@@ -150,10 +150,12 @@ def _assert_loop_rows(rows: list[dict], leaves: list[int], contenders: set[str])
             continue
         momentum = r["contender"].endswith("+ momentum")
         assert r["momentum"] == momentum
-        # params, grads, nu (and the momentum buffer); 8-bit state adds an absmax per buffer
+        # params, grads, nu (and the momentum buffer); 8-bit state adds an absmax per
+        # buffer, and one codebook mark for the whole state
         if "int4" not in r["contender"]:
-            per_leaf = 3 + momentum + ("int8" in r["contender"]) * (1 + momentum)
-            assert r["jit_arguments"] == per_leaf * r["leaves"], r
+            quantized = "int8" in r["contender"]
+            per_leaf = 3 + momentum + quantized * (1 + momentum)
+            assert r["jit_arguments"] == per_leaf * r["leaves"] + quantized, r
         if "int8" in r["contender"]:  # quantized: a quarter of float32, plus absmax
             assert r["state_bytes_per_param"] < 1.05 * (1 + momentum), r
         elif "int4" not in r["contender"]:
