@@ -16,8 +16,12 @@ import optax
 from optax_rmsprop._rmsprop import rmsprop
 from optax_rmsprop._tree import Tree
 
+__all__ = ["a3c", "dqn_nature", "efficientnet", "graves_2013", "impala", "inception"]
 
-def graves_2013(learning_rate: optax.ScalarOrSchedule = 1e-4) -> optax.GradientTransformation:
+
+def graves_2013(
+    learning_rate: optax.ScalarOrSchedule = 1e-4,
+) -> optax.GradientTransformationExtraArgs:
     """Graves (2013), the first centered RMSProp, with momentum.
 
     ``rho = 0.95``, ``eps = 1e-4`` inside the root, centered, momentum 0.9 with
@@ -41,7 +45,7 @@ def dqn_nature(
     *,
     batch_size: int = 32,
     loss_reduction: str = "sum",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """DQN (Mnih et al., Nature 2015): centered RMSProp, no momentum.
 
     DeepMind's Lua code: ``rho = 0.95`` for both the mean gradient and the mean
@@ -72,7 +76,7 @@ def dqn_nature(
     return rmsprop(learning_rate, decay=0.95, eps=eps, eps_in_sqrt=True, centered=True)
 
 
-def impala(learning_rate: optax.ScalarOrSchedule = 4.8e-4) -> optax.GradientTransformation:
+def impala(learning_rate: optax.ScalarOrSchedule = 4.8e-4) -> optax.GradientTransformationExtraArgs:
     """IMPALA (Espeholt et al., 2018): TF1 RMSProp, ``rho = 0.99``, ``eps = 0.1``.
 
     TF1 conventions: the mean square starts at **1**, eps inside the root, no
@@ -95,7 +99,7 @@ def _tf_slim(
     eps: float,
     weight_decay: float,
     weight_decay_mask: Tree | Callable[[Tree], Tree] | None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     return rmsprop(
         learning_rate,
         decay=0.9,
@@ -113,7 +117,7 @@ def efficientnet(
     *,
     weight_decay: float = 1e-5,
     weight_decay_mask: Tree | Callable[[Tree], Tree] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """EfficientNet / MnasNet / MobileNetV3 (TF TPU): TF1 RMSProp, rho .9, momentum .9, eps 1e-3.
 
     TF1 conventions (mean square from **1**, eps inside the root, learning rate
@@ -138,7 +142,7 @@ def inception(
     *,
     weight_decay: float = 4e-5,
     weight_decay_mask: Tree | Callable[[Tree], Tree] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Inception v3 / TF-slim ImageNet (MobileNet v1/v2, NASNet): rho .9, momentum .9, eps **1.0**.
 
     TF1 conventions as :func:`efficientnet`, with ``eps = 1.0`` inside the root
@@ -157,7 +161,7 @@ def inception(
     return _tf_slim(learning_rate, 1.0, weight_decay, weight_decay_mask)
 
 
-def a3c(learning_rate: optax.ScalarOrSchedule = 7e-4) -> optax.GradientTransformation:
+def a3c(learning_rate: optax.ScalarOrSchedule = 7e-4) -> optax.GradientTransformationExtraArgs:
     """A3C (Mnih et al., 2016) as reproduced by ChainerRL: rho .99, eps 0.1 inside the root.
 
     The paper shares one set of RMSProp statistics across all actor threads;

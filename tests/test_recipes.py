@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from optax_rmsprop import compat, recipes
@@ -92,3 +96,18 @@ def test_efficientnet_masks_weight_decay():
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     assert float(jnp.abs(updates["kernel"]).max()) > 0
     chex.assert_trees_all_equal(updates["bn_scale"], jnp.zeros(2))
+
+
+@pytest.mark.parametrize("name", recipes.__all__)
+def test_each_recipe_returns_what_its_annotation_says(name):
+    recipe = getattr(recipes, name)
+    annotation = typing.get_type_hints(recipe)["return"]
+    assert annotation is optax.GradientTransformationExtraArgs
+    tx = recipe(1e-2)
+    assert isinstance(tx, annotation) and tx.update.__code__.co_flags & inspect.CO_VARKEYWORDS
+
+
+def test_all_lists_every_public_recipe():
+    defined = {n: f for n, f in vars(recipes).items() if inspect.getmodule(f) is recipes}
+    public = {n for n, f in defined.items() if inspect.isfunction(f) and n[0] != "_"}
+    assert set(recipes.__all__) == public
