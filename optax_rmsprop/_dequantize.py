@@ -8,7 +8,7 @@ import jax
 
 from optax_rmsprop import _storage
 from optax_rmsprop._rmsprop import RMSPropState
-from optax_rmsprop._scale_by_rms import ScaleByRmsState, check_codebook
+from optax_rmsprop._scale_by_rms import ScaleByRmsState, check_maps
 from optax_rmsprop._tree import Tree
 
 
@@ -49,7 +49,7 @@ def dequantize_state(opt_state: Any, params: Tree | None = None) -> Any:
 
     def dequantize(state: RMSPropState | ScaleByRmsState) -> RMSPropState | ScaleByRmsState:
         if isinstance(state, RMSPropState):
-            check_codebook(state.rms)
+            check_maps(state.rms)
             like = state.rms.nu if params is None else params
             momentum = _read(state.momentum, state.momentum_absmax, like, params, real=False)
             return RMSPropState(dequantize(state.rms), momentum, None)
@@ -64,7 +64,7 @@ def rms_moments(state: ScaleByRmsState, params: Tree | None = None) -> tuple[Tre
 
     ``params`` (or their shapes) is needed for 4-bit codes only.
     """
-    check_codebook(state)
+    check_maps(state)
     like = state.nu if params is None else params
     nu = _read(state.nu, state.nu_absmax, like, params, real=True)
     return nu, _read(state.mu, state.mu_absmax, like, params, real=False)

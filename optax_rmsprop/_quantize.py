@@ -8,23 +8,22 @@ of values relative to the block's absmax:
   of Dettmers et al. (2022) over ``[-1, 1]``, in base 8: a sign and 7 bits of
   magnitude, with ``2**(6-e)`` linearly spaced magnitudes in decade ``e``
   (values in ``(8**-(e+1), 8**-e]``, down to ``2**-18``), and an exact 0.
-  Base 8 rather than Dettmers et al.'s base 10 keeps the same resolution (128
-  values in the top decade of ``NU``) and makes every value and boundary an
-  integer times a power of two: the codec is a few integer operations, with
+  Base 8 rather than Dettmers et al.'s base 10 makes every value and boundary
+  an integer times a power of two: the codec is a few integer operations, with
   no per-decade constants.
-* ``NU`` (the second moment ``nu >= 0``): the same dynamic decades with 8
-  bits, laid over ``sqrt(nu / absmax)`` rather than over ``nu / absmax``, and
-  *without zero*: code 0 stands for ``2**-24``, the map's lower edge. The
-  square root doubles the range in gradient terms (``|g|`` down to ``2**-24``
-  of its block's largest, against ``2**-12`` over ``nu``), and the missing
-  zero means a small ``nu`` is never stored as 0 while its block holds larger
-  values (the zero-point failure of Li et al., 2023: the next step would
-  divide by ``sqrt((1 - decay) * g**2)`` alone).
-  A block whose absmax is 0 stays exactly 0.
-* ``NU4`` (``nu`` in 4 bits): the linear map ``(i + 1) / 16``, ``i = 0..15``,
-  also without zero (Li et al.'s choice): a stored ``nu`` is never below
-  ``absmax / 16``, so no step divides by ``eps`` alone. Its codes are computed
-  arithmetically (``round(16 x) - 1``), with no table.
+* ``NU`` (the second moment ``nu >= 0``, 8 bits) and ``NU4`` (4 bits): a
+  binary floating-point grid over ``nu / absmax``, *without zero*. Code ``c``
+  is grid point ``n = c + 1``, ``2**e * (1 + m / 2**M)`` with ``n = (e + B) *
+  2**M + m``: 16 binades (``B = 16``) of 16 values each (``M = 4``) for
+  ``NU``, 16 powers of two (``M = 0``, ``B = 15``) for ``NU4``; the top code
+  is 1 (the block's absmax, exactly) and code 0 the grid's floor, ``2**-16 *
+  17/16`` or ``2**-15``. Every value has the same *relative* resolution (the
+  step, ``1 / sqrt(nu)``, needs that: a small ``nu`` beside a large one in its
+  block is stored as finely as the large one), and the codec is the float32
+  bit pattern shifted. A small ``nu`` is never stored as 0 while its block
+  holds larger values (the zero-point failure of Li et al., 2023: the next
+  step would divide by ``sqrt((1 - decay) * g**2)`` alone); a block whose
+  absmax is 0 stays exactly 0.
 * ``SIGNED4`` (first moments in 4 bits): the base-8 dynamic map with a sign and
   3 bits of magnitude, ``0, 1/64, 9/128, 1/8, 11/32, 9/16, 25/32, 1``.
 
@@ -32,13 +31,20 @@ of values relative to the block's absmax:
 first of each pair in the low nibble; a signed code as its two's complement
 nibble.
 
-Codes are the nearest map values (in the map's own domain: ``sqrt`` for
-``NU``). The codec has no table, so it fuses into XLA's loops, shards like
-its input and lowers in Pallas kernels: decoding is integer arithmetic and
+``nu`` is written with *stochastic rounding* (:func:`encode` with random
+bits): it rounds to one of the two grid values around it, up with the
+probability that makes the expected stored value the value itself (``NU``;
+``NU4`` takes the probability in ``log(nu)``: between powers of two, unbiased
+rounding of ``nu`` lets a stored value wander far below its true one, and the
+step's 95th percentile grows past 1.7x). Rounded to nearest, a moving average whose step is below half a
+grid step never moves (at ``decay=0.999``, 0.1% of ``g**2 - nu`` against 3% to
+6%), and ``nu`` ratchets up. The signed maps round to nearest. The codec has
+no table, so it fuses into XLA's loops, shards like
+its input: decoding is integer arithmetic and
 one multiplication by a power of two; encoding takes the decade from the
 binary exponent, inverts the decade's midpoint formula and settles the code
-with one exact comparison against the boundary above it (the linear ``NU4``
-map: ``round(16 x) - 1``).
+with one exact comparison against the boundary above it (the ``nu`` grids:
+the float32 bit pattern plus the rounding bits, shifted).
 
 Layout: the codes have the array's own shape (so they shard like it) and the
 absmax has shape ``(..., n_blocks)``. With ``L`` the last axis and ``B`` the
@@ -63,45 +69,63 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _jax_versions
+from optax_rmsprop import _jax_versions, _rounding
 
 
-def dynamic_magnitudes(bits: int, *, zero_free: bool = False) -> np.ndarray:
+def dynamic_magnitudes(bits: int) -> np.ndarray:
     """The dynamic map's ``2**bits`` magnitudes in ``[0, 1]``, ascending, in float64.
 
-    Indices ``n .. 2n - 1`` (``n = 2**k``) are decade ``e = bits - 1 - k``, ``n``
-    values spaced linearly in ``(8**-(e+1), 8**-e]``: index ``c`` stands for
-    ``(7c - 6n + 7) * 2**(2k - 3 bits)``. Index 0 is 0, or with ``zero_free`` the
-    map's lower edge ``2**-(3 bits)`` (the same formula at ``c = 0``).
+    Index 0 is 0; indices ``n .. 2n - 1`` (``n = 2**k``) are decade ``e = bits -
+    1 - k``, ``n`` values spaced linearly in ``(8**-(e+1), 8**-e]``: index ``c``
+    stands for ``(7c - 6n + 7) * 2**(2k - 3 bits)``.
     """
-    values = [2.0 ** (-3 * bits) if zero_free else 0.0]
+    values = [0.0]
     for k in range(bits):
         n = 2**k
         values += [(7 * c - 6 * n + 7) * 2.0 ** (2 * k - 3 * bits) for c in range(n, 2 * n)]
     return np.asarray(values)
 
 
+def grid_magnitudes(bits: int, mantissa_bits: int) -> np.ndarray:
+    """The ``nu`` grid's ``2**bits`` values in ``(0, 1]``, ascending, in float64.
+
+    Code ``c`` is grid point ``n = c + 1 = (e + B) * 2**M + m``, the value
+    ``2**e * (1 + m / 2**M)``, with ``M = mantissa_bits`` and ``B = 2**(bits - M)``
+    binades: the top code is 1, and there is no zero.
+    """
+    n = np.arange(1, 2**bits + 1)
+    binades = 2 ** (bits - mantissa_bits)
+    e = (n >> mantissa_bits) - binades
+    m = n & (2**mantissa_bits - 1)
+    return 2.0**e * (1 + m / 2.0**mantissa_bits)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Codebook:
-    """A map from 8-bit codes to values relative to the block's absmax.
+    """A map from 8-bit or 4-bit codes to values relative to the block's absmax.
 
     Attributes:
-      name: ``"nu"`` or ``"signed"``, for messages.
+      name: ``"nu"``, ``"signed"``, ``"nu4"`` or ``"signed4"``, for messages.
       signed: codes are ``int8`` (sign and magnitude) rather than ``uint8``.
-      magnitudes: the map's magnitudes in its own domain, ascending (float64).
-      sqrt_domain: the magnitudes stand for ``sqrt(x)``: a code decodes to
-        ``magnitude**2`` and nearest means nearest in ``sqrt``.
+      magnitudes: the map's magnitudes, ascending (float64).
       bits: the code width, 8 or 4 (stored two codes per byte).
-      linear: the magnitudes are ``(i + 1) / n``, coded arithmetically; else
-        the dynamic map (or the zero-free ``NU`` variant of it).
+      mantissa_bits: for the ``nu`` grids, ``M`` (:func:`grid_magnitudes`);
+        None for the dynamic maps.
+      log_rounding: stochastic rounding takes its probability in
+        ``log(value)`` rather than in the value (``NU4``).
     """
 
     name: str
     signed: bool
     magnitudes: np.ndarray
-    sqrt_domain: bool
     bits: int = 8
-    linear: bool = False
+    mantissa_bits: int | None = None
+    log_rounding: bool = False
+
+    @property
+    def grid(self) -> bool:
+        """A binary floating-point grid (the ``nu`` maps) rather than a dynamic map."""
+        return self.mantissa_bits is not None
 
     @property
     def packed(self) -> bool:
@@ -132,52 +156,44 @@ class Codebook:
     def boundaries(self) -> np.ndarray:
         """The float32 values where the nearest magnitude changes, ascending."""
         m = self.magnitudes
-        mid = (m[1:] + m[:-1]) / 2
-        return (mid * mid if self.sqrt_domain else mid).astype(np.float32)
+        return ((m[1:] + m[:-1]) / 2).astype(np.float32)
 
 
-NU = Codebook(
-    "nu",
-    signed=False,
-    sqrt_domain=True,
-    magnitudes=dynamic_magnitudes(8, zero_free=True),
-)
-SIGNED = Codebook("signed", signed=True, sqrt_domain=False, magnitudes=dynamic_magnitudes(7))
+NU = Codebook("nu", signed=False, magnitudes=grid_magnitudes(8, 4), mantissa_bits=4)
+SIGNED = Codebook("signed", signed=True, magnitudes=dynamic_magnitudes(7))
 NU4 = Codebook(
     "nu4",
     signed=False,
-    sqrt_domain=False,
-    magnitudes=np.arange(1, 17) / 16,
+    magnitudes=grid_magnitudes(4, 0),
     bits=4,
-    linear=True,
+    mantissa_bits=0,
+    log_rounding=True,
 )
-SIGNED4 = Codebook(
-    "signed4", signed=True, sqrt_domain=False, magnitudes=dynamic_magnitudes(3), bits=4
-)
+SIGNED4 = Codebook("signed4", signed=True, magnitudes=dynamic_magnitudes(3), bits=4)
 
 
-BASE = 8  # of the dynamic maps; a quantized state stores it (``codebook``) as its mark
+MARK = 2  # the version of the maps, kept in a quantized state's ``maps`` field
 
 
-def codebook_marker() -> jax.Array:
-    """What a quantized state stores in its ``codebook`` field: :data:`BASE`, int32."""
-    return jnp.asarray(BASE, jnp.int32)
+def maps_marker() -> jax.Array:
+    """What a quantized state stores in its ``maps`` field: :data:`MARK`, int32."""
+    return jnp.asarray(MARK, jnp.int32)
 
 
-def encode(x: jax.Array, codebook: Codebook) -> jax.Array:
-    """The codes of the map values nearest ``x`` (float32 in ``[-1, 1]``, ``[0, 1]`` for nu).
+def encode(x: jax.Array, codebook: Codebook, random: jax.Array | None = None) -> jax.Array:
+    """The codes of ``x`` (float32 in ``[-1, 1]``, ``[0, 1]`` for nu).
 
-    No table: integer arithmetic and one exact comparison, so it fuses, shards
-    and lowers everywhere (Pallas kernels included) and every program gives the
-    same codes. Values above 1, infinities and NaN get the top code.
+    ``random`` (uint32, ``x``'s shape) rounds a ``nu`` grid stochastically
+    (:func:`_grid_codes`); without it, and on the signed maps, the code is the
+    nearest map value's. No table: integer arithmetic and exact comparisons,
+    so it fuses and shards everywhere and every program gives the same codes.
+    Values above 1, infinities and NaN get the top code.
     """
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
     magnitude = jax.lax.bitcast_convert_type(bits & np.uint32(0x7FFFFFFF), jnp.float32)
     magnitude = jnp.where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
-    if codebook.linear:  # the nearest (i + 1) / n, ties up, as the boundaries say
-        n = len(codebook.magnitudes)
-        code = jnp.floor(magnitude * n + 0.5).astype(jnp.int32) - 1
-        return jnp.clip(code, 0, n - 1).astype(codebook.code_dtype)
+    if codebook.grid:
+        return _grid_codes(magnitude, codebook, random)
     code = _nearest(magnitude, codebook)
     if codebook.signed:
         code = jnp.where(bits >> 31 == 1, -code, code)
@@ -192,14 +208,53 @@ def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
     gives exactly :meth:`Codebook.values` (a test checks every code).
     """
     index = codes.astype(jnp.int32)
-    if codebook.linear:  # (i + 1) / n, exact
-        return (index + 1).astype(jnp.float32) * np.float32(1 / len(codebook.magnitudes))
+    if codebook.grid:
+        return _grid_value(index, codebook)
     if codebook.packed:  # 8 magnitudes: a select chain is cheaper than the arithmetic
         magnitude = _selected_magnitude(jnp.abs(index), codebook)
     else:
         magnitude = _dynamic_magnitude(jnp.abs(index), codebook)
-    value = magnitude * magnitude if codebook.sqrt_domain else magnitude
-    return jnp.where(index < 0, -value, value) if codebook.signed else value
+    return jnp.where(index < 0, -magnitude, magnitude) if codebook.signed else magnitude
+
+
+# -- the nu grids' codec: the float32 bit pattern, shifted -----------------------------
+def _binades(codebook: Codebook) -> int:
+    return 2 ** (codebook.bits - codebook.mantissa_bits)
+
+
+def _grid_value(code: jax.Array, codebook: Codebook) -> jax.Array:
+    """Grid point ``n = code + 1`` as float32: its exponent and mantissa bits, exactly."""
+    m_bits = codebook.mantissa_bits
+    n = code + 1
+    exponent = (n >> m_bits) - _binades(codebook) + 127
+    mantissa = (n & (2**m_bits - 1)) << (23 - m_bits)
+    return jax.lax.bitcast_convert_type((exponent << 23) | mantissa, jnp.float32)
+
+
+def _grid_codes(
+    magnitude: jax.Array, codebook: Codebook, random: jax.Array | None
+) -> jax.Array:
+    """The grid codes of ``magnitude`` in ``[0, 1]``: nearest, or stochastically rounded.
+
+    Between two grid values ``lo <= x < hi`` the code rounds up with
+    probability ``(x - lo) / (hi - lo)`` (the stored value is ``x`` in
+    expectation): ``random`` added below the kept mantissa bits carries into
+    them exactly that often. ``log_rounding`` uses ``log2(x / lo)`` instead
+    (``hi = 2 lo``): the stored value is right in expectation in ``log(nu)``. Below the floor: code 0 (the grid has no zero).
+    """
+    m_bits = codebook.mantissa_bits
+    bits = jax.lax.bitcast_convert_type(magnitude, jnp.int32)
+    if codebook.log_rounding and random is not None:  # a power-of-two grid: m_bits == 0
+        fraction = jax.lax.bitcast_convert_type((bits & 0x7FFFFF) | 0x3F800000, jnp.float32)
+        p = jnp.log2(fraction)
+        up = (random >> 8).astype(jnp.int32).astype(jnp.float32) * np.float32(2**-24) < p
+        n = (bits >> 23) + up.astype(jnp.int32) - 127 + _binades(codebook)
+    else:  # nearest: half of the dropped bits' range; ties up, as the boundaries say
+        carry = 1 << (22 - m_bits) if random is None else random >> (9 + m_bits)
+        bits = bits + jnp.asarray(carry).astype(jnp.int32)
+        n = (bits >> (23 - m_bits)) - ((127 - _binades(codebook)) << m_bits)
+    top = 2**codebook.bits - 1
+    return jnp.clip(n - 1, 0, top).astype(codebook.code_dtype)
 
 
 def _selected_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
@@ -233,32 +288,24 @@ def _decade(c: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
-    """Magnitude ``index`` of a dynamic map, ``(7c - 6n + 7) * 2**(2k - 3 bits)``: exact.
-
-    At ``index = 0`` the formula (with ``n = 1``) gives the zero-free map's lower
-    edge; a map with zero selects 0 there.
-    """
+    """Magnitude ``index`` of a dynamic map, ``(7c - 6n + 7) * 2**(2k - 3 bits)`` (0 at 0)."""
     bits = _code_bits(codebook)
     k, n = _decade(jnp.maximum(index, 1))
     magnitude = (7 * index - 6 * n + 7).astype(jnp.float32) * _power_of_two(2 * k - 3 * bits)
-    return magnitude if codebook.magnitudes[0] else jnp.where(index == 0, 0, magnitude)
+    return jnp.where(index == 0, 0, magnitude)
 
 
 def boundary(c: jax.Array, codebook: Codebook) -> jax.Array:
     """The boundary between codes ``c`` and ``c + 1``: ``Codebook.boundaries()[c]``, exactly.
 
     The midpoint of the two magnitudes is ``I * 2**(2k - 3 bits - 1)`` with the
-    integer ``I = 14c - 12n + 21`` (``n = 2**k`` the decade of ``c + 1``),
-    squared for ``nu``: below ``2**24`` either way, so exact in float32. A map
-    with zero has the first boundary at half its first magnitude (``I = 8``).
+    integer ``I = 14c - 12n + 21`` (``n = 2**k`` the decade of ``c + 1``), below
+    ``2**24``, so exact in float32; the first boundary is half the first
+    magnitude (``I = 8``).
     """
     bits = _code_bits(codebook)
     k, n = _decade(c + 1)
-    i = 14 * c - 12 * n + 21
-    if codebook.sqrt_domain:
-        return (i * i).astype(jnp.float32) * _power_of_two(4 * k - 6 * bits - 2)
-    if not codebook.magnitudes[0]:
-        i = jnp.where(c == 0, 8, i)
+    i = jnp.where(c == 0, 8, 14 * c - 12 * n + 21)
     return i.astype(jnp.float32) * _power_of_two(2 * k - 3 * bits - 1)
 
 
@@ -268,16 +315,15 @@ _BIAS = np.float32(7 * 0.01)
 
 
 def _nearest(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
-    """The code of the magnitude nearest ``magnitude`` (in ``[0, 1]``), as int32.
+    """The code of the dynamic map's magnitude nearest ``magnitude`` (in ``[0, 1]``), as int32.
 
-    The decade comes from the binary exponent of ``y`` (``sqrt(magnitude)`` for
-    ``nu``): decade ``e`` spans three binary exponents. Inverting the midpoint
+    The decade comes from the binary exponent: decade ``e`` spans three. Inverting the midpoint
     formula gives the code, or the one below it; one exact comparison with the
     boundary above settles it.
     """
     bits = _code_bits(codebook)
     top = 2**bits - 1
-    y = jnp.sqrt(magnitude) if codebook.sqrt_domain else magnitude
+    y = magnitude
     # floor(x / 3) for x in [0, 3 bits) as (11 x) >> 5, no integer division (which
     # XLA deems expensive: it then splits the encoder and writes a float32 value out)
     k = (jnp.clip(_exponent(y) + 3 * bits, 0, 3 * bits - 1) * 11) >> 5
@@ -391,13 +437,17 @@ def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
 # The codec runs as small jitted functions: traced once per shape and map, not
 # once per leaf (a 200-leaf step traced in seconds instead of tens of seconds).
 @functools.partial(jax.jit, static_argnums=2)
-def encode_blocks(x: jax.Array, absmax: jax.Array, codebook: Codebook) -> jax.Array:
+def encode_blocks(
+    x: jax.Array, absmax: jax.Array, codebook: Codebook, seed: jax.Array | None = None
+) -> jax.Array:
     """``x`` as codes relative to its blocks' ``absmax`` (from :func:`block_absmax`).
 
-    4-bit codes come packed, two per byte (:func:`pack`).
+    With ``seed`` (:func:`optax_rmsprop._rounding.stream_seed`), a ``nu`` grid
+    rounds stochastically. 4-bit codes come packed, two per byte (:func:`pack`).
     """
     scale = per_element(absmax, x.shape[-1])
-    codes = encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook)
+    random = None if seed is None else _rounding.random_bits(x.shape, seed)
+    codes = encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook, random)
     return pack(codes) if codebook.packed else codes
 
 

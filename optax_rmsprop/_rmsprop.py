@@ -26,7 +26,6 @@ from jax.typing import ArrayLike
 from optax_rmsprop import (
     _caution,
     _dtypes,
-    _kernel,
     _momentum,
     _opaque,
     _scale_by_rms,
@@ -267,7 +266,7 @@ def rmsprop(
                 momentum,
                 nesterov=nesterov,
                 lr_in_momentum=lr_in_momentum,
-                rescaled=None if _kernel.use_pallas() else rescaled,
+                rescaled=rescaled,
             )
             nu_layouts = _storage.layouts(like, core.precision, real=True)
             rms = rms._replace(

@@ -7,6 +7,7 @@ This is RMSProp without a learning rate, the building block of
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _kernel, _quantize, _storage, _tree, _validation
+from optax_rmsprop import _dtypes, _quantize, _rounding, _storage, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -25,7 +26,8 @@ class ScaleByRmsState(NamedTuple):
     Attributes:
       count: number of updates applied so far (int32 scalar, saturating), kept
         only when something needs it (bias correction, a learning-rate
-        schedule); else None, so a plain step moves no extra buffers.
+        schedule, the stochastic rounding of a 16-bit, 8-bit or 4-bit state);
+        else None, so a plain step moves no extra buffers.
       nu: exponential moving average of ``|g|**2``, one real array per
         parameter, starting at ``initial_scale``.
       mu: exponential moving average of ``g`` when ``centered=True``
@@ -36,12 +38,11 @@ class ScaleByRmsState(NamedTuple):
         kept unquantized; else None. For 4-bit codes it has a trailing unit
         axis, the mark of their packing.
       mu_absmax: the same for ``mu`` (``int8`` codes, or bytes of two 4-bit codes).
-      codebook: with ``state_dtype="int8"`` or ``"int4"``, the base of the
-        dynamic maps that the codes index (an int32 scalar, 8); else None. It
-        marks the stored form: a state saved before the base-8 maps has no such
-        field, so ``flax.serialization`` refuses to restore it, and one that
-        orbax restores (the field None) is refused by the next update and by
-        ``dequantize_state``, instead of reading its codes on the wrong map.
+      maps: with ``state_dtype="int8"`` or ``"int4"``, the version of the maps
+        the codes index (an int32 scalar, 2); else None. A state saved with
+        other maps lacks the field: ``flax.serialization`` refuses it by name,
+        and one that orbax restores (the field None) is refused by the next
+        update and by ``dequantize_state``.
     """
 
     count: jax.Array | None
@@ -49,23 +50,18 @@ class ScaleByRmsState(NamedTuple):
     mu: Tree | None
     nu_absmax: Tree | None
     mu_absmax: Tree | None
-    codebook: jax.Array | None = None
+    maps: jax.Array | None = None
 
 
-def check_codebook(state: ScaleByRmsState) -> None:
-    """Raises if ``state`` holds codes but no ``codebook`` mark: codes of the base-10 maps.
-
-    ``flax.serialization`` refuses such a state on restore (the field names
-    differ); orbax restores the missing field as None, and this catches it
-    before any code is read on the wrong map.
-    """
-    if state.nu_absmax is not None and state.codebook is None:
+def check_maps(state: ScaleByRmsState) -> None:
+    """Raises if ``state`` holds codes but no ``maps`` mark: codes of earlier maps."""
+    if state.nu_absmax is not None and state.maps is None:
         raise ValueError(
-            "This quantized optimizer state has no `codebook` field (it is None): it was "
-            "saved by optax_rmsprop 0.1, whose 8-bit and 4-bit codes index base-10 maps, "
-            "and read on today's base-8 maps its codes would mean other values. Restore it "
-            "with optax_rmsprop 0.1, convert it with `optax_rmsprop.dequantize_state`, and "
-            "save that (or start the optimizer state afresh)."
+            "This quantized optimizer state has no `maps` field (it is None): it was saved "
+            "by optax_rmsprop 0.1 or 0.2, whose 8-bit and 4-bit codes index other maps, and "
+            "read on today's its codes would mean other values. Convert it with "
+            "`optax_rmsprop.dequantize_state` of the version that saved it, and save that "
+            "(or start the optimizer state afresh)."
         )
 
 
@@ -220,13 +216,16 @@ class RmsCore:
         if self.centered:
             mu, mu_absmax = _storage.init_tree(params, 0.0, self.precision, real=False)
         return ScaleByRmsState(
-            count=jnp.zeros([], jnp.int32) if track_count or self.bias_correction else None,
+            count=jnp.zeros([], jnp.int32) if self._counts(track_count) else None,
             nu=nu,
             mu=mu,
             nu_absmax=nu_absmax,
             mu_absmax=mu_absmax,
-            codebook=_quantize.codebook_marker() if self.precision.quantized else None,
+            maps=_quantize.maps_marker() if self.precision.quantized else None,
         )
+
+    def _counts(self, track_count: bool) -> bool:
+        return track_count or self.bias_correction or self.precision.stochastic
 
     def step(
         self, grads: Tree, state: ScaleByRmsState, like: Tree, *, write: bool = True
@@ -238,35 +237,19 @@ class RmsCore:
         own storage. Returns ``g / denom`` in the compute dtype (the caller
         casts) and the new state (None with ``write=False``: ``g / denom`` alone).
         """
-        check_codebook(state)
+        check_maps(state)
         correction = None
         if self.bias_correction:
             correction = bias_correction_factor(state.count, self.decay)
-        nu = _stored(state.nu, state.nu_absmax, _storage.layouts(like, self.precision, real=True))
+        layouts = _storage.layouts(like, self.precision, real=True)
+        nu = _storage.stored_tree(state.nu, state.nu_absmax, layouts)
         mu = _tree.nones_like(grads)
         if self.centered:
             layouts = _storage.layouts(like, self.precision, real=False)
-            mu = _stored(state.mu, state.mu_absmax, layouts)
-
-        def leaf(g, nu, mu):
-            c = None if correction is None else correction.astype(_dtypes.real_dtype(g.dtype))
-            hyper = dict(decay=self.decay, eps=self.eps, eps_in_sqrt=self.eps_in_sqrt, correction=c)
-            fused = _kernel.rms_leaf(g, nu, mu, **hyper)  # None unless the Pallas kernel runs
-            if fused is not None:
-                return fused
-            nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
-            mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
-            new_nu, new_mu = update_moments(g, nu_value, mu_value, decay=self.decay)
-            del hyper["decay"]
-            nu_divisor = _divided_by(nu.layout, new_nu)
-            mu_divisor = None if mu is None else _divided_by(mu.layout, new_mu)
-            scaled = rms_scale(g, nu_divisor, mu_divisor, **hyper)
-            if not write:
-                return scaled, None, None
-            new_mu = None if mu is None else mu.layout.write(new_mu, mu.absmax)
-            return scaled, nu.layout.write(new_nu, nu.absmax), new_mu
-
-        scaled, new_nu, new_mu = _tree.unzip(grads, jax.tree.map(leaf, grads, nu, mu), 3)
+            mu = _storage.stored_tree(state.mu, state.mu_absmax, layouts)
+        index = jax.tree.unflatten(jax.tree.structure(grads), range(len(jax.tree.leaves(grads))))
+        leaf = functools.partial(self._leaf, count=state.count, correction=correction, write=write)
+        scaled, new_nu, new_mu = _tree.unzip(grads, jax.tree.map(leaf, grads, nu, mu, index), 3)
         if not write:
             return scaled, None
         nu, nu_absmax = _tree.unzip(grads, new_nu, 2)
@@ -276,29 +259,50 @@ class RmsCore:
             mu, mu_absmax = _tree.unzip(grads, new_mu, 2)
             mu_absmax = None if state.mu_absmax is None else mu_absmax
         count = None if state.count is None else optax.safe_int32_increment(state.count)
-        return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax, state.codebook)
+        return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax, state.maps)
+
+    def _leaf(
+        self,
+        g: jax.Array,
+        nu: _storage.Stored,
+        mu: _storage.Stored | None,
+        index: int,
+        *,
+        count: jax.Array | None,
+        correction: jax.Array | None,
+        write: bool,
+    ) -> tuple:
+        """One leaf's step: ``(g / denom, (nu, nu_absmax), (mu, mu_absmax) or None)``."""
+        nu_seed = mu_seed = None
+        if self.precision.stochastic:  # a stream per buffer of each leaf
+            nu_seed, mu_seed = (_rounding.stream_seed(count, 2 * index + i) for i in (0, 1))
+        nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
+        mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
+        new_nu, new_mu = update_moments(g, nu_value, mu_value, decay=self.decay)
+        nu_divisor = _divided_by(nu.layout, new_nu, nu_seed)
+        mu_divisor = None if mu is None else _divided_by(mu.layout, new_mu, mu_seed)
+        c = None if correction is None else correction.astype(_dtypes.real_dtype(g.dtype))
+        scaled = rms_scale(
+            g, nu_divisor, mu_divisor, eps=self.eps, eps_in_sqrt=self.eps_in_sqrt, correction=c
+        )
+        if not write:
+            return scaled, None, None
+        new_mu = None if mu is None else mu.layout.write(new_mu, mu.absmax, seed=mu_seed)
+        return scaled, nu.layout.write(new_nu, nu.absmax, seed=nu_seed), new_mu
 
 
-def _divided_by(layout: _storage.Layout, value: jax.Array) -> jax.Array:
+def _divided_by(layout: _storage.Layout, value: jax.Array, seed: jax.Array | None) -> jax.Array:
     """A new moment as the step divides by it.
 
-    A bfloat16 or float16 state rounds it to its dtype first, as PyTorch's
-    in-place update of such a state does (a relative error of at most 2**-9
-    for bfloat16): the step then reads the new moment as stored, never the old
-    one, so that XLA overwrites the old one in place without keeping a copy.
-    8-bit and 4-bit codes are coarse (a small ``nu`` can be off by tens of
-    percent), so the step uses the moment it just computed, as bitsandbytes'
-    kernels do.
+    A bfloat16 or float16 state rounds it to its dtype first (as stored, with
+    the same ``seed``): the step then reads the new moment as stored, never the
+    old one, so that XLA overwrites the old one in place without keeping a
+    copy. 8-bit and 4-bit codes are coarse, so the step uses the moment it just
+    computed, as bitsandbytes' kernels do.
     """
     if layout.quantized:
         return value
-    return layout.read(layout.write(value, None)[0], None, value.dtype)
-
-
-def _stored(values: Tree, absmax: Tree | None, layouts: Tree) -> Tree:
-    """Each leaf's stored buffer as one :class:`~optax_rmsprop._kernel.Stored`."""
-    absmax = _tree.nones_like(values) if absmax is None else absmax
-    return jax.tree.map(_kernel.Stored, values, absmax, layouts)
+    return layout.read(layout.write(value, None, seed=seed)[0], None, value.dtype)
 
 
 def scale_by_rms(

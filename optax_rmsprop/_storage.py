@@ -8,10 +8,10 @@ parameter's shape and dtype, the :class:`StatePrecision` and the buffer's role:
 * a floating array, of ``state_dtype`` or, by default, the parameter's dtype
   but at least float32 (:mod:`optax_rmsprop._dtypes`);
 * with ``state_dtype="int8"``, block-quantized 8-bit codes
-  (:mod:`optax_rmsprop._quantize`): ``nu`` on the zero-free ``NU`` map, first
+  (:mod:`optax_rmsprop._quantize`): ``nu`` on the zero-free ``NU`` grid, first
   moments on the ``SIGNED`` map;
 * with ``state_dtype="int4"``, 4-bit codes two per byte: ``nu`` on the
-  zero-free linear ``NU4`` map, first moments on ``SIGNED4``.
+  zero-free ``NU4`` grid (powers of two), first moments on ``SIGNED4``.
 
 A complex moment is stored as its real and imaginary parts on a trailing axis
 of 2. Leaves with fewer than ``min_quantized_size`` elements, and scalars,
@@ -44,13 +44,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _dtypes, _jax_versions, _quantize, _tree
+from optax_rmsprop import _dtypes, _jax_versions, _quantize, _rounding, _tree
 from optax_rmsprop._quantize import Codebook
 from optax_rmsprop._tree import Tree
 
@@ -82,6 +82,12 @@ class StatePrecision:
     @property
     def quantized(self) -> bool:
         return self.bits > 0
+
+    @property
+    def stochastic(self) -> bool:
+        """The moving averages are stored more coarsely than computed, and round
+        stochastically: 8-bit or 4-bit codes, or a 16-bit float state."""
+        return self.quantized or (self.dtype is not None and self.dtype.itemsize < 4)
 
     @classmethod
     def from_args(
@@ -259,22 +265,32 @@ class Layout:
         return self._decode(values, absmax, dtype)
 
     def write(
-        self, value: jax.Array, absmax: jax.Array | None, again: jax.Array | None = None
+        self,
+        value: jax.Array,
+        absmax: jax.Array | None,
+        again: jax.Array | None = None,
+        seed: jax.Array | None = None,
     ) -> tuple:
         """``value`` in this layout: ``(values, absmax)``; the absmax is recomputed.
 
         ``again`` is the same value computed a second time, apart (see
         :func:`write_tree`): the codes are taken from it and the absmax from
         ``value``, so that no float copy of the value is kept between the two.
+        ``seed`` (:func:`~optax_rmsprop._rounding.stream_seed`) rounds a real
+        value stochastically where it is stored more coarsely than computed:
+        on a ``nu`` grid, or cast to a narrower float.
         """
         again = value if again is None else again
         if not self.quantized:
-            return _dtypes.cast(again, self.dtype), absmax
+            if seed is None or self.complex or self.dtype.itemsize >= again.dtype.itemsize:
+                return _dtypes.cast(again, self.dtype), absmax
+            random = _rounding.random_bits(again.shape, seed)
+            return _rounding.stochastic_cast(again, self.dtype, random), absmax
         if self.complex:
             pairs = ((value.real, again.real), (value.imag, again.imag))
             parts = [self._encode(x, y) for x, y in pairs]
             return tuple(jnp.stack(arrays, -1) for arrays in zip(*parts, strict=True))
-        return self._encode(value, again)
+        return self._encode(value, again, seed)
 
     def stores_as_computed(self, dtype: np.dtype) -> bool:
         """The buffer is stored as it is computed in ``dtype``: a float array of that dtype."""
@@ -290,9 +306,26 @@ class Layout:
         values = _quantize.decode_blocks(codes, absmax[..., 0], self.codebook, self.length)
         return values.astype(dtype)
 
-    def _encode(self, value: jax.Array, again: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _encode(
+        self, value: jax.Array, again: jax.Array, seed: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         absmax = _quantize.block_absmax(value, self.n_blocks)
-        return _quantize.encode_blocks(again, absmax, self.codebook), self._marked(absmax)
+        codes = _quantize.encode_blocks(again, absmax, self.codebook, seed)
+        return codes, self._marked(absmax)
+
+
+class Stored(NamedTuple):
+    """One buffer of one leaf as stored: codes (or floats) and absmax, with its layout."""
+
+    values: jax.Array
+    absmax: jax.Array | None
+    layout: Layout
+
+
+def stored_tree(values: Tree, absmax: Tree | None, layout_tree: Tree) -> Tree:
+    """Each leaf's stored buffer as one :class:`Stored`."""
+    absmax = _tree.nones_like(values) if absmax is None else absmax
+    return jax.tree.map(Stored, values, absmax, layout_tree)
 
 
 # -- whole trees ----------------------------------------------------------------------
