@@ -34,17 +34,17 @@ nibble.
 ``nu`` is written with *stochastic rounding* (:func:`encode` with random
 bits): it rounds to one of the two grid values around it, up with the
 probability that makes the expected stored value the value itself (``NU``;
-``NU4`` takes the probability in ``log(nu)``: between powers of two, unbiased
-rounding of ``nu`` lets a stored value wander far below its true one, and the
-step's 95th percentile grows past 1.7x). Rounded to nearest, a moving average whose step is below half a
-grid step never moves (at ``decay=0.999``, 0.1% of ``g**2 - nu`` against 3% to
-6%), and ``nu`` ratchets up. The signed maps round to nearest. The codec has
-no table, so it fuses into XLA's loops, shards like
-its input: decoding is integer arithmetic and
-one multiplication by a power of two; encoding takes the decade from the
-binary exponent, inverts the decade's midpoint formula and settles the code
-with one exact comparison against the boundary above it (the ``nu`` grids:
-the float32 bit pattern plus the rounding bits, shifted).
+``NU4`` takes the probability in ``log(nu)``, which keeps a stored value from
+wandering far below the true one between powers of two). Rounded to nearest,
+a moving average whose move is under half a grid step never moves, and
+``nu`` ratchets up. The signed maps round to nearest.
+
+The codec has no table, so it fuses into XLA's loops and shards like its
+input. The dynamic maps decode by integer arithmetic and one multiplication
+by a power of two, and encode by taking the decade from the binary exponent,
+inverting the decade's midpoint formula and settling the code with one exact
+comparison against the boundary above it. The ``nu`` grids are the float32
+bit pattern, plus the rounding bits, shifted.
 
 Layout: the codes have the array's own shape (so they shard like it) and the
 absmax has shape ``(..., n_blocks)``. With ``L`` the last axis and ``B`` the
@@ -231,16 +231,15 @@ def _grid_value(code: jax.Array, codebook: Codebook) -> jax.Array:
     return jax.lax.bitcast_convert_type((exponent << 23) | mantissa, jnp.float32)
 
 
-def _grid_codes(
-    magnitude: jax.Array, codebook: Codebook, random: jax.Array | None
-) -> jax.Array:
+def _grid_codes(magnitude: jax.Array, codebook: Codebook, random: jax.Array | None) -> jax.Array:
     """The grid codes of ``magnitude`` in ``[0, 1]``: nearest, or stochastically rounded.
 
     Between two grid values ``lo <= x < hi`` the code rounds up with
     probability ``(x - lo) / (hi - lo)`` (the stored value is ``x`` in
     expectation): ``random`` added below the kept mantissa bits carries into
     them exactly that often. ``log_rounding`` uses ``log2(x / lo)`` instead
-    (``hi = 2 lo``): the stored value is right in expectation in ``log(nu)``. Below the floor: code 0 (the grid has no zero).
+    (``hi = 2 lo``): right in expectation in ``log(nu)``. Below the floor:
+    code 0 (the grid has no zero).
     """
     m_bits = codebook.mantissa_bits
     bits = jax.lax.bitcast_convert_type(magnitude, jnp.int32)

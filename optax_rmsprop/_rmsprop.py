@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
@@ -269,9 +270,10 @@ def rmsprop(
                 rescaled=rescaled,
             )
             nu_layouts = _storage.layouts(like, core.precision, real=True)
+            nu = _written_after(rms.nu, buffer, nu_layouts, g, real=True)
+            # centered: the new nu reads the old mu (nu >= |mu|**2 is restored on read)
             rms = rms._replace(
-                nu=_written_after(rms.nu, buffer, nu_layouts, g, real=True),
-                mu=_written_after(rms.mu, buffer, layouts, g, real=False),
+                nu=nu, mu=_written_after(rms.mu, buffer, layouts, g, real=False, also=nu)
             )
         else:
             step, buffer, buffer_absmax = _momentum.scale_by_lr(scaled, lr), None, None
@@ -288,23 +290,34 @@ def rmsprop(
 
 
 def _written_after(
-    moment: Tree | None, buffer: Tree, layouts: Tree, grads: Tree, *, real: bool
+    moment: Tree | None,
+    buffer: Tree,
+    layouts: Tree,
+    grads: Tree,
+    *,
+    real: bool,
+    also: Tree | None = None,
 ) -> Tree | None:
     """``moment`` (the new ``nu`` or ``mu``, as stored), written after the momentum buffer.
 
     The passes that write the momentum buffer read the old moment (through
     ``g / denom``), and the new moment overwrites the old one in place: where
     XLA cannot order the two, it keeps a copy of the old moment (1 byte per
-    parameter for 8-bit codes). A moment stored as it is computed (float32
+    parameter for 8-bit codes). ``also``: a second tree of arrays to write
+    after, where its shapes match. A moment stored as it is computed (float32
     state) is updated in the same fusion as the buffer, and is left alone.
     """
     if moment is None:
         return None
+    also = moment if also is None else also
 
-    def leaf(m, b, layout, g):
+    def leaf(m, b, layout, g, a):
         dtype = _dtypes.real_dtype(g.dtype) if real else g.dtype
         if layout.stores_as_computed(dtype):
             return m
-        return _opaque.after(m, b)
+        ordered = _opaque.after(m, b)
+        if a is m or not layout.quantized or jnp.shape(a) != jnp.shape(m):
+            return ordered
+        return _opaque.after(ordered, a)
 
-    return jax.tree.map(leaf, moment, buffer, layouts, grads, is_leaf=_storage.is_layout)
+    return jax.tree.map(leaf, moment, buffer, layouts, grads, also, is_leaf=_storage.is_layout)

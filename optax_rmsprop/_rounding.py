@@ -51,16 +51,19 @@ def random_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:
 
 
 def stochastic_cast(x: jax.Array, dtype: np.dtype, random: jax.Array) -> jax.Array:
-    """``x`` (real) in the narrower float ``dtype``, rounded to one of its two neighbours.
+    """``x`` (float32) in the narrower float ``dtype``, rounded to one of its two neighbours.
 
-    Away from the nearest value with probability ``|x - nearest| / |other -
-    nearest|``, so the expected result is ``x``. Infinities and NaN keep their
-    nearest value.
+    Random bits added below the bits that ``dtype`` keeps carry into them with
+    probability ``|x - down| / |up - down|``, so the expected result is ``x``
+    (down to ``dtype``'s smallest subnormal). One integer add and mask, with
+    ``x`` read once, so XLA fuses it into whatever computes ``x``.
     """
-    nearest = x.astype(dtype)
-    back = nearest.astype(x.dtype)
-    toward = jnp.where(x > back, jnp.inf, -jnp.inf).astype(dtype)
-    other = jnp.nextafter(nearest, toward)
-    p = (x - back) / (other.astype(x.dtype) - back)
-    u = (random >> 8).astype(jnp.int32).astype(x.dtype) * np.float32(2**-24)
-    return jnp.where(u < p, other, nearest)
+    info = jnp.finfo(dtype)
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    exponent = ((bits >> 23) & np.uint32(0xFF)).astype(jnp.int32)
+    # below dtype's normal range its spacing stops shrinking: drop more bits there
+    smallest_normal = info.minexp + 127
+    drop = jnp.clip(23 - info.nmant + smallest_normal - exponent, 23 - info.nmant, 23)
+    mask = (np.uint32(1) << drop.astype(jnp.uint32)) - np.uint32(1)
+    rounded = (bits + (random & mask)) & ~mask
+    return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(dtype)

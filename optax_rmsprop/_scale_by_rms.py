@@ -16,7 +16,16 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _quantize, _rounding, _storage, _tree, _validation
+from optax_rmsprop import (
+    _dtypes,
+    _jax_versions,
+    _opaque,
+    _quantize,
+    _rounding,
+    _storage,
+    _tree,
+    _validation,
+)
 from optax_rmsprop._tree import Tree
 
 
@@ -278,31 +287,38 @@ class RmsCore:
             nu_seed, mu_seed = (_rounding.stream_seed(count, 2 * index + i) for i in (0, 1))
         nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
         mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
+        if mu is not None and self.precision.quantized:
+            # Rounded apart, the moments can break nu >= |mu|**2, which the exact ones
+            # keep and which keeps the variance off 0; restored, the update keeps it too.
+            nu_value = jnp.maximum(nu_value, abs_sq(mu_value))
         new_nu, new_mu = update_moments(g, nu_value, mu_value, decay=self.decay)
-        nu_divisor = _divided_by(nu.layout, new_nu, nu_seed)
-        mu_divisor = None if mu is None else _divided_by(mu.layout, new_mu, mu_seed)
+        nu_divisor, nu_stored = _as_stored(nu.layout, new_nu, nu.absmax, nu_seed)
+        mu_divisor, mu_stored = None, None
+        if mu is not None:
+            mu_divisor, mu_stored = _as_stored(mu.layout, new_mu, mu.absmax, mu_seed)
         c = None if correction is None else correction.astype(_dtypes.real_dtype(g.dtype))
         scaled = rms_scale(
             g, nu_divisor, mu_divisor, eps=self.eps, eps_in_sqrt=self.eps_in_sqrt, correction=c
         )
-        if not write:
-            return scaled, None, None
-        new_mu = None if mu is None else mu.layout.write(new_mu, mu.absmax, seed=mu_seed)
-        return scaled, nu.layout.write(new_nu, nu.absmax, seed=nu_seed), new_mu
+        return (scaled, nu_stored, mu_stored) if write else (scaled, None, None)
 
 
-def _divided_by(layout: _storage.Layout, value: jax.Array, seed: jax.Array | None) -> jax.Array:
-    """A new moment as the step divides by it.
+def _as_stored(
+    layout: _storage.Layout, value: jax.Array, absmax: jax.Array | None, seed: jax.Array | None
+) -> tuple[jax.Array, tuple]:
+    """A new moment as the step divides by it, and as stored: ``(divisor, (values, absmax))``.
 
-    A bfloat16 or float16 state rounds it to its dtype first (as stored, with
-    the same ``seed``): the step then reads the new moment as stored, never the
-    old one, so that XLA overwrites the old one in place without keeping a
-    copy. 8-bit and 4-bit codes are coarse, so the step uses the moment it just
-    computed, as bitsandbytes' kernels do.
+    A bfloat16 or float16 state divides by the moment as stored, read back
+    (:func:`~optax_rmsprop._opaque.kept`): the step then never reads the old
+    one, which XLA overwrites in place. 8-bit and 4-bit codes are coarse, so
+    the step uses the moment it just computed, as bitsandbytes' kernels do.
     """
-    if layout.quantized:
-        return value
-    return layout.read(layout.write(value, None, seed=seed)[0], None, value.dtype)
+    values, absmax = layout.write(value, absmax, seed=seed)
+    if layout.quantized or layout.stores_as_computed(value.dtype):
+        return value, (values, absmax)
+    if not _jax_versions.FUSES_ROUNDED_READ_BACK:
+        values = _opaque.kept(values)
+    return layout.read(values, None, value.dtype), (values, absmax)
 
 
 def scale_by_rms(

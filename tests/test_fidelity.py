@@ -25,8 +25,11 @@ from optax_rmsprop import _jax_versions
 
 SHAPE = (16, 512)  # two 256-element (int8) or four 128-element (int4) blocks per row
 # Issue #30's targets: (median range, lowest 5th percentile, highest 95th percentile).
-TARGETS = {"16-bit": ((0.9, 1.1), 0.8, 1.25), "int8": ((0.9, 1.1), 0.8, 1.25),
-           "int4": ((0.85, 1.15), 0.45, 1.7)}
+TARGETS = {
+    "16-bit": ((0.9, 1.1), 0.8, 1.25),
+    "int8": ((0.9, 1.1), 0.8, 1.25),
+    "int4": ((0.85, 1.15), 0.45, 1.7),
+}
 STATES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "int8": "int8", "int4": "int4"}
 
 
@@ -49,8 +52,14 @@ def sigmas(case: str, rng: np.random.Generator) -> np.ndarray:
     return np.ones(SHAPE)
 
 
-CASES = ["outlier", "log-uniform, 2 decades", "log-uniform, 1 decade", "by column, 2 decades",
-         "by row, 2 decades", "uniform"]
+CASES = [
+    "outlier",
+    "log-uniform, 2 decades",
+    "log-uniform, 1 decade",
+    "by column, 2 decades",
+    "by row, 2 decades",
+    "uniform",
+]
 
 
 @functools.partial(jax.jit, static_argnames=("state_dtype", "decay", "steps"))
