@@ -9,7 +9,7 @@ from optax_rmsprop._rmsprop import rmsprop as rmsprop
 from optax_rmsprop._scale_by_rms import ScaleByRmsState as ScaleByRmsState
 from optax_rmsprop._scale_by_rms import scale_by_rms as scale_by_rms
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "compat",

@@ -185,8 +185,8 @@ def encode(x: jax.Array, codebook: Codebook, random: jax.Array | None = None) ->
 
     ``random`` (uint32, ``x``'s shape) rounds a ``nu`` grid stochastically
     (:func:`_grid_codes`); without it, and on the signed maps, the code is the
-    nearest map value's. No table: integer arithmetic and exact comparisons,
-    so it fuses and shards everywhere and every program gives the same codes.
+    nearest map value's. No table: integer arithmetic and exact comparisons, so it fuses and shards
+    everywhere and every program gives the same codes.
     Values above 1, infinities and NaN get the top code.
     """
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
@@ -246,7 +246,7 @@ def _grid_codes(magnitude: jax.Array, codebook: Codebook, random: jax.Array | No
     if codebook.log_rounding and random is not None:  # a power-of-two grid: m_bits == 0
         fraction = jax.lax.bitcast_convert_type((bits & 0x7FFFFF) | 0x3F800000, jnp.float32)
         p = jnp.log2(fraction)
-        up = (random >> 8).astype(jnp.int32).astype(jnp.float32) * np.float32(2**-24) < p
+        up = _uniform(random) < p
         n = (bits >> 23) + up.astype(jnp.int32) - 127 + _binades(codebook)
     else:  # nearest: half of the dropped bits' range; ties up, as the boundaries say
         carry = 1 << (22 - m_bits) if random is None else random >> (9 + m_bits)
@@ -254,6 +254,11 @@ def _grid_codes(magnitude: jax.Array, codebook: Codebook, random: jax.Array | No
         n = (bits >> (23 - m_bits)) - ((127 - _binades(codebook)) << m_bits)
     top = 2**codebook.bits - 1
     return jnp.clip(n - 1, 0, top).astype(codebook.code_dtype)
+
+
+def _uniform(random: jax.Array) -> jax.Array:
+    """Uniform float32 in ``[0, 1)`` from the top 24 of ``random``'s bits."""
+    return (random >> 8).astype(jnp.int32).astype(jnp.float32) * np.float32(2**-24)
 
 
 def _selected_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:

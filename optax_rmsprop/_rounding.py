@@ -37,7 +37,7 @@ def _mix(x: jax.Array) -> jax.Array:
 
 def stream_seed(count: jax.Array, salt: int) -> jax.Array:
     """The scalar seed of one buffer's random bits at step ``count`` (uint32)."""
-    return _mix(jnp.asarray(count).astype(jnp.uint32) * _GOLDEN + np.uint32(salt))
+    return _mix(jnp.asarray(count).astype(jnp.uint32) * _GOLDEN + np.uint32(salt % 2**32))
 
 
 def random_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:

@@ -117,15 +117,16 @@ def test_int8_state_step_is_the_float32_step_from_the_state_it_stands_for(name):
     # are stored and the momentum buffer as stored: float32 rounding, as with
     # float32 state.
     assert _worst_step_error(int8.traj, int8.ref_traj) < _tolerance(name)
-    # The stored moments are the new ones to 8-bit precision: within 2% of the
-    # leaf's largest (the top of a block's map is its finest part).
+    # The stored moments are the new ones to 8-bit precision: the first moments
+    # within 2% of the leaf's largest (nearest codes); nu, rounded stochastically,
+    # within one step of its grid's top binade, 2**-5 of the largest.
     stored = _dequantized_moments(int8.state)
     for field, trees in stored.items():
         for k, ref in int8.refs.items():
             if trees is not None:
                 want = ref.computed_buf if field == "buf" else getattr(ref, field)
                 error = np.max(np.abs(np.asarray(trees[k]) - want)) / np.max(np.abs(want))
-                assert error < 2e-2, (field, k, error)
+                assert error < (2**-5 if field == "nu" else 2e-2), (field, k, error)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(int8.state))
     float32 = run_both(cfg, np.float32, steps=1, shape=INT8_SHAPE)
     assert nbytes < 0.3 * sum(x.nbytes for x in jax.tree.leaves(float32.state))
