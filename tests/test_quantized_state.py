@@ -196,8 +196,10 @@ def test_per_step_error_resynced_as_bitsandbytes_measures_it(state_dtype):
     assert max(rel_errors) < rel_bound, max(rel_errors)
 
 
-# measured 0.0012 (int8, 2026-11-26) and 0.0181 (int4, 2026-11-28; docs/state_precision.md)
+# Drift and final loss over float32's: measured 0.27% / 1.006 (int8) and 2.4% / 1.055 (int4)
+# with nu on the stochastically rounded grids (docs/state_precision.md).
 DRIFT_BOUND = {"int8": 0.005, "int4": 0.04}
+LOSS_BOUND = {"int8": 1.02, "int4": 1.08}
 
 
 @pytest.mark.slow
@@ -229,7 +231,7 @@ def test_drift_over_1000_noisy_steps_without_resyncing(state_dtype):
     assert 0 < drift < DRIFT_BOUND[state_dtype], drift
     # and the quantized run solved the problem as well as the float32 one
     loss = {k: float(jnp.mean((p - target) ** 2)) for k, p in runs.items()}
-    assert loss["quantized"] < 1.05 * loss["float32"], loss
+    assert loss["quantized"] < LOSS_BOUND[state_dtype] * loss["float32"], loss
 
 
 OPTIONS = [
