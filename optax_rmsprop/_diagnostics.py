@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dequantize, _scale_by_rms, _tree, _validation
+from optax_rmsprop import _dequantize, _math, _scale_by_rms, _tree, _validation
 from optax_rmsprop._tree import Tree
 
 
@@ -90,7 +90,7 @@ def effective_step_size(
     if bias_correction:
         decay = _hyperparameter(opt_state, "decay", decay)
         # the state's count is the number of updates made, t + 1 for the last one
-        correction = _scale_by_rms.bias_correction_factor(jnp.maximum(state.count, 1) - 1, decay)
+        correction = _math.bias_correction_factor(jnp.maximum(state.count, 1) - 1, decay)
     if callable(learning_rate):
         if state.count is None:
             raise ValueError(
@@ -105,7 +105,7 @@ def effective_step_size(
     def leaf(nu, mu):
         dtype = nu.dtype
         c = None if correction is None else jnp.asarray(correction, dtype)
-        denom = _scale_by_rms.denominator(nu, mu, c, jnp.asarray(eps, dtype), eps_in_sqrt)
+        denom = _math.denominator(nu, mu, c, jnp.asarray(eps, dtype), eps_in_sqrt)
         return (jnp.asarray(lr, dtype) / denom).astype(dtype)
 
     return jax.tree.map(leaf, nu, _tree.nones_like(nu) if mu is None else mu)

@@ -136,3 +136,24 @@ def test_the_first_moments_keep_every_coordinates_step(name, kind, decay):
 def test_no_stale_state_over_12000_steps_at_decay_0999(name):
     for case in ["uniform", "log-uniform, 2 decades"]:
         check(name, *percentiles(STATES[name], 0.999, 12_000, case), case)
+
+
+def table(steps: dict[float, int]) -> str:
+    """The docs' table: every case, state and decay, as median (5th-95th percentile)."""
+    names = list(STATES)
+    lines = [
+        "| gradient scales within a block | decay, steps | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for case in CASES:
+        for decay, n in steps.items():
+            cells = []
+            for name in names:
+                p5, median, p95 = percentiles(STATES[name], decay, n, case)
+                cells.append(f"{median:.2f} ({p5:.2f}-{p95:.2f})")
+            lines.append(f"| {case} | {decay}, {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tests.test_fidelity: the table in docs/state_precision.md
+    print(table({0.99: 3000, 0.999: 12_000}))
