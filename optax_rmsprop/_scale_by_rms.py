@@ -263,6 +263,12 @@ def scale_by_rms(
       initial_scale: initial value of ``nu``, ``>= 0`` (TF1 uses 1).
       eps_in_sqrt: add ``eps`` inside the square root (TF, Keras, optax's
         default) instead of outside (PyTorch, this library's default).
+
+        .. warning::
+          Unlike ``optax.scale_by_rms``, whose ``eps_in_sqrt`` defaults to True,
+          the default here is False, as in :func:`optax_rmsprop.rmsprop` (one
+          convention for the building block and the optimizer built from it).
+          To replace ``optax.scale_by_rms``, pass ``eps_in_sqrt=True``.
       centered: divide by the standard deviation instead of the root mean
         square (Graves 2013).
       bias_correction: divide the moments by ``1 - decay**(t+1)`` (Adam style).

@@ -144,14 +144,14 @@ def codebook_for(bits: int, *, real: bool) -> Codebook:
 
 
 def _quantized_name(state_dtype: Any) -> str | None:
-    """``"int8"`` or ``"int4"`` if ``state_dtype`` names a quantized state, else None."""
+    """``"int8"`` or ``"int4"`` if ``state_dtype`` names a quantized state, else None.
+
+    Only the strings: the codes are not int8 or int4 arrays (``nu``'s are
+    ``uint8``, int4's two per byte), so an integer dtype would promise the wrong thing.
+    """
     if isinstance(state_dtype, str):
         return state_dtype if state_dtype in QUANTIZED else None
-    try:
-        dtype = jnp.dtype(state_dtype) if state_dtype is not None else None
-    except TypeError:
-        return None
-    return next((name for name in QUANTIZED if dtype == jnp.dtype(name)), None)
+    return None
 
 
 def _floating_dtype(state_dtype: Any) -> np.dtype | None:
@@ -161,6 +161,12 @@ def _floating_dtype(state_dtype: Any) -> np.dtype | None:
         dtype = jnp.dtype(state_dtype)
     except TypeError as err:
         raise ValueError(f"state_dtype must be {_ALLOWED}, got {state_dtype!r}.") from err
+    if dtype.name in QUANTIZED:
+        raise ValueError(
+            f"state_dtype={dtype.name} as a dtype is ambiguous: pass the string "
+            f"state_dtype='{dtype.name}' for {dtype.name[3:]}-bit block-quantized state "
+            "(its codes are stored as uint8)."
+        )
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
             f"state_dtype must be {_ALLOWED}, got {dtype.name}. Complex parameters get "
