@@ -13,29 +13,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jaxlib
 import optax
 
 
-def _release(version: str) -> tuple[int, int, int]:
+def release(version: str) -> tuple[int, int, int]:
     """``(major, minor, micro)`` of a version string such as ``"0.9.2"`` or ``"0.10.0rc1"``."""
     parts = [int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:3]]
     return tuple(parts + [0] * (3 - len(parts)))
 
-
-# XLA from jaxlib 0.9.1 fuses a bfloat16 buffer that the step rounds and reads
-# back into the parameter update, and still overwrites the old buffer in place.
-# Before, it writes the scaled gradient out in float32 (4 B/param) unless the
-# rounded buffer is read back from memory (``_opaque.kept``: a bfloat16 copy).
-# Measured: 0.4.35, 0.7.2, 0.8.3 and 0.9.0 need it; 0.9.1, 0.9.2, 0.10.0 and
-# 0.10.2 do not.
-FUSES_ROUNDED_READ_BACK = _release(jaxlib.__version__) >= (0, 9, 1)
-
-# XLA from jaxlib 0.7.2 (measured: 0.7.2 and 0.10.2) fuses a uint16 array read as
-# pairs of bytes (a bitcast to a narrower type) into its consumers, and shards it like
-# its input. jaxlib 0.4.35 writes the pairs out (1 B/param more with 4-bit state) and
-# gathers them across devices when sharded. 4-bit codes are unpacked so where it can.
-FUSES_NARROWING_BITCAST = _release(jaxlib.__version__) >= (0, 7, 2)
 
 # jax.typeof: public from jax 0.6; older versions have only the abstract value.
 typeof: Callable[[Any], Any] = getattr(jax, "typeof", None) or jax.core.get_aval

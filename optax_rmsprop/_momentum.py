@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from optax_rmsprop import _dtypes, _jax_versions, _opaque, _storage
+from optax_rmsprop import _dtypes, _storage, _xla_hints
 from optax_rmsprop._tree import Tree
 
 
@@ -36,7 +38,8 @@ def momentum_step(
     *,
     nesterov: bool,
     lr_in_momentum: bool,
-    rescaled: Callable[[int], Tree] | None = None,
+    rescale: Callable[[Tree], Tree] | None = None,
+    raw: Tree | None = None,
 ) -> tuple[Tree, Tree, Tree | None]:
     """Returns ``(step, new_buffer, new_buffer_absmax)``; the buffer keeps its layout.
 
@@ -45,9 +48,10 @@ def momentum_step(
     buffer does: the parameters move by the buffer the state holds.
 
     ``layouts`` and ``buffer_absmax`` say how the buffer is stored
-    (:mod:`optax_rmsprop._storage`). ``rescaled(copy)``, if given, computes
-    ``scaled`` afresh, from its own copy of the gradients (``copy`` 1 or 2,
-    :mod:`optax_rmsprop._opaque`: XLA merges no two of them): a buffer stored
+    (:mod:`optax_rmsprop._storage`). ``rescale(raw)``, if given, computes
+    ``scaled`` afresh from the raw gradients ``raw``; it is called on two
+    copies of them (:func:`~optax_rmsprop._xla_hints.identity`, which XLA
+    merges with nothing): a buffer stored
     otherwise than it is computed is then written from values computed apart,
     one computation per pass over it (the absmax, the codes), so that no
     float32 copy of ``scaled`` or of the new buffer is kept at the step's
@@ -74,10 +78,11 @@ def momentum_step(
     stored_as_computed = jax.tree.map(
         lambda layout, d: layout.stores_as_computed(d), layouts, dtypes, is_leaf=_storage.is_layout
     )
-    if rescaled is None or all(jax.tree.leaves(stored_as_computed)):
+    if rescale is None or all(jax.tree.leaves(stored_as_computed)):
         values, absmax = _storage.write_tree(new, buffer_absmax, layouts)
     else:
-        first, second = (updated(rescaled(copy)) for copy in (1, 2))
+        copies = (jax.tree.map(lambda u, c=c: _xla_hints.identity(u, c), raw) for c in (1, 2))
+        first, second = (updated(rescale(copy)) for copy in copies)
         pick = functools.partial(
             jax.tree.map, lambda same, x, y: x if same else y, stored_as_computed
         )
@@ -86,7 +91,7 @@ def momentum_step(
         )
     read_back = jax.tree.map(_read_back, layouts, dtypes, is_leaf=_storage.is_layout)
     kept = jax.tree.map(_kept, layouts, read_back, is_leaf=_storage.is_layout)
-    values = jax.tree.map(lambda v, keep: _opaque.kept(v) if keep else v, values, kept)
+    values = jax.tree.map(lambda v, keep: _xla_hints.kept(v) if keep else v, values, kept)
     stored = _storage.read_tree(values, absmax, layouts, dtypes)
     used = jax.tree.map(lambda back, x, y: x if back else y, read_back, stored, new)
     return jax.tree.map(step, scaled, used), values, absmax
@@ -108,16 +113,16 @@ def _read_back(layout: _storage.Layout, dtype: np.dtype) -> bool:
 
 
 def _kept(layout: _storage.Layout, read_back: bool) -> bool:
-    """Whether the readers of a buffer read back load it from memory (:func:`_opaque.kept`).
+    """Whether the readers of a buffer read back load it from memory (``_xla_hints.kept``).
 
     8-bit codes: always (else XLA recomputes them inside the parameter update,
     from float32 values it writes out). bfloat16 and float16: only where XLA
-    needs it (before jaxlib 0.9.1, :data:`_jax_versions.FUSES_ROUNDED_READ_BACK`);
+    needs it (before jaxlib 0.9.1, :func:`_xla_hints.keeps_read_back`);
     newer XLA fuses the rounded buffer into the update with no copy at all.
     """
     if not read_back:
         return False
-    return layout.quantized or not _jax_versions.FUSES_ROUNDED_READ_BACK
+    return layout.quantized or _xla_hints.keeps_read_back()
 
 
 def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:
@@ -125,3 +130,48 @@ def _as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:
     if _dtypes.is_weak_scalar(value):
         return value
     return _dtypes.cast(value, _dtypes.real_dtype(like.dtype))
+
+
+def moments_written_after(
+    rms: Any, buffer: Tree, nu_layouts: Tree, mu_layouts: Tree, grads: Tree
+) -> Any:
+    """The RMS state with its new ``nu`` and ``mu`` written after the momentum buffer
+    (and ``mu`` after ``nu``: a centered quantized ``nu`` reads the old ``mu``)."""
+    dtypes = jax.tree.map(lambda g: g.dtype, grads)  # the compute dtypes
+    nu = _written_after(rms.nu, buffer, nu_layouts, dtypes, real=True)
+    mu = _written_after(rms.mu, buffer, mu_layouts, dtypes, real=False, also=nu)
+    return rms._replace(nu=nu, mu=mu)
+
+
+def _written_after(
+    moment: Tree | None,
+    buffer: Tree,
+    layouts: Tree,
+    dtypes: Tree,
+    *,
+    real: bool,
+    also: Tree | None = None,
+) -> Tree | None:
+    """``moment`` (the new ``nu`` or ``mu``, as stored), written after the momentum buffer.
+
+    The passes that write the momentum buffer read the old moment (through
+    ``g / denom``), and the new moment overwrites the old one in place: where
+    XLA cannot order the two, it keeps a copy of the old moment (1 byte per
+    parameter for 8-bit codes). ``also``: a second tree of arrays to write
+    after, where its shapes match. A moment stored as it is computed (float32
+    state) is updated in the same fusion as the buffer, and is left alone.
+    """
+    if moment is None:
+        return None
+    also = moment if also is None else also
+
+    def leaf(m, b, layout, d, a):
+        dtype = _dtypes.real_dtype(d) if real else d
+        if layout.stores_as_computed(dtype):
+            return m
+        ordered = _xla_hints.after(m, b)
+        if a is m or not layout.quantized or jnp.shape(a) != jnp.shape(m):
+            return ordered
+        return _xla_hints.after(ordered, a)
+
+    return jax.tree.map(leaf, moment, buffer, layouts, dtypes, also, is_leaf=_storage.is_layout)

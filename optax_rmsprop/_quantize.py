@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _jax_versions, _rounding
+from optax_rmsprop import _rounding, _xla_hints
 
 
 def dynamic_magnitudes(bits: int) -> np.ndarray:
@@ -420,7 +420,7 @@ def pack(codes: jax.Array) -> jax.Array:
 
 def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
     """The ``length`` codes (``codebook.code_dtype``) that :func:`pack` stored in ``packed``."""
-    if _jax_versions.FUSES_NARROWING_BITCAST:
+    if _xla_hints.unpacks_by_bytes():
         # Each byte spread to a uint16 whose low byte is its low nibble and high byte its
         # high nibble, read back as a pair of bytes: whole-byte operations only, which XLA
         # fuses into the codes' consumers and vectorizes. Shifts by a [0, 4] pattern do

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
@@ -28,7 +27,6 @@ from optax_rmsprop import (
     _caution,
     _dtypes,
     _momentum,
-    _opaque,
     _scale_by_rms,
     _storage,
     _validation,
@@ -225,8 +223,7 @@ def rmsprop(
             tree, state.rms.nu, what=what, where="rmsprop.update", absmax=state.rms.nu_absmax
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+    def check_args(updates, state, params):
         check_matches_state(updates, "gradient", state)
         if use_weight_decay:
             if params is None:
@@ -238,45 +235,53 @@ def rmsprop(
                     "Python number.)"
                 )
             check_matches_state(params, "params", state)
-        like = updates if params is None else params
 
-        def gradient(updates, state, params):
-            g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
-            if maximize:
-                g = jax.tree.map(lambda x: -x, g)
-            if use_weight_decay and not decoupled_weight_decay:
-                g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
-            return g
+    def gradient(updates, state, params):
+        """The gradient in: cast to the compute dtype, maximize, L2 weight decay."""
+        g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
+        if maximize:
+            g = jax.tree.map(lambda x: -x, g)
+        if use_weight_decay and not decoupled_weight_decay:
+            g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
+        return g
 
-        def rescaled(copy: int) -> Tree:
-            """``scaled`` again, from gradients XLA cannot merge with another ``copy``'s."""
-            fresh = jax.tree.map(lambda u: _opaque.identity(u, copy), updates)
+    def with_momentum(scaled, rms, g, lr, updates, state, params, like):
+        """The momentum buffer's step, the new buffer, and the moments written after it."""
+
+        def rescale(fresh):  # g / denom again, from a copy of the raw gradients
             return core.step(gradient(fresh, state, params), state.rms, like, write=False)[0]
 
+        layouts = _storage.layouts(like, core.precision, real=False)
+        step, buffer, absmax = _momentum.momentum_step(
+            scaled,
+            state.momentum,
+            state.momentum_absmax,
+            layouts,
+            lr,
+            momentum,
+            nesterov=nesterov,
+            lr_in_momentum=lr_in_momentum,
+            rescale=rescale,
+            raw=updates,
+        )
+        nu_layouts = _storage.layouts(like, core.precision, real=True)
+        rms = _momentum.moments_written_after(rms, buffer, nu_layouts, layouts, g)
+        return step, rms, buffer, absmax
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        check_args(updates, state, params)
+        like = updates if params is None else params
         g = gradient(updates, state, params)
         scaled, rms = core.step(g, state.rms, like)
         lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
+        buffer, buffer_absmax = None, None
         if use_momentum:
-            layouts = _storage.layouts(like, core.precision, real=False)
-            step, buffer, buffer_absmax = _momentum.momentum_step(
-                scaled,
-                state.momentum,
-                state.momentum_absmax,
-                layouts,
-                lr,
-                momentum,
-                nesterov=nesterov,
-                lr_in_momentum=lr_in_momentum,
-                rescaled=rescaled,
-            )
-            nu_layouts = _storage.layouts(like, core.precision, real=True)
-            nu = _written_after(rms.nu, buffer, nu_layouts, g, real=True)
-            # centered: the new nu reads the old mu (nu >= |mu|**2 is restored on read)
-            rms = rms._replace(
-                nu=nu, mu=_written_after(rms.mu, buffer, layouts, g, real=False, also=nu)
+            step, rms, buffer, buffer_absmax = with_momentum(
+                scaled, rms, g, lr, updates, state, params, like
             )
         else:
-            step, buffer, buffer_absmax = _momentum.scale_by_lr(scaled, lr), None, None
+            step = _momentum.scale_by_lr(scaled, lr)
         if caution:
             step = jax.tree.map(_caution.cautious, step, g)
         if use_weight_decay and decoupled_weight_decay:
@@ -287,37 +292,3 @@ def rmsprop(
         return new_updates, RMSPropState(rms, buffer, buffer_absmax)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _written_after(
-    moment: Tree | None,
-    buffer: Tree,
-    layouts: Tree,
-    grads: Tree,
-    *,
-    real: bool,
-    also: Tree | None = None,
-) -> Tree | None:
-    """``moment`` (the new ``nu`` or ``mu``, as stored), written after the momentum buffer.
-
-    The passes that write the momentum buffer read the old moment (through
-    ``g / denom``), and the new moment overwrites the old one in place: where
-    XLA cannot order the two, it keeps a copy of the old moment (1 byte per
-    parameter for 8-bit codes). ``also``: a second tree of arrays to write
-    after, where its shapes match. A moment stored as it is computed (float32
-    state) is updated in the same fusion as the buffer, and is left alone.
-    """
-    if moment is None:
-        return None
-    also = moment if also is None else also
-
-    def leaf(m, b, layout, g, a):
-        dtype = _dtypes.real_dtype(g.dtype) if real else g.dtype
-        if layout.stores_as_computed(dtype):
-            return m
-        ordered = _opaque.after(m, b)
-        if a is m or not layout.quantized or jnp.shape(a) != jnp.shape(m):
-            return ordered
-        return _opaque.after(ordered, a)
-
-    return jax.tree.map(leaf, moment, buffer, layouts, grads, also, is_leaf=_storage.is_layout)

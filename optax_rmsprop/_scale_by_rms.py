@@ -18,14 +18,13 @@ from jax.typing import ArrayLike
 
 from optax_rmsprop import (
     _dtypes,
-    _jax_versions,
     _math,
-    _opaque,
     _quantize,
     _rounding,
     _storage,
     _tree,
     _validation,
+    _xla_hints,
 )
 from optax_rmsprop._tree import Tree
 
@@ -218,15 +217,15 @@ def _as_stored(
     """A new moment as the step divides by it, and as stored: ``(divisor, (values, absmax))``.
 
     A bfloat16 or float16 state divides by the moment as stored, read back
-    (:func:`~optax_rmsprop._opaque.kept`): the step then never reads the old
+    (:func:`~optax_rmsprop._xla_hints.kept`): the step then never reads the old
     one, which XLA overwrites in place. 8-bit and 4-bit codes are coarse, so
     the step uses the moment it just computed, as bitsandbytes' kernels do.
     """
     values, absmax = layout.write(value, absmax, seed=seed)
     if layout.quantized or layout.stores_as_computed(value.dtype):
         return value, (values, absmax)
-    if not _jax_versions.FUSES_ROUNDED_READ_BACK:
-        values = _opaque.kept(values)
+    if _xla_hints.keeps_read_back():
+        values = _xla_hints.kept(values)
     return layout.read(values, None, value.dtype), (values, absmax)
 
 

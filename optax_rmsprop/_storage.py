@@ -367,7 +367,7 @@ def write_tree(
     """``new`` (compute-dtype values) written in each leaf's layout: ``(values, absmax)``.
 
     ``again``, if given, is ``new`` computed a second time, apart from it (from
-    its own copy of the inputs, :mod:`optax_rmsprop._opaque`): the codes come
+    its own copy of the inputs, :mod:`optax_rmsprop._xla_hints`): the codes come
     from ``again`` and the absmax from ``new``, each pass computing its own
     value. Without it, where the value is costly (it holds a division or a
     square root), XLA computes it once and writes it out in float32 for both

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions, _storage
+from optax_rmsprop import _storage, _xla_hints
 from tests.helpers import jitted_step
 
 F32 = jnp.float32
@@ -73,7 +73,7 @@ def test_bfloat16_step_holds_no_copy_of_its_buffers(options):
     temp, peak = _step_memory(jnp.bfloat16, options)
     _, float32_peak = _step_memory(None, options)
     buffers = 1 + ("momentum" in options) + ("centered" in options)
-    if _jax_versions.FUSES_ROUNDED_READ_BACK:
+    if _xla_hints.FUSES_ROUNDED_READ_BACK:
         assert temp < 1e-6, temp  # the step count (stochastic rounding), 4 bytes
         assert peak == pytest.approx(float32_peak - 2 * buffers), (peak, float32_peak)
     else:

@@ -1,30 +1,74 @@
-"""Values that XLA computes, keeps and orders as the step needs: the same bits, another graph.
+"""Hints that shape what XLA keeps in memory: the same bits, another graph.
 
-Three tools, each an identity on the bits that XLA's simplifier cannot see
-through (LLVM then folds it away, so it costs nothing at run time):
+Every XLA-specific workaround of the library is here, behind one switch
+(:func:`disabled`, for debugging and for measuring what the hints buy;
+``tests/test_xla_hints.py`` measures it). Each is an identity on the values:
+with the hints off, every step computes the same numbers and only its memory
+and speed change.
 
-* :func:`identity`: a copy of a value that XLA computes apart. When several
-  passes over memory need one costly value (one holding a division or a
-  square root), XLA computes it once and writes it out in full, whatever
-  memory that takes; and it merges identical computations (on CPU it drops
-  optimization barriers before it does). A pass that should compute the value
-  for itself starts from its own copy of the inputs.
-* :func:`kept`: a stored value that its readers read back from memory, instead
-  of recomputing it from float32 intermediates that XLA would then write out.
-* :func:`after`: a value computed after another, element by element, so that a
-  buffer overwritten in place is overwritten only once every pass that reads
-  its old value has run (where XLA cannot order two passes, it keeps a copy of
-  the old buffer).
+* :func:`identity`: XLA computes a value holding a division or a square root
+  once and writes it out in full for every pass that needs it; a pass that
+  starts from its own copy of the inputs computes it for itself.
+* :func:`kept`: XLA recomputes a stored value inside each reader from float32
+  intermediates it then writes out; its readers load it back instead.
+* :func:`after`: XLA keeps a copy of a buffer overwritten in place while a pass
+  it cannot order still reads the old one; this orders the passes.
+* :func:`keeps_read_back`: before jaxlib 0.9.1, XLA writes ``g / denom`` out in
+  float32 unless a rounded buffer that the step reads back is :func:`kept`.
+* :data:`FUSES_NARROWING_BITCAST`: from jaxlib 0.7.2 XLA fuses a uint16 read
+  as two bytes; older XLA writes the bytes out (4-bit codes are unpacked by
+  shifts there).
 
 Each combines an element's bits with a 0 (or divides them by a 1) that XLA
 cannot see is 0 (or 1), made from an element itself: elementwise, so it fuses
-and shards like its input.
+and shards like its input, and LLVM folds it away.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
+import jaxlib
+
+from optax_rmsprop import _jax_versions
+
+_enabled = True
+
+# jaxlib >= 0.9.1 fuses a rounded buffer read back into the update (measured: 0.4.35, 0.7.2,
+# 0.8.3, 0.9.0 need kept; 0.9.1 to 0.10.2 do not).
+FUSES_ROUNDED_READ_BACK = _jax_versions.release(jaxlib.__version__) >= (0, 9, 1)
+# jaxlib >= 0.7.2 fuses a uint16 read as two bytes (measured: 0.7.2, 0.10.2; not 0.4.35).
+FUSES_NARROWING_BITCAST = _jax_versions.release(jaxlib.__version__) >= (0, 7, 2)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Every hint off for the steps traced inside the block (each is then ``x``)."""
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def enabled() -> bool:
+    """Whether the hints apply to the step being traced."""
+    return _enabled
+
+
+def keeps_read_back() -> bool:
+    """A rounded buffer that the step reads back must be :func:`kept` (older XLA)."""
+    return _enabled and not FUSES_ROUNDED_READ_BACK
+
+
+def unpacks_by_bytes() -> bool:
+    """4-bit codes are unpacked by whole-byte operations (XLA fuses a narrowing bitcast)."""
+    return _enabled and FUSES_NARROWING_BITCAST
+
 
 _COMBINE = {1: jnp.bitwise_or, 2: jnp.bitwise_xor}  # x op 0 == x, one operation per copy
 _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
@@ -33,6 +77,8 @@ _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 def identity(x: jax.Array, copy: int) -> jax.Array:
     """``x``, bit for bit, as copy ``copy`` (1 or 2): a computation apart from ``x``'s
     and from the other copy's."""
+    if not _enabled:
+        return x
     if jnp.iscomplexobj(x):
         return jax.lax.complex(identity(x.real, copy), identity(x.imag, copy))
     bits = _bits(x)
@@ -48,6 +94,8 @@ def kept(x: jax.Array) -> jax.Array:
     rather than recompute it from the float32 values it came from, which XLA
     would then write out or copy.
     """
+    if not _enabled:
+        return x
     if jnp.iscomplexobj(x):
         return jax.lax.complex(kept(x.real), kept(x.imag))
     if jnp.issubdtype(x.dtype, jnp.integer):
@@ -63,6 +111,8 @@ def after(x: jax.Array, y: jax.Array) -> jax.Array:
     ``y`` has ``x``'s shape, or one trailing axis more (complex codes: its
     real part is read); complex ``y`` is read by its real part.
     """
+    if not _enabled:
+        return x
     if jnp.iscomplexobj(x):
         return jax.lax.complex(after(x.real, y), after(x.imag, y))
     if jnp.iscomplexobj(y):
