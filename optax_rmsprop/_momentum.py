@@ -51,11 +51,10 @@ def momentum_step(
     (:mod:`optax_rmsprop._storage`). ``rescale(raw)``, if given, computes
     ``scaled`` afresh from the raw gradients ``raw``; it is called on two
     copies of them (:func:`~optax_rmsprop._xla_hints.identity`, which XLA
-    merges with nothing): a buffer stored
-    otherwise than it is computed is then written from values computed apart,
-    one computation per pass over it (the absmax, the codes), so that no
-    float32 copy of ``scaled`` or of the new buffer is kept at the step's
-    peak. It costs those passes a division and a square root each.
+    merges with nothing): a buffer stored otherwise than it is computed is then
+    written from values computed apart, one per pass over it (the absmax, the
+    codes), so that no float32 copy of ``scaled`` or of the new buffer is kept
+    at the step's peak, for a division and a square root per pass.
     """
     dtypes = jax.tree.map(lambda s: s.dtype, scaled)
     old = _storage.read_tree(buffer, buffer_absmax, layouts, dtypes)
@@ -89,12 +88,18 @@ def momentum_step(
         values, absmax = _storage.write_tree(
             pick(new, first), buffer_absmax, layouts, pick(new, second)
         )
+    values, used = _as_used(values, absmax, new, layouts, dtypes)
+    return jax.tree.map(step, scaled, used), values, absmax
+
+
+def _as_used(values: Tree, absmax: Tree | None, new: Tree, layouts: Tree, dtypes: Tree) -> tuple:
+    """``(values, used)``: the stored buffer (kept where read back) and the buffer the step
+    uses, as stored where :func:`_read_back` says so, else as computed (``new``)."""
     read_back = jax.tree.map(_read_back, layouts, dtypes, is_leaf=_storage.is_layout)
     kept = jax.tree.map(_kept, layouts, read_back, is_leaf=_storage.is_layout)
     values = jax.tree.map(lambda v, keep: _xla_hints.kept(v) if keep else v, values, kept)
     stored = _storage.read_tree(values, absmax, layouts, dtypes)
-    used = jax.tree.map(lambda back, x, y: x if back else y, read_back, stored, new)
-    return jax.tree.map(step, scaled, used), values, absmax
+    return values, jax.tree.map(lambda back, x, y: x if back else y, read_back, stored, new)
 
 
 def _read_back(layout: _storage.Layout, dtype: np.dtype) -> bool:

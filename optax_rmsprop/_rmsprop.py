@@ -15,6 +15,7 @@ and the state precisions.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -183,8 +184,7 @@ def rmsprop(
       Liang, Chen, Liu and Liu, `Cautious Optimizers
       <https://arxiv.org/abs/2411.16085>`_, 2024.
     """
-    if not callable(learning_rate):
-        _validation.check_range("learning_rate", learning_rate, 0.0)
+    use_momentum = _checked_momentum(learning_rate, momentum, weight_decay, nesterov, caution)
     core = _scale_by_rms.RmsCore.checked(
         decay=decay,
         eps=eps,
@@ -196,6 +196,31 @@ def rmsprop(
         block_size=block_size,
         min_quantized_size=min_quantized_size,
     )
+    optimizer = _RMSProp(
+        core=core,
+        learning_rate=learning_rate,
+        momentum=momentum if use_momentum else None,
+        nesterov=nesterov,
+        lr_in_momentum=lr_in_momentum,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        maximize=maximize,
+        caution=caution,
+    )
+    return optax.GradientTransformationExtraArgs(optimizer.init, optimizer.update)
+
+
+def _checked_momentum(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: ArrayLike | None,
+    weight_decay: ArrayLike,
+    nesterov: bool,
+    caution: bool,
+) -> bool:
+    """Checks :func:`rmsprop`'s arguments beside the RMS core's; True if momentum is used."""
+    if not callable(learning_rate):
+        _validation.check_range("learning_rate", learning_rate, 0.0)
     if momentum is not None:
         _validation.check_range("momentum", momentum, 0.0, 1.0)
     _validation.check_range("weight_decay", weight_decay, 0.0)
@@ -209,86 +234,112 @@ def rmsprop(
             f"caution=True needs momentum in (0, 1), got momentum={momentum!r}: without "
             "momentum every step already agrees in sign with the gradient."
         )
-    use_weight_decay = not (_validation.is_concrete_real(weight_decay) and weight_decay == 0)
+    return use_momentum
 
-    def init_fn(params):
-        rms = core.init(params, track_count=callable(learning_rate))
+
+@dataclasses.dataclass(frozen=True)
+class _RMSProp:
+    """:func:`rmsprop`'s checked settings, and its ``init`` and ``update``."""
+
+    core: _scale_by_rms.RmsCore
+    learning_rate: optax.ScalarOrSchedule
+    momentum: ArrayLike | None
+    nesterov: bool
+    lr_in_momentum: bool
+    weight_decay: ArrayLike
+    decoupled_weight_decay: bool
+    weight_decay_mask: Tree | Callable[[Tree], Tree] | None
+    maximize: bool
+    caution: bool
+
+    @property
+    def decays_weights(self) -> bool:
+        wd = self.weight_decay
+        return not (_validation.is_concrete_real(wd) and wd == 0)
+
+    def init(self, params: Tree) -> RMSPropState:
+        rms = self.core.init(params, track_count=callable(self.learning_rate))
         buffer, absmax = None, None
-        if use_momentum:
-            buffer, absmax = _storage.init_tree(params, 0.0, core.precision, real=False)
+        if self.momentum is not None:
+            buffer, absmax = _storage.init_tree(params, 0.0, self.core.precision, real=False)
         return RMSPropState(rms=rms, momentum=buffer, momentum_absmax=absmax)
 
-    def check_matches_state(tree, what, state):
-        _validation.check_tree_matches_state(
-            tree, state.rms.nu, what=what, where="rmsprop.update", absmax=state.rms.nu_absmax
-        )
+    def update(self, updates, state, params=None, **extra_args):
+        del extra_args
+        self._check_args(updates, state, params)
+        like = updates if params is None else params
+        g = self._gradient(updates, state, params)
+        scaled, rms = self.core.step(g, state.rms, like)
+        count = state.rms.count
+        lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
+        buffer, buffer_absmax = None, None
+        if self.momentum is not None:
+            step, rms, buffer, buffer_absmax = self._with_momentum(
+                scaled, rms, g, lr, updates, state, params
+            )
+        else:
+            step = _momentum.scale_by_lr(scaled, lr)
+        if self.caution:
+            step = jax.tree.map(_caution.cautious, step, g)
+        if self.decays_weights and self.decoupled_weight_decay:
+            step = _weight_decay.add_decoupled_decay(
+                step, params, lr, self.weight_decay, self.weight_decay_mask
+            )
+        new_updates = jax.tree.map(lambda s, p: _dtypes.cast(-s, p.dtype), step, like)
+        return new_updates, RMSPropState(rms, buffer, buffer_absmax)
 
-    def check_args(updates, state, params):
-        check_matches_state(updates, "gradient", state)
-        if use_weight_decay:
-            if params is None:
-                raise ValueError(
-                    f"rmsprop.update: weight_decay={weight_decay!r} needs the "
-                    "parameters: call update(grads, opt_state, params). (Under "
-                    "optax.inject_hyperparams, weight_decay is an array even "
-                    "when 0: pass static_args=('weight_decay',) to keep it a "
-                    "Python number.)"
-                )
-            check_matches_state(params, "params", state)
+    def _check_args(self, updates, state, params) -> None:
+        def matches_state(tree, what):
+            _validation.check_tree_matches_state(
+                tree, state.rms.nu, what=what, where="rmsprop.update", absmax=state.rms.nu_absmax
+            )
 
-    def gradient(updates, state, params):
+        matches_state(updates, "gradient")
+        if not self.decays_weights:
+            return
+        if params is None:
+            raise ValueError(
+                f"rmsprop.update: weight_decay={self.weight_decay!r} needs the "
+                "parameters: call update(grads, opt_state, params). (Under "
+                "optax.inject_hyperparams, weight_decay is an array even "
+                "when 0: pass static_args=('weight_decay',) to keep it a "
+                "Python number.)"
+            )
+        matches_state(params, "params")
+
+    def _gradient(self, updates, state, params):
         """The gradient in: cast to the compute dtype, maximize, L2 weight decay."""
         g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
-        if maximize:
+        if self.maximize:
             g = jax.tree.map(lambda x: -x, g)
-        if use_weight_decay and not decoupled_weight_decay:
-            g = _weight_decay.add_l2_to_gradient(g, params, weight_decay, weight_decay_mask)
+        if self.decays_weights and not self.decoupled_weight_decay:
+            g = _weight_decay.add_l2_to_gradient(
+                g, params, self.weight_decay, self.weight_decay_mask
+            )
         return g
 
-    def with_momentum(scaled, rms, g, lr, updates, state, params, like):
+    def _with_momentum(self, scaled, rms, g, lr, updates, state, params):
         """The momentum buffer's step, the new buffer, and the moments written after it."""
+        like = updates if params is None else params
+        precision = self.core.precision
 
         def rescale(fresh):  # g / denom again, from a copy of the raw gradients
-            return core.step(gradient(fresh, state, params), state.rms, like, write=False)[0]
+            g = self._gradient(fresh, state, params)
+            return self.core.step(g, state.rms, like, write=False)[0]
 
-        layouts = _storage.layouts(like, core.precision, real=False)
+        layouts = _storage.layouts(like, precision, real=False)
         step, buffer, absmax = _momentum.momentum_step(
             scaled,
             state.momentum,
             state.momentum_absmax,
             layouts,
             lr,
-            momentum,
-            nesterov=nesterov,
-            lr_in_momentum=lr_in_momentum,
+            self.momentum,
+            nesterov=self.nesterov,
+            lr_in_momentum=self.lr_in_momentum,
             rescale=rescale,
             raw=updates,
         )
-        nu_layouts = _storage.layouts(like, core.precision, real=True)
+        nu_layouts = _storage.layouts(like, precision, real=True)
         rms = _momentum.moments_written_after(rms, buffer, nu_layouts, layouts, g)
         return step, rms, buffer, absmax
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        check_args(updates, state, params)
-        like = updates if params is None else params
-        g = gradient(updates, state, params)
-        scaled, rms = core.step(g, state.rms, like)
-        lr = learning_rate(state.rms.count) if callable(learning_rate) else learning_rate
-        buffer, buffer_absmax = None, None
-        if use_momentum:
-            step, rms, buffer, buffer_absmax = with_momentum(
-                scaled, rms, g, lr, updates, state, params, like
-            )
-        else:
-            step = _momentum.scale_by_lr(scaled, lr)
-        if caution:
-            step = jax.tree.map(_caution.cautious, step, g)
-        if use_weight_decay and decoupled_weight_decay:
-            step = _weight_decay.add_decoupled_decay(
-                step, params, lr, weight_decay, weight_decay_mask
-            )
-        new_updates = jax.tree.map(lambda s, p: _dtypes.cast(-s, p.dtype), step, like)
-        return new_updates, RMSPropState(rms, buffer, buffer_absmax)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -145,18 +145,15 @@ def transformation(port: Port) -> optax.GradientTransformationExtraArgs:
                 f"update(grads, state, params)."
             )
         grads, treedef = jax.tree.flatten(updates)
-        absent = [None] * len(grads)
+
+        def leaves_of(tree: Tree | None) -> list:
+            return [None] * len(grads) if tree is None else treedef.flatten_up_to(tree)
+
+        slots = zip(leaves_of(square), leaves_of(grad_avg), leaves_of(momentum), strict=True)
+        flags = decay_flags(port, updates, params)
         leaves = [
-            Leaf(g, p, Slots(v, m, b), d)
-            for g, p, v, m, b, d in zip(
-                grads,
-                absent if params is None else treedef.flatten_up_to(params),
-                treedef.flatten_up_to(square),
-                absent if grad_avg is None else treedef.flatten_up_to(grad_avg),
-                absent if momentum is None else treedef.flatten_up_to(momentum),
-                decay_flags(port, updates, params),
-                strict=True,
-            )
+            Leaf(g, p, Slots(*s), d)
+            for g, p, s, d in zip(grads, leaves_of(params), slots, flags, strict=True)
         ]
         hyper = port.hyper_at(count)
         steps = [port.kernel(leaf, hyper) for leaf in leaves]
