@@ -9,6 +9,7 @@ the same gradients. ``tests/test_reference.py`` holds them to float64 accuracy,
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,9 +20,47 @@ import optax
 import pytest
 
 import optax_rmsprop
-from benchmarks.common import jitted_step as jitted_step  # the step's one home
-from benchmarks.common import update_and_apply as update_and_apply
 from tests.reference import Config, RMSPropReference
+
+
+def update_and_apply(tx: optax.GradientTransformation) -> Callable:
+    """``(params, state, grads) -> (params, state)``: one update of ``tx``, applied."""
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def jitted_step(tx: optax.GradientTransformation, *, donate: bool = False) -> Callable:
+    """The step of ``tx``, jitted; with ``donate``, params and state are donated."""
+    return jax.jit(update_and_apply(tx), donate_argnums=(0, 1) if donate else ())
+
+
+def compile_step(tx: optax.GradientTransformation, params):
+    """The donated step of ``tx`` compiled for ``params``' shapes (nothing is initialised)."""
+    state = jax.eval_shape(tx.init, params)
+    return jitted_step(tx, donate=True).lower(params, state, params).compile()
+
+
+def bytes_accessed(compiled) -> float:
+    """The bytes XLA's cost analysis counts for a compiled function."""
+    analysis = compiled.cost_analysis()
+    return float((analysis[0] if isinstance(analysis, list) else analysis)["bytes accessed"])
+
+
+def entry_ops(compiled) -> list[str]:
+    """The op of each instruction of the optimised HLO's entry computation, in order."""
+    entry = compiled.as_text().split("ENTRY", 1)[1].split("\n}", 1)[0]
+    return re.findall(r"^\s*(?:ROOT )?\S+ = .*? ([\w-]+)\(", entry, flags=re.M)
+
+
+def kernels(ops: list[str]) -> int:
+    """Entry ops that launch work (fusions, custom calls, lone ops), not plumbing."""
+    plumbing = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant"}
+    return sum(op not in plumbing for op in ops)
+
 
 STEPS = 120
 

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from benchmarks import common
+from tests import helpers as common  # the compiled step and XLA's figures for it
 from tests.helpers import option_params
 
 PARAMS = {
