@@ -269,11 +269,7 @@ def _selected_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
     return magnitude
 
 
-# -- the dynamic maps' codec: integers times powers of two -----------------------------
-# In base 8, each decade's values and boundaries are integers times a power of two,
-# all exact in float32: the codec needs no per-decade constants (the powers of ten
-# of Dettmers et al.'s base-10 map took a chain of selects per element, the largest
-# cost of the 8-bit step on CPU) and no split arithmetic to round boundaries exactly.
+# -- the dynamic maps' codec: integers times powers of two, exact in float32 -----------
 
 
 def _code_bits(codebook: Codebook) -> int:
@@ -410,23 +406,14 @@ def pack(codes: jax.Array) -> jax.Array:
     """
     nibbles = _pad_last(codes.astype(jnp.uint8) & np.uint8(0xF), 2 * math.ceil(codes.shape[-1] / 2))
     pairs = nibbles.reshape(*codes.shape[:-1], -1, 2) << np.array([0, 4], np.uint8)
-    # A sum over the pair (the nibbles do not overlap: it is their OR), not two slices:
-    # XLA then computes each code once, where slices made it compute the pair's inputs
-    # along two index paths. (Inside a jax.lax loop XLA hoists the [0, 4] out of the
-    # loop, as it does :func:`unpack`'s; here that costs nothing measurable, and the
-    # uint16 form of :func:`unpack` made XLA write a copy of the codes with momentum.)
+    # the pair's OR as a sum: slices would make XLA compute each pair's inputs twice
     return jnp.sum(pairs, axis=-1, dtype=jnp.uint8)
 
 
 def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
     """The ``length`` codes (``codebook.code_dtype``) that :func:`pack` stored in ``packed``."""
     if _xla_hints.unpacks_by_bytes():
-        # Each byte spread to a uint16 whose low byte is its low nibble and high byte its
-        # high nibble, read back as a pair of bytes: whole-byte operations only, which XLA
-        # fuses into the codes' consumers and vectorizes. Shifts by a [0, 4] pattern do
-        # too, but inside a jax.lax loop XLA hoists the pattern out as an argument, and
-        # shifts by amounts read from memory are not vectorized: a 4-bit step inside
-        # fori_loop or scan ran 2x slower than alone (3x with momentum).
+        # a uint16 of the two nibbles read as two bytes: no shift pattern to hoist out of loops
         wide = packed.astype(jnp.uint16)
         spread = (wide & np.uint16(0x0F)) | ((wide & np.uint16(0xF0)) << np.uint16(4))
         pairs = jax.lax.bitcast_convert_type(spread, jnp.uint8)
@@ -438,8 +425,7 @@ def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
     return codes
 
 
-# The codec runs as small jitted functions: traced once per shape and map, not
-# once per leaf (a 200-leaf step traced in seconds instead of tens of seconds).
+# Small jitted functions: traced once per shape and map, not once per leaf.
 @functools.partial(jax.jit, static_argnums=2)
 def encode_blocks(
     x: jax.Array, absmax: jax.Array, codebook: Codebook, seed: jax.Array | None = None
