@@ -101,9 +101,10 @@ def measure_leaves(leaf_counts: list[int], repeats: int) -> list[dict]:
     return rows
 
 
-def measure_precisions(small: bool, repeats: int) -> dict:
-    leaves, shape = SIZES[small]["step"]
-    init_shape = SIZES[small]["init"]
+def measure_precisions(
+    leaves: int, shape: tuple[int, ...], init_shape: tuple[int, ...], repeats: int
+) -> dict:
+    """Per state precision: the step's compile (with momentum) and init, interleaved."""
     compiles = interleaved(
         {
             name: functools.partial(
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": common.machine(),
         "small": args.small,
         "rows": measure_leaves(leaf_counts, repeats),
-        "precisions": measure_precisions(args.small, repeats),
+        "precisions": measure_precisions(
+            *SIZES[args.small]["step"], SIZES[args.small]["init"], repeats
+        ),
     }
     markdown = to_markdown(payload)
     print(markdown)
@@ -187,10 +190,15 @@ def to_markdown(payload: dict) -> str:
             f"| {r['optax_rmsprop momentum']:.3f} | {r['optax momentum']:.3f} "
             f"| {r['ratio_momentum']:.2f} |"
         )
+    md += ["", *precisions_markdown(p)]
+    return "\n".join(md) + "\n"
+
+
+def precisions_markdown(p: dict) -> list[str]:
+    """The lines of the by-precision table (:func:`measure_precisions`' result)."""
     step = " x ".join(map(str, p["step_shape"]))
     init = " x ".join(map(str, p["init_shape"]))
-    md += [
-        "",
+    return [
         f"By state precision: compiling the step with momentum 0.9 over {p['step_leaves']} "
         f"leaves of {step}; `tx.init` of one {init} parameter, jitted (trace, compile, run) "
         "and eager.",
@@ -198,18 +206,12 @@ def to_markdown(payload: dict) -> str:
         *common.markdown_table(
             ["state", "step compile (s)", "/ float32", "jitted init (s)", "eager init (s)"],
             [
-                [
-                    r["state"],
-                    f"{r['compile_s']:.3f}",
-                    f"{r['compile_over_float32']:.2f}",
-                    f"{r['jit_init_s']:.3f}",
-                    f"{r['eager_init_s']:.3f}",
-                ]
+                [r["state"], f"{r['compile_s']:.3f}", f"{r['compile_over_float32']:.2f}"]
+                + [f"{r['jit_init_s']:.3f}", f"{r['eager_init_s']:.3f}"]
                 for r in p["rows"]
             ],
         ),
     ]
-    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":

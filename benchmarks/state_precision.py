@@ -7,7 +7,8 @@ For one 4096 x 4096 float32 parameter (16.8M) and ``optax_rmsprop.rmsprop``
 
 * state bytes per parameter (the RMS state alone, and the whole state), from the arrays;
 * the bytes XLA's cost analysis counts for one compiled, donated step;
-* the step time, interleaved with the other precisions, median of rounds.
+* the step time, interleaved with the other precisions, median of rounds, and
+  its fraction of the memory roofline (a donated ``p + g`` in the same rounds).
 
 The step's memory at its peak, from XLA's own buffer assignment
 (``compiled.memory_analysis()``, deterministic): for one jitted, donated step
@@ -34,14 +35,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import optax_rmsprop
-from benchmarks import common
+from benchmarks import common, trainer_throughput
 
 SHAPE = (4096, 4096)
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8", "int4": "int4"}
@@ -52,40 +52,41 @@ STEP_OPTIONS = {
     "momentum": {"momentum": 0.9},
     "centered + momentum": {"centered": True, "momentum": 0.9},
 }
+TORCH_KINDS = ["torch", "bitsandbytes 32-bit", "bitsandbytes 8-bit"]
 SMALL = {"shape": (256, 512), "peak_shape": (256, 256), "per_step": (64, 4097), "drift": (16, 4096)}
 
 
-def state_bytes(tree) -> int:
-    return sum(x.nbytes for x in jax.tree.leaves(tree))
-
-
 def measure_jax(rounds: int, momentum: float | None, shape: tuple[int, int] = SHAPE) -> dict:
-    key = jax.random.key(0)
+    """Per state precision: state bytes, XLA's bytes, step time against float32 and the roofline.
+
+    The roofline is a donated ``p + g`` (12 bytes per parameter) scaled to the
+    bytes the step must move: params and gradients (12) and the state, read and
+    written.
+    """
     n = shape[0] * shape[1]
-    grads = 0.01 * jax.random.normal(key, shape)
-    runners, rows = {}, {}
-    for name, state_dtype in PRECISIONS.items():
-        tx = optax_rmsprop.rmsprop(1e-3, momentum=momentum, state_dtype=state_dtype)
-        params = jax.random.normal(jax.random.fold_in(key, 1), shape)
-        compiled = common.compile_step(tx, params, grads)
-        state = tx.init(params)
+    grads = 0.01 * jax.random.normal(jax.random.key(0), shape)
+    steppers = {
+        name: common.Stepper(
+            optax_rmsprop.rmsprop(1e-3, momentum=momentum, state_dtype=state_dtype),
+            jax.random.normal(jax.random.key(1), shape),
+            grads,
+        )
+        for name, state_dtype in PRECISIONS.items()
+    }
+    timing = common.paired({**steppers, "roofline": common.roofline([n])}, rounds)
+    roofline_s = timing["roofline"]["median_s"] / 12  # per byte and parameter
+    rows = {}
+    for name, stepper in steppers.items():
+        state = stepper.carry[1]
+        need = 12 + 2 * stepper.state_bytes() / n
         rows[name] = {
-            "rms_bytes_per_param": state_bytes(state.rms) / n,
-            "state_bytes_per_param": state_bytes(state) / n,
-            "xla_bytes_per_param": common.bytes_accessed(compiled) / n,
+            "rms_bytes_per_param": sum(x.nbytes for x in jax.tree.leaves(state.rms)) / n,
+            "state_bytes_per_param": stepper.state_bytes() / n,
+            "xla_bytes_per_param": stepper.facts["xla_bytes"] / n,
+            "step_ms": 1e3 * timing[name]["median_s"],
+            "time_over_float32": common.ratio(timing, name, "float32"),
+            "roofline_fraction": need * roofline_s / timing[name]["median_s"],
         }
-        box = {"p": params, "s": state}
-
-        def run(box=box, compiled=compiled):
-            box["p"], box["s"] = compiled(box["p"], box["s"], grads)
-            jax.block_until_ready(box["p"])
-
-        run()
-        runners[name] = run
-    timing = common.paired(runners, rounds)
-    for name in rows:
-        rows[name]["step_ms"] = 1e3 * timing[name]["median_s"]
-        rows[name]["time_over_float32"] = common.ratio(timing, name, "float32")
     return rows
 
 
@@ -104,7 +105,7 @@ def peak_memory(
     for label, options in STEP_OPTIONS.items():
         for name, state_dtype in states.items():
             tx = optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype, **options)
-            sizes = common.memory(common.compile_step(tx, params))
+            sizes = common.facts(common.compile_step(tx, params))
             rows.append(
                 {
                     "step": label,
@@ -175,12 +176,13 @@ def per_step_error(state_dtype: str, shape: tuple[int, int]) -> dict:
     reference = optax_rmsprop.rmsprop(0.01, decay=0.9)
     params = 0.1 * jax.random.normal(key, shape)
     state = quantized.init(params)
-    quantized_step, reference_step = common.jitted_step(quantized), common.jitted_step(reference)
+    quantized_step = jax.jit(common.carry_step(quantized))
+    reference_step = jax.jit(common.carry_step(reference))
     abs_err, rel_err = [], []
     for t in range(50):
         grads = 0.01 * jax.random.normal(jax.random.fold_in(key, t + 1), params.shape)
-        want, _ = reference_step(params, optax_rmsprop.dequantize_state(state, params), grads)
-        params, state = quantized_step(params, state, grads)
+        want, _ = reference_step((params, optax_rmsprop.dequantize_state(state, params)), grads)
+        params, state = quantized_step((params, state), grads)
         err = jnp.abs(params - want)
         abs_err.append(float(jnp.mean(err)))
         rel_err.append(float(jnp.mean(err / (jnp.abs(want) + 1e-9))))
@@ -197,19 +199,18 @@ def drift(state_dtype: str, shape: tuple[int, int]) -> dict:
     finals = {}
     for name, precision in ((state_dtype, state_dtype), ("float32", None)):
         tx = optax_rmsprop.rmsprop(1e-3, decay=0.99, momentum=0.9, state_dtype=precision)
-        step = common.update_and_apply(tx)
+        step = common.carry_step(tx)
 
-        # One jitted step per call, as a training loop runs it (XLA:CPU compiles the
-        # 4-bit step inside a fori_loop to a program 2-3x slower).
-        @functools.partial(jax.jit, donate_argnums=(0, 1))
-        def noisy_step(p, s, t, step=step):
+        @functools.partial(jax.jit, donate_argnums=0)
+        def noisy_step(carry, t, step=step):
+            p = carry[0]
             g = (p - target) + 0.5 * jax.random.normal(jax.random.fold_in(key, t), p.shape)
-            return step(p, s, g)
+            return step(carry, g)
 
         start = jnp.zeros_like(target)
         carry = (start + 0, tx.init(start))
         for t in range(1000):
-            carry = noisy_step(*carry, np.int32(t))
+            carry = noisy_step(carry, np.int32(t))
         finals[name] = carry[0]
     apart = jnp.linalg.norm(finals[state_dtype] - finals["float32"])
     return {
@@ -219,25 +220,10 @@ def drift(state_dtype: str, shape: tuple[int, int]) -> dict:
 
 
 def train_mnist(mnist_dir: str, state_dtype: str) -> dict:
-    with tempfile.TemporaryDirectory() as workdir:
-        cmd = [
-            sys.executable,
-            "-m",
-            "examples.mnist",
-            "--data-dir",
-            mnist_dir,
-            "--epochs",
-            "3",
-            "--state-dtype",
-            state_dtype,
-            "--workdir",
-            workdir,
-            "--no-progress",
-        ]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=1800)
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
-    return {k: summary[k] for k in ("test_accuracy", "train_time_s", "examples_per_sec")}
+    """The trainer's command line, 3 epochs of real MNIST with ``state_dtype`` state."""
+    flags = ["--data-dir", mnist_dir, "--epochs", "3", "--state-dtype", state_dtype]
+    summary = trainer_throughput.run_trainer(flags)
+    return {k: summary.get(k) for k in ("test_accuracy", "train_time_s", "examples_per_sec")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,9 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         payload["jax"][label] = measure_jax(args.rounds, momentum, shape)
         payload["torch"][label] = {
             kind: measure_torch(kind, args.rounds, momentum or 0.0)
-            for kind in (
-                [] if args.small else ["torch", "bitsandbytes 32-bit", "bitsandbytes 8-bit"]
-            )
+            for kind in ([] if args.small or jax.default_backend() != "cpu" else TORCH_KINDS)
         }
         print(label, payload["jax"][label], payload["torch"][label], flush=True)
     payload["peak_shape"] = SMALL["peak_shape"] if args.small else PEAK_SHAPE
@@ -301,33 +285,38 @@ def peak_memory_markdown(rows: list[dict], shape: tuple[int, int]) -> list[str]:
     ]
 
 
+def steps_markdown(jax_rows: dict, torch_rows: dict | None = None) -> list[str]:
+    """The lines of the step table: per option set and state, bytes, time and roofline."""
+    cells = []
+    for label, by_state in jax_rows.items():
+        for name, r in by_state.items():
+            cells.append(
+                [label, f"optax_rmsprop, {name}", f"{r['rms_bytes_per_param']:.3f}"]
+                + [f"{r['state_bytes_per_param']:.3f}", f"{r['xla_bytes_per_param']:.1f}"]
+                + [f"{r['step_ms']:.2f}", f"{r['time_over_float32']:.2f}"]
+                + [f"{r['roofline_fraction']:.2f}"]
+            )
+        for kind, r in (torch_rows or {}).get(label, {}).items():
+            bytes_ = "n/a" if "error" in r else f"{r['state_bytes_per_param']:.3f}"
+            time_ = r["error"] if "error" in r else f"{r['step_ms']:.2f}"
+            cells.append([label, kind, "", bytes_, "n/a", time_, "", ""])
+    header = ["step", "state", "RMS state bytes / param", "state bytes / param"]
+    header += ["XLA bytes / param", "step (ms)", "time / float32", "of roofline"]
+    return common.markdown_table(header, cells)
+
+
 def to_markdown(payload: dict) -> str:
     m = payload["machine"]
     lines = [
-        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), JAX {m['jax']}, "
-        f"torch {m.get('torch', 'n/a')}. One {payload['shape'][0]} x {payload['shape'][1]} "
+        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), {m['device_kind']}, "
+        f"JAX {m['jax']}, torch {m.get('torch', 'n/a')}. One {payload['shape'][0]} x {payload['shape'][1]} "
         "float32 parameter; step times are medians (JAX: interleaved rounds; PyTorch and "
-        "bitsandbytes: their own processes).",
+        "bitsandbytes: their own processes). Roofline: a donated `p + g` (12 bytes per "
+        "parameter) scaled to the bytes the step must move (params, gradients, and the "
+        "state read and written).",
         "",
-        "| step | state | RMS state bytes / param | state bytes / param | XLA bytes / param "
-        "| step (ms) | time / float32 |",
-        "|---|---|---|---|---|---|---|",
+        *steps_markdown(payload["jax"], payload["torch"]),
     ]
-    for label, rows in payload["jax"].items():
-        for name, r in rows.items():
-            lines.append(
-                f"| {label} | optax_rmsprop, {name} | {r['rms_bytes_per_param']:.3f} "
-                f"| {r['state_bytes_per_param']:.3f} | {r['xla_bytes_per_param']:.1f} "
-                f"| {r['step_ms']:.1f} | {r['time_over_float32']:.2f} |"
-            )
-        for kind, r in payload["torch"][label].items():
-            if "error" in r:
-                lines.append(f"| {label} | {kind} | n/a | n/a | n/a | {r['error']} | |")
-            else:
-                lines.append(
-                    f"| {label} | {kind} | | {r['state_bytes_per_param']:.3f} | n/a "
-                    f"| {r['step_ms']:.1f} | |"
-                )
     lines += ["", *peak_memory_markdown(payload["peak_memory"], payload["peak_shape"])]
     shape = next(iter(payload["accuracy"].values()))["per_step_shape"]
     lines += [

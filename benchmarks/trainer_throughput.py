@@ -1,60 +1,80 @@
-"""The MNIST CNN's training throughput: examples/optax_rmsprop trainer vs the same model in PyTorch.
+"""The MNIST trainer's throughput: ``python -m examples.mnist`` against the same model in PyTorch.
 
-    python -m benchmarks.trainer_throughput [--steps 64] [--rounds 5] [--time-to-99 MNIST_DIR]
+    python -m benchmarks.trainer_throughput [--steps 200] [--rounds 5] [--mnist-dir DIR]
+                                            [--time-to-99] [--no-torch] [--small] [--out DIR]
 
-Same model (conv32-conv64-dense256-dense10, ReLU, 2x2 average pooling), batch
-128, RMSProp (lr 1e-3, decay 0.9, eps 1e-8), float32, data already in memory,
-all CPU threads for both. JAX runs the trainer's own jitted multi-step chunks
-(``Trainer.train_chunk``) with the trainer's XLA:CPU flag
-(``examples/mnist/xla_cpu.py``); PyTorch a plain ``zero_grad / backward /
-step`` loop. Every implementation runs alone in a fresh process (two thread
-pools in one process slow each other down), once per round, the order
-rotating; the table gives the median and the spread over rounds, and the
-ratio is the median of the per-round ratios. The trainer with XLA's defaults
-(``--no-cpu-tuning``) shows what the flag is worth. Seconds per epoch are for
-60,000 examples. Writes benchmarks/results/trainer_throughput.{json,md}.
+The trainer runs through its command line, as a user runs it, in a process of
+its own; its throughput is the ``examples_per_sec`` of the ``summary.json`` it
+writes (training steps only: compile and evaluation excluded), once with its
+XLA:CPU tuning and once with XLA's defaults (``--no-cpu-tuning``, on CPU). The
+same model in PyTorch (conv32-conv64-dense256-dense10, ReLU, 2x2 average
+pooling; batch 128; RMSProp lr 1e-3, decay 0.9, eps 1e-8; float32; all CPU
+threads) runs a plain ``zero_grad / backward / step`` loop in a process of its
+own. Each implementation runs once per round, the order rotating; the table
+gives the median and spread over rounds, and the ratio is the median of the
+per-round ratios. With ``--time-to-99`` (needs ``--mnist-dir``, the four MNIST
+IDX files) both also train 3 epochs on full MNIST with a cosine schedule,
+and the table says when each first reaches 99% test accuracy. Writes
+``trainer_throughput.{json,md}`` to benchmarks/results/ (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 
+import jax
 import numpy as np
 
 from benchmarks import common
-from examples.mnist import input_pipeline, train, xla_cpu
-from examples.mnist.config import Config
 
 BATCH = 128
 
 
-def jax_round(steps: int) -> Callable[[], float]:
-    """A function that trains ``steps`` steps with the trainer and returns examples/s."""
-    ds = input_pipeline.load_bundled_sample()
-    config = Config(batch_size=BATCH, progress=False, steps_per_dispatch=8)
-    mesh = train.make_mesh()
-    steps_per_epoch = train.steps_per_epoch(config, ds.num_train, mesh.size)
-    trainer = train.Trainer(config, mesh, steps_per_epoch)
-    data = input_pipeline.put_on_devices(ds, mesh, config.eval_batch_size)
-    trainer.train_chunk(data, 0, 8)  # compile
+def run_trainer(flags: list[str], timeout_s: float = 1800) -> dict:
+    """``python -m examples.mnist *flags`` in a fresh workdir: its summary and metrics.
 
-    def run() -> float:
-        t0 = time.perf_counter()
-        for start in range(0, steps, 8):
-            trainer.train_chunk(data, start % (steps_per_epoch - 8), 8)
-        return steps * BATCH / (time.perf_counter() - t0)
+    A failure or time-out comes back as ``{"error": ...}``.
+    """
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = [sys.executable, "-m", "examples.mnist", *flags, "--workdir", workdir]
+        try:
+            proc = subprocess.run(
+                [*cmd, "--no-progress", "--checkpoint-every", "0"],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"did not finish in {timeout_s:.0f} s"}
+        summary = os.path.join(workdir, "summary.json")
+        if proc.returncode or not os.path.exists(summary):
+            return {"error": f"exit {proc.returncode}", "tail": proc.stderr.splitlines()[-15:]}
+        with open(summary) as f:
+            result = json.load(f)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            result["metrics"] = [json.loads(line) for line in f if line.strip()]
+    return result
 
-    return run
+
+def jax_rate(steps: int, mnist_dir: str | None, tuned: bool) -> float:
+    """Examples/s of the trainer over ``steps`` steps (``tuned``: its XLA:CPU flag)."""
+    flags = ["--epochs", "100", "--max-steps", str(steps), "--schedule", "constant"]
+    flags += ["--data-dir", mnist_dir] if mnist_dir else []
+    summary = run_trainer(flags + ([] if tuned else ["--no-cpu-tuning"]))
+    if "error" in summary:
+        raise RuntimeError(f"trainer failed: {summary}")
+    return summary["examples_per_sec"]
 
 
-def _torch_cnn():
+def torch_cnn():
     from torch import nn
 
     return nn.Sequential(
@@ -71,225 +91,214 @@ def _torch_cnn():
     )
 
 
-def torch_round(steps: int) -> Callable[[], float]:
-    """The same, for the PyTorch model: returns examples/s of ``steps`` steps."""
+def read_idx(path: str) -> np.ndarray:
+    """One MNIST IDX file (optionally gzipped) as an array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def mnist(mnist_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels of ``split`` ("train" or "t10k") from ``mnist_dir``."""
+    names = sorted(os.listdir(mnist_dir))
+    images, labels = (
+        read_idx(os.path.join(mnist_dir, next(n for n in names if n.startswith(f"{split}-{k}"))))
+        for k in ("images", "labels")
+    )
+    return images, labels
+
+
+def torch_model_and_data(mnist_dir: str | None):
+    """The PyTorch model, its optimizer, and training images and labels as tensors."""
     import torch
-    from torch import nn
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    model = _torch_cnn()
+    if mnist_dir:
+        images, labels = mnist(mnist_dir, "train")
+    else:  # throughput does not depend on the pixels
+        images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28), np.uint8)
+        labels = np.arange(10_000) % 10
+    model = torch_cnn()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-8)
-    ds = input_pipeline.load_bundled_sample()
-    images = torch.from_numpy(ds.train_images.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-    labels = torch.from_numpy(ds.train_labels.astype(np.int64))
-    loss_fn = nn.CrossEntropyLoss()
+    return model, opt, to_tensor(images), torch.from_numpy(labels.astype(np.int64))
 
-    def step(i):
-        idx = slice((i * BATCH) % (len(labels) - BATCH), None)
-        x, y = images[idx][:BATCH], labels[idx][:BATCH]
+
+def to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(images[:, None].astype(np.float32) / 255)
+
+
+def torch_train(model, opt, images, labels, steps: int, schedule=None) -> float:
+    """``steps`` steps over a shuffled order; returns the seconds they took."""
+    import torch
+
+    loss_fn, order = torch.nn.CrossEntropyLoss(), torch.randperm(len(labels))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        idx = order[(i * BATCH) % (len(labels) - BATCH) :][:BATCH]
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss_fn(model(images[idx]), labels[idx]).backward()
         opt.step()
-
-    for i in range(5):
-        step(i)
-
-    def run() -> float:
-        t0 = time.perf_counter()
-        for i in range(steps):
-            step(i)
-        return steps * BATCH / (time.perf_counter() - t0)
-
-    return run
+        if schedule:
+            schedule.step()
+    return time.perf_counter() - t0
 
 
-CHILDREN = {
-    "jax": lambda steps: jax_round(steps),
-    "jax-xla-defaults": lambda steps: jax_round(steps),
-    "torch": lambda steps: torch_round(steps),
-}
+def torch_rate(steps: int, mnist_dir: str | None) -> float:
+    """Examples/s of the PyTorch model over ``steps`` steps (after 5 untimed ones)."""
+    model, opt, images, labels = torch_model_and_data(mnist_dir)
+    torch_train(model, opt, images, labels, 5)
+    return steps * BATCH / torch_train(model, opt, images, labels, steps)
 
 
-def _child_command(name: str, *args: str) -> list[str]:
-    """The command that runs implementation ``name`` in a child process of this benchmark."""
-    return [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name, *args]
-
-
-def child_rates(name: str, steps: int, repeats: int) -> list[float]:
-    """Runs one implementation alone in a fresh process; its examples/s, ``repeats`` times.
-
-    Each framework gets a process of its own, so neither one's thread pool
-    (PyTorch's OpenMP workers keep spinning after a step) slows the other.
-    """
-    cmd = _child_command(name, "--steps", str(steps), "--rounds", str(repeats))
-    if name == "jax-xla-defaults":
-        cmd.append("--no-cpu-tuning")
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"{name} child failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.splitlines()[-1])
-
-
-def alternate(names: list[str], steps: int, rounds: int, repeats: int) -> dict[str, list[float]]:
-    """Examples/s per round (median of ``repeats`` in one process); the order rotates."""
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in common.rotated(names, r):
-            rates[name].append(statistics.median(child_rates(name, steps, repeats)))
-            print(f"round {r}: {name} {rates[name][-1]:,.0f} examples/s", flush=True)
-    return rates
-
-
-def jax_time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict:
-    """Training seconds (no compile, no eval) until the test accuracy first reaches ``target``."""
-    import tempfile
-
-    from examples.mnist import reporting
-
-    ds = input_pipeline.load_idx_dir(data_dir)
-    with tempfile.TemporaryDirectory() as workdir:
-        config = Config(epochs=epochs, workdir=workdir, progress=False, checkpoint_every=0)
-        train.train_and_evaluate(config, ds, log=lambda _: None)
-        records = reporting.read_metrics(workdir)
-    elapsed, last_step, curve = 0.0, 0, []
-    for r in records:
-        elapsed += (r["step"] - last_step) * BATCH / r["examples_per_sec"]
-        last_step = r["step"]
-        curve.append((round(elapsed, 1), r["test_accuracy"]))
-    reached = next((t for t, acc in curve if acc >= target), None)
-    return {"seconds": reached, "curve": curve}
-
-
-def torch_time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict:
-    """The same model, optimizer settings and cosine schedule in PyTorch."""
+def torch_curve(mnist_dir: str, epochs: int = 3) -> list[tuple[int, float, float]]:
+    """(step, cumulative training seconds, test accuracy) after each epoch, cosine schedule."""
     import math
 
     import torch
-    from torch import nn
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    ds = input_pipeline.load_idx_dir(data_dir)
-    to_x = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-    x_train, y_train = to_x(ds.train_images), torch.from_numpy(ds.train_labels.astype(np.int64))
-    x_test, y_test = to_x(ds.test_images), torch.from_numpy(ds.test_labels.astype(np.int64))
-    model = _torch_cnn()
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-8)
-    steps_per_epoch = len(y_train) // BATCH
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total))
-    )
-    loss_fn = nn.CrossEntropyLoss()
+    model, opt, images, labels = torch_model_and_data(mnist_dir)
+    test_images, test_labels = mnist(mnist_dir, "t10k")
+    per_epoch = len(labels) // BATCH
+    total = epochs * per_epoch
+    cosine = lambda t: 0.5 * (1 + math.cos(math.pi * t / total))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     elapsed, curve = 0.0, []
-    for _ in range(epochs):
-        perm = torch.randperm(len(y_train))
-        t0 = time.perf_counter()
-        model.train()
-        for i in range(steps_per_epoch):
-            idx = perm[i * BATCH : (i + 1) * BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x_train[idx]), y_train[idx]).backward()
-            opt.step()
-            sched.step()
-        elapsed += time.perf_counter() - t0
-        model.eval()
+    for epoch in range(1, epochs + 1):
+        elapsed += torch_train(model, opt, images, labels, per_epoch, schedule)
         with torch.no_grad():
-            acc = float((model(x_test).argmax(1) == y_test).float().mean())
-        curve.append((round(elapsed, 1), acc))
-    reached = next((t for t, acc in curve if acc >= target), None)
-    return {"seconds": reached, "curve": curve}
+            predicted = model(to_tensor(test_images)).argmax(1).numpy()
+        curve.append((epoch * per_epoch, elapsed, float(np.mean(predicted == test_labels))))
+    return curve
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=64, help="steps per timed repeat")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds (a fresh process each)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repeats in each process")
-    ap.add_argument(
-        "--time-to-99",
-        metavar="MNIST_DIR",
-        default=None,
-        help="also train both to 99%% test accuracy on the IDX files in MNIST_DIR "
-        "(3 epochs, cosine schedule), e.g. ../shared/datasets/mnist",
-    )
-    ap.add_argument("--no-cpu-tuning", action="store_true", help="XLA's CPU defaults for JAX")
-    ap.add_argument("--no-torch", action="store_true", help="the JAX trainer only")
-    ap.add_argument("--child", choices=[*CHILDREN, "jax-99", "torch-99"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    flag = xla_cpu.configure(not args.no_cpu_tuning)  # before JAX creates its CPU backend
-    if args.child in CHILDREN:
-        run = CHILDREN[args.child](args.steps)
-        print(json.dumps([run() for _ in range(args.rounds)]))
-        return
-    if args.child in ("jax-99", "torch-99"):
-        measure = jax_time_to_accuracy if args.child == "jax-99" else torch_time_to_accuracy
-        print(json.dumps(measure(args.time_to_99, 0.99, 3)))
-        return
-    names = ["jax"] + (["jax-xla-defaults"] if flag else [])
+def jax_curve(mnist_dir: str, epochs: int = 3) -> list[tuple[int, float, float]]:
+    """The same for the trainer, from the metrics its run writes."""
+    summary = run_trainer(["--data-dir", mnist_dir, "--epochs", str(epochs)])
+    elapsed, last, curve = 0.0, 0, []
+    for r in summary["metrics"]:
+        elapsed += (r["step"] - last) * BATCH / r["examples_per_sec"]
+        curve.append((r["step"], elapsed, r["test_accuracy"]))
+        last = r["step"]
+    return curve
+
+
+CHILDREN = {"torch": torch_rate, "torch-99": torch_curve}
+
+
+def torch_child(name: str, *args) -> object:
+    """A PyTorch measurement in a process of its own (its threads do not slow the others)."""
+    cmd = [sys.executable, "-m", "benchmarks.trainer_throughput", "--child", name, json.dumps(args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{name} child failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def rates(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Examples/s per round and implementation, each in a fresh process, the order rotating."""
+    runs = {"jax": lambda: jax_rate(args.steps, args.mnist_dir, True)}
+    if jax.default_backend() == "cpu":
+        runs["jax-xla-defaults"] = lambda: jax_rate(args.steps, args.mnist_dir, False)
+        if not args.no_torch and _has_torch():
+            runs["torch"] = lambda: torch_child("torch", args.steps, args.mnist_dir)
+    result: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.rounds):
+        for name in common.rotated(list(runs), r):
+            result[name].append(runs[name]())
+            print(f"round {r}: {name} {result[name][-1]:,.0f} examples/s", flush=True)
+    return result
+
+
+def _has_torch() -> bool:
     try:
         import torch  # noqa: F401
-
-        names += [] if args.no_torch else ["torch"]
     except ImportError:
-        pass
-    rates = alternate(names, args.steps, args.rounds, args.repeats)
-    m = common.machine()
-    result = {"machine": m, "batch": BATCH, "xla_flag": flag, "examples_per_s": rates}
-    labels = {
-        "jax": f"examples/mnist (JAX, optax_rmsprop){f', `{flag}`' if flag else ''}",
-        "jax-xla-defaults": "examples/mnist with XLA's CPU defaults (`--no-cpu-tuning`)",
-        "torch": "PyTorch (same model and optimizer settings)",
-    }
+        return False
+    return True
+
+
+LABELS = {
+    "jax": "examples/mnist (JAX, optax_rmsprop)",
+    "jax-xla-defaults": "examples/mnist with XLA's CPU defaults (`--no-cpu-tuning`)",
+    "torch": "PyTorch (same model and optimizer settings)",
+}
+
+
+def to_markdown(payload: dict) -> str:
+    m, result = payload["machine"], payload["examples_per_sec"]
     md = [
-        f"Measured {m['date']} on {m['cpus']} CPU cores, JAX {m['jax']}, torch "
-        f"{m.get('torch', 'n/a')}. MNIST CNN, batch {BATCH}, float32. Each implementation "
-        f"runs alone in a fresh process, {args.rounds} rounds in rotating order; a round's "
-        f"figure is the median of {args.repeats} repeats of {args.steps} steps.",
+        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), {m['device_kind']}, JAX {m['jax']}, "
+        f"torch {m.get('torch', 'n/a')}. MNIST CNN, batch {BATCH}, float32, "
+        f"{payload['steps']} steps a run. Each implementation runs alone in a fresh "
+        f"process, {len(next(iter(result.values())))} rounds in rotating order.",
         "",
-        "| implementation | examples/s (median) | spread over rounds | seconds per 60k epoch |",
-        "|---|---|---|---|",
+        *common.markdown_table(
+            ["implementation", "examples/s (median)", "spread over rounds", "s per 60k epoch"],
+            [
+                [LABELS[k], f"{statistics.median(r):,.0f}", f"{min(r):,.0f} to {max(r):,.0f}"]
+                + [f"{60000 / statistics.median(r):.1f}"]
+                for k, r in result.items()
+            ],
+        ),
     ]
-    for name, r in rates.items():
-        med = statistics.median(r)
-        md.append(
-            f"| {labels[name]} | {med:,.0f} | {min(r):,.0f} to {max(r):,.0f} | {60000 / med:.1f} |"
-        )
-    if "torch" in rates:
-        ratios = [a / b for a, b in zip(rates["jax"], rates["torch"], strict=True)]
-        result["jax_over_torch"] = statistics.median(ratios)
+    if "jax_over_torch" in payload:
         md += [
             "",
-            f"JAX / PyTorch throughput, per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
-            f"median **{statistics.median(ratios):.2f}**",
+            f"JAX / PyTorch throughput, median of rounds: **{payload['jax_over_torch']:.2f}**",
         ]
-    if args.time_to_99:
-        runs = {"JAX": _time_to_99_child("jax-99", args.time_to_99)}
-        if "torch" in rates:
-            runs["PyTorch"] = _time_to_99_child("torch-99", args.time_to_99)
-        result["time_to_99"] = runs
+    if "time_to_99" in payload:
         md += [
             "",
-            "Time to 99% test accuracy on full MNIST (training seconds, compile and "
-            "evaluation excluded; cosine schedule over 3 epochs; each in its own process):",
+            "Full MNIST, 3 epochs, cosine schedule; training seconds (no compile, no "
+            "evaluation) until 99% test accuracy, and the accuracy after each epoch:",
             "",
-            "| implementation | seconds to 99% | test accuracy after each epoch (cumulative s) |",
-            "|---|---|---|",
         ]
-        for name, run in runs.items():
-            curve = ", ".join(f"{100 * a:.2f}% ({t} s)" for t, a in run["curve"])
-            md.append(
-                f"| {name} | {run['seconds'] if run['seconds'] is not None else 'not reached'} | {curve} |"
+        rows = []
+        for name, curve in payload["time_to_99"].items():
+            reached = next((f"{s:.1f}" for _, s, a in curve if a >= 0.99), "not reached")
+            rows.append(
+                [name, reached, ", ".join(f"{100 * a:.2f}% ({s:.1f} s)" for _, s, a in curve)]
             )
-    print("\n".join(md))
-    common.write("trainer_throughput", result, "\n".join(md) + "\n")
+        md += common.markdown_table(["implementation", "s to 99%", "after each epoch"], rows)
+    return "\n".join(md) + "\n"
 
 
-def _time_to_99_child(name: str, data_dir: str) -> dict:
-    cmd = _child_command(name, "--time-to-99", data_dir)
-    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(run.stdout.splitlines()[-1])
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (default 200)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
+    ap.add_argument(
+        "--mnist-dir", default=None, help="the MNIST IDX files (else synthetic/bundled)"
+    )
+    ap.add_argument("--time-to-99", action="store_true", help="also train to 99%% (--mnist-dir)")
+    ap.add_argument("--no-torch", action="store_true", help="the JAX trainer only")
+    ap.add_argument("--small", action="store_true", help="16 steps, one round (a check)")
+    ap.add_argument("--out", default=None, help="folder for the JSON and table")
+    ap.add_argument("--child", nargs=2, metavar=("NAME", "ARGS"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(CHILDREN[args.child[0]](*json.loads(args.child[1]))))
+        return
+    args.steps = args.steps or (16 if args.small else 200)
+    args.rounds = args.rounds or (1 if args.small else 5)
+    result = rates(args)
+    payload = {"machine": common.machine(), "steps": args.steps, "examples_per_sec": result}
+    if "torch" in result:
+        ratios = [a / b for a, b in zip(result["jax"], result["torch"], strict=True)]
+        payload["jax_over_torch"] = statistics.median(ratios)
+    if args.time_to_99 and args.mnist_dir:
+        payload["time_to_99"] = {"JAX": jax_curve(args.mnist_dir)}
+        if "torch" in result:
+            payload["time_to_99"]["PyTorch"] = torch_child("torch-99", args.mnist_dir)
+    markdown = to_markdown(payload)
+    print(markdown)
+    common.write("trainer_throughput", payload, markdown, args.out)
 
 
 if __name__ == "__main__":
