@@ -43,6 +43,7 @@ def _cost(tx) -> dict:
     }
 
 
+@pytest.mark.xla_contract
 @pytest.mark.parametrize("options", option_params(OPTIONS, {"momentum", "nesterov"}))
 def test_no_more_memory_traffic_than_optax(options):
     ours = _cost(optax_rmsprop.rmsprop(1e-3, **options))

@@ -521,6 +521,7 @@ def test_complex_moments_are_quantized_as_real_and_imaginary_parts(state_dtype):
 AXIS_TYPES = ["auto", "explicit"] if _jax_versions.HAS_EXPLICIT_SHARDING else ["auto"]
 
 
+@pytest.mark.xla_contract
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
 @pytest.mark.parametrize("state_dtype", STATES)
 @pytest.mark.parametrize("axis_types", AXIS_TYPES)
