@@ -1,4 +1,4 @@
-"""optax_rmsprop.compat against the real frameworks.
+"""optax_rmsprop.compat against the real frameworks, with x64 on and off.
 
 Always against the golden records in tests/golden (made by
 ``python -m tests.golden.generate`` with the real torch, timm, Keras and
@@ -15,21 +15,57 @@ import numpy as np
 import optax
 import pytest
 
-from optax_rmsprop import compat
+from optax_rmsprop import _jax_versions, compat
 from tests.golden import frameworks, parity
 from tests.helpers import update_and_apply
 
 
-@pytest.mark.parametrize("framework,case_index,dtype", parity.fast_tier(parity.golden_cases()))
-def test_matches_golden_record(framework, case_index, dtype):
-    case, record = parity.golden(framework, case_index, dtype)
-    parity.check(framework, case, record, dtype)
+def _float32_jax(case: dict) -> bool:
+    """A case that runs in float32 JAX: not Keras's ``floatx="float64"`` (a float64 lr)."""
+    return case.get("floatx") != "float64"
+
+
+# x64 on (the library tests' default) and off, as users run JAX: then every hyperparameter,
+# schedule and count the ports compute is float32 or int32, and float32 records are checked.
+X64_OFF = [
+    (fw, i, dtype)
+    for fw, i, dtype in parity.golden_cases(dtypes=("float32",))
+    if _float32_jax(frameworks.CASES[fw][i])
+]
+GOLDEN = [
+    pytest.param(*p.values, x64, marks=p.marks, id=f"{'-'.join(map(str, p.values))}-x64={x64}")
+    for x64, cases in ((True, parity.golden_cases()), (False, X64_OFF))
+    for p in parity.fast_tier(cases)
+]
+
+
+@pytest.mark.parametrize("framework,case_index,dtype,x64", GOLDEN)
+def test_matches_golden_record(framework, case_index, dtype, x64):
+    with _jax_versions.enable_x64(x64):
+        case, record = parity.golden(framework, case_index, dtype)
+        parity.check(framework, case, record, dtype)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("x64", [True, False], ids=["x64", "float32"])
 @pytest.mark.parametrize("framework", list(parity.PORTS))
-def test_matches_live_framework(framework):
-    parity.check_live(framework, frameworks.CASES[framework], frameworks.DTYPES)
+def test_matches_live_framework(framework, x64):
+    with _jax_versions.enable_x64(x64):
+        if x64:
+            parity.check_live(framework, frameworks.CASES[framework], frameworks.DTYPES)
+        else:
+            cases = filter(_float32_jax, frameworks.CASES[framework])
+            parity.check_live(framework, cases, ["float32"])
+
+
+def test_every_port_is_covered_with_x64_off():
+    assert {fw for fw, _, _ in X64_OFF} == set(parity.PORTS)
+    with _jax_versions.enable_x64(False):
+        tx = compat.tensorflow_v1(lambda count: 0.1 * 0.5**count, momentum=0.9)
+        state = tx.init(jnp.zeros(2))
+        assert jnp.asarray(1.0).dtype == jnp.float32 and state.step.dtype == jnp.int32
+        updates, _ = tx.update(jnp.ones(2), state)
+        assert updates.dtype == jnp.float32
 
 
 def _fails_on(framework: str, case_index: int, tx: optax.GradientTransformation) -> None:
@@ -60,7 +96,7 @@ def test_keras_legacy_callable_momentum_is_not_a_zero_momentum():
         parity.check_free_run(compat.keras_legacy(0.01, momentum=0.0), record, "float64")
 
 
-def test_keras_legacy_array_momentum_takes_the_kernel_path():
+def test_keras_legacy_array_momentum_takes_tf_kernel_path():
     # as a tf.Tensor momentum does in tf.keras 2: the structure cannot depend on its value
     i = _case_index("keras_legacy", learning_rate=0.01, momentum=0.0, callables=["momentum"])
     tx = compat.keras_legacy(0.01, momentum=jnp.asarray(0.0))
