@@ -1,27 +1,42 @@
-"""Checkpoints with orbax: save every N steps and at the end; resume, or start afresh.
+"""Orbax checkpoints, and what a rerun in a workdir does with the run already there.
 
-A damaged newest checkpoint (a write cut off by a crash, a bad disk) does not
-end the run's life: ``--resume`` warns, naming its step, moves it to
-``WORKDIR/damaged_checkpoints/`` and resumes from the newest one that restores.
+A rerun never deletes a run it was not asked to: with the same settings it
+continues (or reports) the run, with other settings it refuses, and only
+``--overwrite`` removes the old run. A damaged newest checkpoint (a write cut
+off by a crash, a bad disk) is moved to ``WORKDIR/damaged_checkpoints/`` with a
+warning naming its step, and the run continues from the newest one that restores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from examples.mnist import reporting
+
 CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
 DAMAGED = "damaged_checkpoints"
+# Everything a run writes in its workdir: what --overwrite deletes.
+RUN_FILES = (CONFIG, CHECKPOINTS, DAMAGED, *reporting.OUTPUTS)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used to resume this run; the message says why."""
+    """The run in the workdir cannot be continued; the message says why and what to do."""
+
+
+def barrier(name: str) -> None:
+    """All processes wait here for each other (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 class Checkpoints:
@@ -29,29 +44,19 @@ class Checkpoints:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=2, enable_async_checkpointing=False, create=True
-            ),
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=2, enable_async_checkpointing=False, create=True
         )
-
-    def clear(self) -> int:
-        """Deletes every checkpoint (a new run replaces the old one); returns how many."""
-        steps = list(self._manager.all_steps())
-        for step in steps:
-            self._manager.delete(step)
-        return len(steps)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, tree: Any) -> None:
-        if step in self._manager.all_steps():
-            return
-        self._manager.save(step, args=ocp.args.StandardSave(tree))
-        self._manager.wait_until_finished()
+        if step not in self._manager.all_steps():
+            self._manager.save(step, args=ocp.args.StandardSave(tree))
+            self._manager.wait_until_finished()
 
     def restore(self, step: int, target: Any) -> Any:
         """Restores ``step`` into the structure, shapes and shardings of ``target``."""
@@ -61,21 +66,20 @@ class Checkpoints:
             raise CheckpointError(
                 f"checkpoint {step} in {self.directory} cannot be restored into this "
                 f"model and optimizer: {type(err).__name__}: {str(err)[:300]}. It is "
-                f"corrupt or from an incompatible run: delete it or use a new --workdir."
+                f"corrupt or from an incompatible run: pass another --workdir, or "
+                f"--overwrite to delete that run."
             ) from err
 
     def step_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
-    def restore_newest_good(
-        self, target: Any, main_process: bool, log: Callable[[str], None]
-    ) -> tuple[int, Any]:
+    def restore_newest_good(self, target: Any, log: Callable[[str], None]) -> tuple[int, Any]:
         """The newest checkpoint that restores into ``target``, and its step.
 
-        Newer ones that fail are moved to ``WORKDIR/damaged_checkpoints/``
-        (so that the run can write those steps again), each with a warning
-        naming its step. When none restores, nothing is moved and the newest
-        one's :class:`CheckpointError` is raised.
+        Newer ones that fail are moved to ``WORKDIR/damaged_checkpoints/`` (so
+        that the run can write those steps again), each with a warning naming
+        its step. When none restores, nothing is moved and the newest one's
+        :class:`CheckpointError` is raised.
         """
         failed: list[tuple[int, CheckpointError]] = []
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -87,20 +91,19 @@ class Checkpoints:
             for bad, err in failed:
                 log(
                     f"Warning: the checkpoint at step {bad} is damaged ({err.__cause__!r:.200}); "
-                    f"moved it to {self._set_aside(bad, main_process)} and resuming from "
-                    f"the previous good one, step {step}."
+                    f"moved it to {self._set_aside(bad)} and resuming from the previous good "
+                    f"one, step {step}."
                 )
             if failed:
-                multihost_utils.sync_global_devices("damaged checkpoints set aside")
+                barrier("damaged checkpoints set aside")
                 self._manager.reload()
             return step, tree
         raise failed[0][1]
 
-    def _set_aside(self, step: int, main_process: bool) -> str:
-        destination = os.path.join(
-            self.workdir, DAMAGED, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        if main_process:
+    def _set_aside(self, step: int) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        destination = os.path.join(self.workdir, DAMAGED, f"{step}-{stamp}")
+        if jax.process_index() == 0:
             os.makedirs(os.path.dirname(destination), exist_ok=True)
             os.rename(self.step_path(step), destination)
         return destination
@@ -110,61 +113,59 @@ class Checkpoints:
 
 
 def open_run(
-    workdir: str,
-    config: dict,
-    resumable: tuple[str, ...],
-    *,
-    resume: bool,
-    target: Any,
-    main_process: bool = True,
-    log: Callable[[str], None] = print,
-) -> tuple[Checkpoints, Any | None]:
-    """The checkpoints of the run in ``workdir``, and the tree to resume from (or None).
+    config: dict, run_defining: tuple[str, ...], target: Any, log: Callable[[str], None] = print
+) -> tuple[Checkpoints, int, Any | None]:
+    """The checkpoints of the run in ``config['workdir']``, the step to continue from and its tree.
 
-    With ``resume``, the run must have been started with the same ``resumable``
-    settings (else :class:`CheckpointError`) and its newest good checkpoint is
-    restored into ``target``'s structure; with none there, training starts
-    from step 0. Without it, this is a new run: the checkpoints of a previous
-    run in ``workdir`` are removed, so that they cannot be mixed with this
-    one's. Either way ``config.json`` then records this run's settings.
+    A workdir without a run starts one. A run there with the same
+    ``run_defining`` settings is continued from its newest good checkpoint,
+    restored into ``target``'s structure (step 0 and None when it has none). A
+    run with other settings raises :class:`CheckpointError`, unless
+    ``config['overwrite']``, which deletes any run there first. Either way
+    ``config.json`` then records this run's settings.
     """
-    ckpt = Checkpoints(workdir)
-    restored = None
-    latest = ckpt.latest_step()
-    if resume:
-        check_config(workdir, config, resumable)
-        if latest is None:
-            log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0.")
-        else:
-            step, restored = ckpt.restore_newest_good(target, main_process, log)
-            log(f"Resumed from the checkpoint at step {step}.")
-    elif main_process and latest is not None:
-        removed = ckpt.clear()
-        log(
-            f"New run in {workdir}: removed {removed} checkpoint(s) of the previous run "
-            "(pass --resume to continue a run instead)."
-        )
-    if main_process:
-        write_config(workdir, config)
-    return ckpt, restored
+    workdir = config["workdir"]
+    saved = read_config(workdir)
+    if saved is not None and config["overwrite"]:
+        barrier("read the old run's settings")
+        if jax.process_index() == 0:
+            removed = remove_run(workdir)
+            log(f"--overwrite: deleted the previous run in {workdir} ({', '.join(removed)}).")
+    elif saved is not None:
+        refuse_other_settings(workdir, saved, config, run_defining)
+    barrier("workdir ready")
+    ckpt, step, restored = Checkpoints(workdir), 0, None
+    if ckpt.latest_step() is not None:
+        step, restored = ckpt.restore_newest_good(target, log)
+        log(f"Resumed from the checkpoint at step {step}.")
+    elif config["resume"]:
+        log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0.")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, CONFIG), "w") as f:
+            json.dump(config, f, indent=2)
+    return ckpt, step, restored
 
 
-def check_config(workdir: str, config: dict, keys: tuple[str, ...]) -> None:
-    """Raises CheckpointError if the run in ``workdir`` was started with other settings."""
+def read_config(workdir: str) -> dict | None:
+    """The settings of the run in ``workdir``: None if there is none, {} if they are unknown."""
     path = os.path.join(workdir, CONFIG)
     if not os.path.exists(path):
-        return
+        return {} if os.path.isdir(os.path.join(workdir, CHECKPOINTS)) else None
     try:
         with open(path) as f:
-            saved = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is unreadable: {err}") from err
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def refuse_other_settings(workdir: str, saved: dict, config: dict, keys: tuple[str, ...]) -> None:
+    """Raises CheckpointError if the run in ``workdir`` was started with other settings."""
     diff = {k: (saved.get(k), config[k]) for k in keys if _norm(saved.get(k)) != _norm(config[k])}
     if diff:
         detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
         raise CheckpointError(
-            f"--resume: the run in {workdir} used other settings ({detail}). Resume "
-            f"with the same flags, or start a new run in another --workdir."
+            f"{workdir} holds a run with other settings ({detail}). To keep it, pass another "
+            f"--workdir; to delete it and start afresh, pass --overwrite."
         )
 
 
@@ -172,7 +173,10 @@ def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def write_config(workdir: str, config: dict) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+def remove_run(workdir: str) -> list[str]:
+    """Deletes what a run wrote in ``workdir`` (nothing else); the names deleted."""
+    removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(workdir, name))]
+    for name in removed:
+        path = os.path.join(workdir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return removed

@@ -16,7 +16,6 @@ order is a function of the seed and the epoch alone.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import socket
 from collections.abc import Callable
@@ -155,13 +154,13 @@ def replicate(mesh: jax.sharding.Mesh, array: np.ndarray) -> jax.Array:
 
 
 class DeviceData(NamedTuple):
-    """The whole dataset on the devices, replicated; the test set in padded batches."""
+    """The whole dataset on the devices, replicated, and the evaluation's batch size."""
 
     train_images: jax.Array  # (num_train, 28, 28, 1) uint8
     train_labels: jax.Array  # (num_train,) int32
-    test_images: jax.Array  # (num_batches, batch, 28, 28, 1) uint8
-    test_labels: jax.Array  # (num_batches, batch) int32
-    test_weights: jax.Array  # (num_batches, batch) float32: 1 for an example, 0 for padding
+    test_images: jax.Array  # (num_test, 28, 28, 1) uint8
+    test_labels: jax.Array  # (num_test,) int32
+    eval_batch: int  # a multiple of the device count
 
     @property
     def num_train(self) -> int:
@@ -169,28 +168,11 @@ class DeviceData(NamedTuple):
 
 
 def put_on_devices(dataset: Dataset, mesh: jax.sharding.Mesh, eval_batch_size: int) -> DeviceData:
-    """``dataset`` replicated on every device of ``mesh``.
-
-    The test set is cut into batches of ``eval_batch_size`` rounded up to a
-    multiple of the device count, the last one padded with weight-0 examples.
-    """
-    batch = mesh.size * math.ceil(eval_batch_size / mesh.size)
-    n = len(dataset.test_labels)
-    num_batches = max(1, math.ceil(n / batch))
-    pad = num_batches * batch - n
-
-    def batched(array: np.ndarray, fill: np.ndarray) -> np.ndarray:
-        padded = np.concatenate([array, np.broadcast_to(fill, (pad, *array.shape[1:]))])
-        return padded.reshape(num_batches, batch, *array.shape[1:])
-
-    host = DeviceData(
-        dataset.train_images,
-        dataset.train_labels,
-        batched(dataset.test_images, np.uint8(0)),
-        batched(dataset.test_labels, np.int32(0)),
-        batched(np.ones(n, np.float32), np.float32(0)),
-    )
-    return DeviceData(*(replicate(mesh, a) for a in host))
+    """``dataset`` replicated on every device of ``mesh``; ``eval_batch_size`` rounded up
+    to a multiple of the device count."""
+    arrays = (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels)
+    eval_batch = -(-eval_batch_size // mesh.size) * mesh.size
+    return DeviceData(*(replicate(mesh, a) for a in arrays), eval_batch)
 
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:

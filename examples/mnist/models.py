@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
-
-# A list of submodules: nnx.List from flax 0.12; flax 0.11 takes a plain list.
-ModuleList = getattr(nnx, "List", list)
 
 
 class CNN(nnx.Module):
@@ -27,38 +24,31 @@ class CNN(nnx.Module):
         self.linear2 = nnx.Linear(256, 10, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))
-        x = pool(nnx.relu(self.conv1(x)))
-        x = pool(nnx.relu(self.conv2(x)))
-        x = x.reshape(x.shape[0], -1)
-        return self.linear2(nnx.relu(self.linear1(x)))
+        x = nnx.avg_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.avg_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
+        return self.linear2(nnx.relu(self.linear1(x.reshape(x.shape[0], -1))))
 
 
-class MLP(nnx.Module):
-    """A small dense network: 784 - 10 - 10 - 10 by default, ReLU between layers."""
+class MLP(nnx.Sequential):
+    """A dense network, 784 - 10 - 10 - 10 by default, ReLU between layers.
+
+    Its ``Linear`` layers are ``layers/0``, ``layers/2``, ... (``nnx.relu`` in between).
+    """
 
     def __init__(self, hidden: Sequence[int] = (10, 10), *, rngs: nnx.Rngs):
         widths = [28 * 28, *hidden, 10]
-        self.layers = ModuleList(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
-        )
+        dense = [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)]
+        super().__init__(*[f for layer in dense for f in (layer, nnx.relu)][:-1])
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.reshape(x.shape[0], -1)
-        for layer in self.layers[:-1]:
-            x = nnx.relu(layer(x))
-        return self.layers[-1](x)
+        return super().__call__(x.reshape(x.shape[0], -1))
 
 
 def create(name: str, hidden: Sequence[int], seed: int) -> nnx.Module:
     """The model called ``name`` ('cnn' or 'mlp'), initialised from ``seed``."""
     rngs = nnx.Rngs(params=seed)
-    if name == "cnn":
-        return CNN(rngs=rngs)
-    if name == "mlp":
-        return MLP(hidden, rngs=rngs)
-    raise ValueError(f"unknown model {name!r}: choose 'cnn' or 'mlp'")
+    return CNN(rngs=rngs) if name == "cnn" else MLP(hidden, rngs=rngs)
 
 
 def count_params(model: nnx.Module) -> int:
-    return sum(jnp.size(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

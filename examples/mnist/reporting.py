@@ -12,6 +12,8 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CURVES_PNG = "curves.png"
 STEP_SIZES_PNG = "effective_step_sizes.png"
+TENSORBOARD = "tensorboard"
+OUTPUTS = (METRICS, SUMMARY, CURVES_PNG, STEP_SIZES_PNG, TENSORBOARD)
 
 
 # What JAX itself reports about each compilation (jax.monitoring): tracing,
@@ -41,20 +43,14 @@ def compile_seconds() -> float:
 class Reporter:
     """Writes records on the main process only; every other process is silent."""
 
-    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
-        self.workdir = workdir
-        self.enabled = enabled
-        self._tb = None
-        if not enabled:
-            return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, METRICS)
-        kept = [
-            r for r in read_metrics(workdir) if resume_step is not None and r["step"] <= resume_step
-        ]
-        with open(path, "w") as f:  # a fresh run starts a fresh log; a resumed one drops
-            for record in kept:  # the records written after its checkpoint
-                f.write(json.dumps(record) + "\n")
+    def __init__(self, workdir: str, *, enabled: bool = True, step: int = 0, say=print):
+        """Keeps the records of ``metrics.jsonl`` up to ``step``, where the run continues;
+        ``say`` prints each record's line."""
+        self.workdir, self.enabled, self.say, self._tb = workdir, enabled, say, None
+        if enabled:
+            kept = [r for r in read_metrics(workdir) if r["step"] <= step]
+            with open(os.path.join(workdir, METRICS), "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in kept)
 
     def _writer(self):
         """The TensorBoard writer, or None when tensorboardX is not installed.
@@ -70,13 +66,14 @@ class Reporter:
                 print("tensorboardX is not installed: no TensorBoard events (see metrics.jsonl).")
                 self._tb = False
             else:
-                self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+                self._tb = SummaryWriter(os.path.join(self.workdir, TENSORBOARD))
         return self._tb or None
 
     def record(self, record: dict) -> None:
-        """Appends one evaluation record to metrics.jsonl and TensorBoard."""
+        """Appends one evaluation record to metrics.jsonl and TensorBoard, and says its line."""
         if not self.enabled:
             return
+        self.say(epoch_line(record))
         with open(os.path.join(self.workdir, METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
         writer = self._writer()
@@ -100,6 +97,13 @@ class Reporter:
         if self._tb:
             self._tb.close()
             self._tb = None
+
+
+def progress_bar(shown: bool, total: int, initial: int):
+    """A tqdm bar of the run's steps; a disabled one does nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not shown)
 
 
 def epoch_line(record: dict) -> str:
@@ -136,6 +140,15 @@ def read_metrics(workdir: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_summary(workdir: str) -> dict | None:
+    """The summary.json of a finished run in ``workdir``, or None."""
+    try:
+        with open(os.path.join(workdir, SUMMARY)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def plot(workdir: str) -> None:

@@ -28,6 +28,7 @@ FLAGS = [
     "--dataset",
     "--tfds-data-dir",
     "--resume",
+    "--overwrite",
     "--checkpoint-every",
     "--steps-per-dispatch",
     "--max-steps",
@@ -66,7 +67,7 @@ def test_help_documents_every_flag(capsys):
         (["--max-steps", "0"], "argument --max-steps: must be in [1, inf], got 0"),
         (["--eval-batch-size", "0"], "argument --eval-batch-size: must be in [1, inf], got 0"),
         (["--num-processes", "0"], "argument --num-processes: must be in [1, inf], got 0"),
-        (["--model", "resnet"], "invalid choice: 'resnet'"),
+        (["--model", "resnet"], "argument --model: must be one of cnn, mlp, got 'resnet'"),
         (
             ["--checkpoint-every", "-5"],
             "argument --checkpoint-every: must be in [0, inf]",

@@ -9,7 +9,7 @@ import pytest
 
 from examples.mnist import checkpoints, main
 from examples.mnist.checkpoints import CheckpointError
-from examples.mnist.config import Config
+from examples.mnist.config import RUN_DEFINING, Config
 
 BAD = [  # field, value in Python, the same value on the command line
     ("epochs", 0, "0"),
@@ -28,6 +28,9 @@ BAD = [  # field, value in Python, the same value on the command line
     ("eps", 0.0, "0.0"),
     ("momentum", 1.0, "1.0"),
     ("mlp_widths", (10, 0), "10,0"),
+    ("model", "resnet", "resnet"),
+    ("state_dtype", "int2", "int2"),
+    ("schedule", "linear", "linear"),
 ]
 
 
@@ -65,6 +68,13 @@ def test_bad_values_are_refused_by_name(kwargs, message):
         Config(**kwargs)
 
 
+def test_resume_and_overwrite_exclude_each_other():
+    with pytest.raises(ValueError, match=r"^Config\.overwrite must be False with resume=True"):
+        Config(resume=True, overwrite=True)
+    with pytest.raises(SystemExit):
+        main.parse_config(["--resume", "--overwrite"])
+
+
 def test_replace_is_checked_too():
     with pytest.raises(ValueError, match=r"Config\.epochs must be in \[1, inf\], got 0"):
         dataclasses.replace(Config(), epochs=0)
@@ -96,22 +106,22 @@ RUN_CHANGES = [
 
 
 @pytest.mark.parametrize("name,value", OPTIMISATION_CHANGES)
-def test_resume_refuses_a_change_to_the_optimisation(tmp_path, name, value):
-    checkpoints.write_config(str(tmp_path), Config().to_dict())
+def test_a_rerun_refuses_a_change_to_the_optimisation(tmp_path, name, value):
     changed = dataclasses.replace(Config(), **{name: value}).to_dict()
-    with pytest.raises(CheckpointError, match=rf"used other settings \({name}: "):
-        checkpoints.check_config(str(tmp_path), changed, Config.resumable_fields())
+    with pytest.raises(CheckpointError, match=rf"holds a run with other settings \({name}: ") as e:
+        checkpoints.refuse_other_settings(str(tmp_path), Config().to_dict(), changed, RUN_DEFINING)
+    assert "pass another --workdir" in str(e.value) and "pass --overwrite" in str(e.value)
 
 
 @pytest.mark.parametrize("name,value", RUN_CHANGES)
-def test_resume_accepts_a_change_to_how_the_run_runs(tmp_path, name, value):
-    checkpoints.write_config(str(tmp_path), Config().to_dict())
+def test_a_rerun_accepts_a_change_to_how_the_run_runs(tmp_path, name, value):
     changed = dataclasses.replace(Config(), **{name: value}).to_dict()
-    checkpoints.check_config(str(tmp_path), changed, Config.resumable_fields())
+    checkpoints.refuse_other_settings(str(tmp_path), Config().to_dict(), changed, RUN_DEFINING)
 
 
-def test_help_says_why_eps_zero_is_refused():
+def test_help_says_why_eps_zero_is_refused_and_what_tfds_waits_for():
     # The refusal itself is in BAD; the help gives the reason before anyone tries it.
     help_text = " ".join(main.build_parser().format_help().split())
-    assert "--eps EPS epsilon added to sqrt(nu); 0 is refused" in help_text
-    assert "would get 0/0 = nan at the first step (in (0.0, inf]; default: 1e-08)" in help_text
+    assert "--eps EPS epsilon added to sqrt(nu), > 0; 0 is refused" in help_text
+    assert "would get 0/0 = nan (default: 1e-08)" in help_text
+    assert "an online check (storage.googleapis.com:443) waits at most 2 s" in help_text

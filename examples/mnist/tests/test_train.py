@@ -13,7 +13,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from examples.mnist import input_pipeline, train, workdir_lock
 from examples.mnist.checkpoints import CheckpointError
@@ -184,11 +183,11 @@ def test_sigterm_saves_where_it_stopped_and_resumes_bitwise(tmp_path, straight_r
     stopped = int(line.split(" at step ")[1].split()[0])
     assert 16 < stopped < 64 and stopped % 4 == 0, line
     assert f"checkpoint saved in {workdir / 'checkpoints' / str(stopped)}" in line
-    assert line.endswith("--resume") and "python -m examples.mnist" in line
+    assert "Resume with the same command: python -m examples.mnist --no-progress" in line
     assert (workdir / "checkpoints" / str(stopped)).is_dir()
     assert not (workdir / "summary.json").exists()
 
-    result = helpers.run_trainer(*RESUMABLE, "--workdir", str(workdir), "--resume")
+    result = helpers.run_trainer(*RESUMABLE, "--workdir", str(workdir))  # no --resume needed
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Resumed from the checkpoint at step {stopped}." in result.stdout
     _assert_same_run(workdir, straight_run)
@@ -321,14 +320,62 @@ def test_two_processes_agree_with_one(tmp_path):
     )
 
 
+def _files(workdir) -> dict[str, bytes]:
+    """Every file under ``workdir`` (but its lock) and its bytes."""
+    return {
+        str(p.relative_to(workdir)): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
 @pytest.mark.slow
-def test_a_new_run_replaces_the_old_checkpoints(tmp_path, sample):
-    train.train_and_evaluate(_config(tmp_path, epochs=1, max_steps=8), sample, log=lambda _: None)
+def test_a_rerun_continues_the_run_and_a_finished_one_reports_it(tmp_path, sample):
+    first = train.train_and_evaluate(_config(tmp_path, epochs=1, max_steps=8), sample, log=print)
+    before, messages = _files(tmp_path), []
+    again = train.train_and_evaluate(
+        _config(tmp_path, epochs=1, max_steps=8), sample, messages.append
+    )
+    assert again == json.loads(json.dumps(first))  # as summary.json holds it
+    assert any("is finished (step 8 of 8); its summary:" in m for m in messages)
+    assert _files(tmp_path) == {**before, "config.json": before["config.json"]}
+    longer = _config(tmp_path, epochs=1, max_steps=16, checkpoint_every=8)
+    train.train_and_evaluate(longer, sample, messages.append)
+    assert "Resumed from the checkpoint at step 8" in messages[-4]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16", "8"]
+    assert [r["step"] for r in helpers.metrics(str(tmp_path))] == [8, 16]
+
+
+@pytest.mark.slow
+def test_other_settings_are_refused_and_only_overwrite_deletes_the_run(tmp_path, sample):
+    train.train_and_evaluate(_config(tmp_path, epochs=1, max_steps=8), sample, log=print)
+    before = _files(tmp_path)
+    other = _config(tmp_path, epochs=1, max_steps=4, learning_rate=1e-2)
+    with pytest.raises(CheckpointError, match="learning_rate: 0.003 then, 0.01 now") as err:
+        train.train_and_evaluate(other, sample, log=print)
+    assert "pass another --workdir" in str(err.value) and "pass --overwrite" in str(err.value)
+    assert _files(tmp_path) == before
     messages = []
-    train.train_and_evaluate(_config(tmp_path, epochs=1, max_steps=4), sample, log=messages.append)
-    assert any("removed 1 checkpoint(s) of the previous run" in m for m in messages)
+    train.train_and_evaluate(dataclasses.replace(other, overwrite=True), sample, messages.append)
+    assert any(m.startswith("--overwrite: deleted the previous run") for m in messages)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
     assert [r["step"] for r in helpers.metrics(str(tmp_path))] == [4]
+
+
+@pytest.mark.slow
+def test_the_same_command_twice_keeps_every_checkpoint(tmp_path):
+    flags = (*TWO_PROCESS_FLAGS, "--max-steps", "16", "--checkpoint-every", "8")
+    first = helpers.run_trainer(*flags, "--workdir", str(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _files(tmp_path)
+    second = helpers.run_trainer(*flags, "--workdir", str(tmp_path))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"The run in {tmp_path} is finished (step 16 of 16)" in second.stdout
+    assert _files(tmp_path) == before
+    other = helpers.run_trainer(*flags, "--learning-rate", "0.1", "--workdir", str(tmp_path))
+    assert other.returncode == 2
+    assert "pass another --workdir; to delete it and start afresh, pass --overwrite" in other.stderr
+    assert _files(tmp_path) == before
 
 
 def test_chunks_restart_at_each_epoch_and_stop_at_the_end():
@@ -355,7 +402,8 @@ def test_chunks_restart_at_each_epoch_and_stop_at_the_end():
     ],
 )
 def test_checkpoint_is_due_when_a_multiple_is_crossed(previous, step, every, due):
-    assert train.checkpoint_due(previous, step, every) is due
+    assert train.checkpoint_due(previous, step, every, total_steps=100) is due
+    assert train.checkpoint_due(previous, 100, every, total_steps=100)
 
 
 def test_batch_that_does_not_fit_is_refused():
@@ -367,7 +415,7 @@ def test_batch_that_does_not_fit_is_refused():
 
 
 def _chunk(losses, params_finite=True) -> train.Chunk:
-    return train.Chunk(np.asarray(losses, np.float64), np.zeros(len(losses)), params_finite, 0.1)
+    return train.Chunk(np.asarray(losses, np.float64), params_finite, 0.1, batch_size=64)
 
 
 def test_divergence_names_the_step_and_the_quantity():
@@ -377,12 +425,10 @@ def test_divergence_names_the_step_and_the_quantity():
     )
     config = Config(model="mlp", mlp_widths=(4,))
     trainer = train.Trainer(config, train.make_mesh(), steps_per_epoch=10)
-    model, optimizer = nnx.merge(trainer.graphdef, trainer.state)
-    kernel = model.layers[1].kernel
+    kernel = trainer.model.layers[2].kernel
     kernel.value = kernel.value.at[0, 0].set(np.inf)
-    trainer.state = nnx.state((model, optimizer))
     assert train.divergence(_chunk([0.5, 0.4], params_finite=False), 10, trainer) == (
-        "after step 12 parameters are not finite (layers/1/kernel)"
+        "after step 12 parameters are not finite (layers/2/kernel)"
     )
 
 

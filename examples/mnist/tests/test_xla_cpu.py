@@ -1,4 +1,5 @@
-"""The trainer's XLA:CPU flag: added only when wanted, safe, and not already chosen."""
+"""The trainer's XLA:CPU flag: added only when wanted, known to this jaxlib, and not chosen
+already; decided without a child process and without writing a file."""
 
 from __future__ import annotations
 
@@ -22,28 +23,40 @@ print(sum('ynn_fusion' in l and 'conv_general_dilated' in l for l in hlo.splitli
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    """Each test probes with its own cache file, never the user's."""
-    monkeypatch.setattr(xla_cpu, "CACHE_FILE", str(tmp_path / "xla_cpu_flags.json"))
+def _cpu(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
 
 
-def test_the_probe_runs_once_per_jaxlib_version(monkeypatch):
+def _known() -> bool:
+    return xla_cpu.jaxlib_version() >= xla_cpu.FIRST_JAXLIB
+
+
+def test_no_child_process_and_no_file_written(tmp_path, monkeypatch):
+    for name in ("run", "Popen"):
+        monkeypatch.setattr(subprocess, name, lambda *a, **k: pytest.fail("a child process"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    monkeypatch.chdir(tmp_path)
+    added = xla_cpu.configure()
+    assert os.listdir(tmp_path) == []
+    expected = xla_cpu.CPU_TUNING if _known() else None
+    assert added == expected
+    assert os.environ["XLA_FLAGS"] == " ".join(
+        f for f in ("--xla_force_host_platform_device_count=2", expected) if f
+    )
+
+
+def test_an_older_jaxlib_gets_no_flag(monkeypatch):
+    monkeypatch.setattr(xla_cpu, "jaxlib_version", lambda: (0, 7))
     monkeypatch.setenv("XLA_FLAGS", "")
-    first = xla_cpu.configure()
-    monkeypatch.setenv("XLA_FLAGS", "")
-
-    def no_child_process(*args, **kwargs):
-        raise AssertionError("probed again")
-
-    monkeypatch.setattr(subprocess, "run", no_child_process)
-    assert xla_cpu.configure() == first  # answered from the cache
+    assert xla_cpu.configure() is None
+    assert os.environ["XLA_FLAGS"] == ""
 
 
-def test_no_probe_and_no_flag_when_jax_runs_on_an_accelerator(monkeypatch):
+def test_no_flag_when_jax_runs_on_an_accelerator(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("probed"))
     assert xla_cpu.configure() is None
     assert os.environ["XLA_FLAGS"] == ""
 
@@ -57,34 +70,24 @@ def test_disabled_or_user_choice_leaves_xla_flags_alone(monkeypatch):
     assert os.environ["XLA_FLAGS"] == mine
 
 
-def test_a_flag_jaxlib_rejects_is_never_added(monkeypatch):
-    # An unknown flag aborts jaxlib at start-up; the probe must catch that.
-    monkeypatch.setattr(xla_cpu, "CPU_TUNING", "--xla_cpu_no_such_flag_for_the_test=1")
-    monkeypatch.setattr(xla_cpu, "FLAG_NAME", "xla_cpu_no_such_flag_for_the_test")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    assert xla_cpu.configure() is None
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
-
-
-def test_accepted_flag_is_appended(monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-    added = xla_cpu.configure()
-    if added is None:
-        pytest.skip("this jaxlib does not know the flag; the trainer runs with XLA's defaults")
-    assert added == xla_cpu.CPU_TUNING
-    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {added}"
-
-
-def _ynnpack_convolutions(xla_flags: str) -> int:
+def _conv_in_child(xla_flags: str) -> subprocess.CompletedProcess:
     env = {**helpers.env(1), "XLA_FLAGS": xla_flags}
-    run = subprocess.run([sys.executable, "-c", CONV_HLO], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    return int(run.stdout)
+    return subprocess.run([sys.executable, "-c", CONV_HLO], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
+def test_the_version_gate_matches_what_this_jaxlib_accepts():
+    # An unknown flag aborts jaxlib at start-up: the gate must add it only where it is known.
+    run = _conv_in_child(xla_cpu.CPU_TUNING)
+    assert (run.returncode == 0) == _known(), run.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_with_the_flag_no_convolution_goes_to_ynnpack():
-    if not xla_cpu._accepted(xla_cpu.CPU_TUNING):
+    if not _known():
         pytest.skip("this jaxlib does not know the flag")
-    if _ynnpack_convolutions("") == 0:
+    default = _conv_in_child("")
+    assert default.returncode == 0, default.stderr
+    if int(default.stdout) == 0:
         pytest.skip("this jaxlib does not send convolutions to YNNPACK anyway")
-    assert _ynnpack_convolutions(xla_cpu.CPU_TUNING) == 0
+    assert int(_conv_in_child(xla_cpu.CPU_TUNING).stdout) == 0
