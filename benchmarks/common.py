@@ -205,6 +205,16 @@ def machine() -> dict:
     return info
 
 
+def has_torch() -> bool:
+    """Whether PyTorch is installed (set to use every CPU core)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    torch.set_num_threads(os.cpu_count() or 1)
+    return True
+
+
 def _cpu_model() -> str | None:
     """The CPU's model name from /proc/cpuinfo (Linux), e.g. 'AMD EPYC'."""
     try:

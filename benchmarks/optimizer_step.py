@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes or ([1e4, 1e5] if args.small else [1e4, 1e5, 1e6, 1e7])
     leaves = args.leaves or ([1, 10] if args.small else [1, 200, 2000])
     rounds = args.rounds or (2 if args.small else 7)
-    torch = not args.no_torch and jax.default_backend() == "cpu" and _has_torch()
+    torch = not args.no_torch and jax.default_backend() == "cpu" and common.has_torch()
     rows = [
         row
         for count in leaves
@@ -133,16 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     common.write("optimizer_step", {"machine": m, "rows": rows}, md, args.out)
     plot(rows, os.path.join(args.out or common.RESULTS, "optimizer_step.png"))
-
-
-def _has_torch() -> bool:
-    try:
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
-    except ImportError:
-        return False
-    return True
 
 
 def plot(rows: list[dict], path: str) -> None:

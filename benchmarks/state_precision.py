@@ -20,8 +20,8 @@ Beside them, in child processes: PyTorch's ``torch.optim.RMSprop`` and
 bitsandbytes' ``RMSprop32bit`` / ``RMSprop8bit`` on the same shape (when
 installed). Accuracy of the 8-bit state against float32 state on the same
 gradients: the per-step error with the reference re-synced to the 8-bit run
-(bitsandbytes' measure) and the drift after 1,000 noisy steps without
-re-syncing. With ``--mnist-dir``, the MNIST cnn trained 3 epochs with each
+(bitsandbytes' measure) and the drift after 1,000 noisy steps (200 with
+``--small``) without re-syncing. With ``--mnist-dir``, the MNIST cnn trained 3 epochs with each
 state precision. ``--small`` shrinks the shapes and skips the child processes
 (the check that the command runs). Writes
 benchmarks/results/state_precision.{json,md} (or to ``--out``).
@@ -156,14 +156,17 @@ def measure_torch(kind: str, rounds: int, momentum: float) -> dict:
 
 
 def accuracy(
-    per_step_shape: tuple[int, int] = (1024, 4097), drift_shape: tuple[int, int] = (64, 4096)
+    per_step_shape: tuple[int, int] = (1024, 4097),
+    drift_shape: tuple[int, int] = (64, 4096),
+    steps: int = 1000,
 ) -> dict:
-    """Per-step error (re-synced, bitsandbytes' measure) and 1,000-step drift, per quantized state."""
+    """Per-step error (re-synced, bitsandbytes' measure) and drift over ``steps``, per quantized state."""
     return {
         name: {
             "per_step_shape": per_step_shape,
+            "drift_steps": steps,
             **per_step_error(name, per_step_shape),
-            **drift(name, drift_shape),
+            **drift(name, drift_shape, steps),
         }
         for name in QUANTIZED
     }
@@ -192,8 +195,8 @@ def per_step_error(state_dtype: str, shape: tuple[int, int]) -> dict:
     }
 
 
-def drift(state_dtype: str, shape: tuple[int, int]) -> dict:
-    """1,000 noisy least-squares steps with momentum, never re-synced to float32 state."""
+def drift(state_dtype: str, shape: tuple[int, int], steps: int = 1000) -> dict:
+    """Noisy least-squares steps with momentum, never re-synced to float32 state."""
     key = jax.random.key(0)
     target = jax.random.normal(key, shape)
     finals = {}
@@ -209,13 +212,13 @@ def drift(state_dtype: str, shape: tuple[int, int]) -> dict:
 
         start = jnp.zeros_like(target)
         carry = (start + 0, tx.init(start))
-        for t in range(1000):
+        for t in range(steps):
             carry = noisy_step(carry, np.int32(t))
         finals[name] = carry[0]
     apart = jnp.linalg.norm(finals[state_dtype] - finals["float32"])
     return {
-        "drift_1000_steps": float(apart / jnp.linalg.norm(finals["float32"])),
-        "loss_1000_steps": {k: float(jnp.mean((p - target) ** 2)) for k, p in finals.items()},
+        "drift": float(apart / jnp.linalg.norm(finals["float32"])),
+        "final_loss": {k: float(jnp.mean((p - target) ** 2)) for k, p in finals.items()},
     }
 
 
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         print(label, payload["jax"][label], payload["torch"][label], flush=True)
     payload["peak_shape"] = SMALL["peak_shape"] if args.small else PEAK_SHAPE
     payload["peak_memory"] = peak_memory(PEAK_LEAVES, payload["peak_shape"])
-    sizes = (SMALL["per_step"], SMALL["drift"]) if args.small else ()
+    sizes = (SMALL["per_step"], SMALL["drift"], 200) if args.small else ()
     payload["accuracy"] = accuracy(*sizes)
     print(payload["accuracy"], flush=True)
     if args.mnist_dir:
@@ -318,12 +321,13 @@ def to_markdown(payload: dict) -> str:
         *steps_markdown(payload["jax"], payload["torch"]),
     ]
     lines += ["", *peak_memory_markdown(payload["peak_memory"], payload["peak_shape"])]
-    shape = next(iter(payload["accuracy"].values()))["per_step_shape"]
+    first = next(iter(payload["accuracy"].values()))
+    shape, steps = first["per_step_shape"], first["drift_steps"]
     lines += [
         "",
         "Quantized state against float32 state on the same gradients: per step, re-synced "
         f"({' x '.join(map(str, shape))}, lr 0.01, 50 steps, the largest of the per-step "
-        "means), and after 1,000 noisy least-squares steps without re-syncing (momentum 0.9; "
+        f"means), and after {steps:,} noisy least-squares steps without re-syncing (momentum 0.9; "
         "drift: the relative norm of the parameters' difference).",
         "",
         *common.markdown_table(
@@ -333,9 +337,8 @@ def to_markdown(payload: dict) -> str:
                     name,
                     f"{a['per_step_mean_abs_error_max']:.2g}",
                     f"{a['per_step_mean_rel_error_max']:.2g}",
-                    f"{100 * a['drift_1000_steps']:.2f}%",
-                    f"{a['loss_1000_steps'][name]:.5f} (float32: "
-                    f"{a['loss_1000_steps']['float32']:.5f})",
+                    f"{100 * a['drift']:.2f}%",
+                    f"{a['final_loss'][name]:.5f} (float32: {a['final_loss']['float32']:.5f})",
                 ]
                 for name, a in payload["accuracy"].items()
             ],

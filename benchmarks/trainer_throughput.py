@@ -68,10 +68,15 @@ def jax_rate(steps: int, mnist_dir: str | None, tuned: bool) -> float:
     """Examples/s of the trainer over ``steps`` steps (``tuned``: its XLA:CPU flag)."""
     flags = ["--epochs", "100", "--max-steps", str(steps), "--schedule", "constant"]
     flags += ["--data-dir", mnist_dir] if mnist_dir else []
-    summary = run_trainer(flags + ([] if tuned else ["--no-cpu-tuning"]))
+    return trained(flags + ([] if tuned else ["--no-cpu-tuning"]))["examples_per_sec"]
+
+
+def trained(flags: list[str]) -> dict:
+    """:func:`run_trainer`'s summary; a failed run raises."""
+    summary = run_trainer(flags)
     if "error" in summary:
         raise RuntimeError(f"trainer failed: {summary}")
-    return summary["examples_per_sec"]
+    return summary
 
 
 def torch_cnn():
@@ -179,7 +184,7 @@ def torch_curve(mnist_dir: str, epochs: int = 3) -> list[tuple[int, float, float
 
 def jax_curve(mnist_dir: str, epochs: int = 3) -> list[tuple[int, float, float]]:
     """The same for the trainer, from the metrics its run writes."""
-    summary = run_trainer(["--data-dir", mnist_dir, "--epochs", str(epochs)])
+    summary = trained(["--data-dir", mnist_dir, "--epochs", str(epochs)])
     elapsed, last, curve = 0.0, 0, []
     for r in summary["metrics"]:
         elapsed += (r["step"] - last) * BATCH / r["examples_per_sec"]
@@ -203,24 +208,17 @@ def torch_child(name: str, *args) -> object:
 def rates(args: argparse.Namespace) -> dict[str, list[float]]:
     """Examples/s per round and implementation, each in a fresh process, the order rotating."""
     runs = {"jax": lambda: jax_rate(args.steps, args.mnist_dir, True)}
-    if jax.default_backend() == "cpu":
+    cpu = jax.default_backend() == "cpu"
+    if cpu and not args.small:  # what the trainer's XLA:CPU flag is worth
         runs["jax-xla-defaults"] = lambda: jax_rate(args.steps, args.mnist_dir, False)
-        if not args.no_torch and _has_torch():
-            runs["torch"] = lambda: torch_child("torch", args.steps, args.mnist_dir)
+    if cpu and not args.no_torch and common.has_torch():
+        runs["torch"] = lambda: torch_child("torch", args.steps, args.mnist_dir)
     result: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
         for name in common.rotated(list(runs), r):
             result[name].append(runs[name]())
             print(f"round {r}: {name} {result[name][-1]:,.0f} examples/s", flush=True)
     return result
-
-
-def _has_torch() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 LABELS = {
@@ -278,7 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--time-to-99", action="store_true", help="also train to 99%% (--mnist-dir)")
     ap.add_argument("--no-torch", action="store_true", help="the JAX trainer only")
-    ap.add_argument("--small", action="store_true", help="16 steps, one round (a check)")
+    ap.add_argument(
+        "--small", action="store_true", help="16 steps, one round, tuned only (a check)"
+    )
     ap.add_argument("--out", default=None, help="folder for the JSON and table")
     ap.add_argument("--child", nargs=2, metavar=("NAME", "ARGS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

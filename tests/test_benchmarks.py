@@ -8,6 +8,7 @@ what each benchmark writes.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -66,6 +67,7 @@ def test_step_moves_the_bytes_optax_moves():
     _assert_step_rows(rows)
 
 
+@pytest.mark.slow
 def test_float32_step_peak_is_its_arguments():
     _assert_peak_rows(state_precision.peak_memory(2, (256, 256)))
 
@@ -94,13 +96,13 @@ def test_state_precision_small_mode(tmp_path):
     for rows in payload["jax"].values():
         assert list(rows) == STATES
         assert rows["float32"]["rms_bytes_per_param"] == 4.0
-        assert rows["bfloat16"]["rms_bytes_per_param"] == 2.0
+        assert rows["bfloat16"]["rms_bytes_per_param"] == pytest.approx(2.0, abs=0.01)
         assert rows["int8"]["rms_bytes_per_param"] < 1.05  # a quarter of float32's, and scales
         assert rows["int4"]["rms_bytes_per_param"] < 0.55  # an eighth, and scales
     assert payload["torch"] == {"plain": {}, "momentum 0.9": {}}  # small: no child processes
     _assert_peak_rows(payload["peak_memory"])
     assert set(payload["accuracy"]) == {"int8", "int4"}
-    assert all(a["drift_1000_steps"] < 0.1 for a in payload["accuracy"].values())
+    assert all(a["drift_steps"] == 200 and a["drift"] < 0.1 for a in payload["accuracy"].values())
 
 
 def test_read_idx_reads_mnist_files(tmp_path):
@@ -115,30 +117,25 @@ def test_read_idx_reads_mnist_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_model_trains_on_the_same_shapes():
-    pytest.importorskip("torch")
-    assert trainer_throughput.torch_rate(2, None) > 0  # 5 warm-up and 2 timed steps ran
-
-
-@pytest.mark.slow
 def test_trainer_throughput_small_mode(tmp_path):
     pytest.importorskip("flax")
-    payload = _run("trainer_throughput", tmp_path, "--small", "--no-torch")
+    torch = importlib.util.find_spec("torch") is not None
+    payload = _run("trainer_throughput", tmp_path, "--small")
     assert payload["steps"] == 16
-    assert list(payload["examples_per_sec"]) == ["jax", "jax-xla-defaults"]
+    assert list(payload["examples_per_sec"]) == ["jax"] + ["torch"] * torch
     assert all(len(rates) == 1 for rates in payload["examples_per_sec"].values())
+    assert ("jax_over_torch" in payload) == torch
 
 
 @pytest.mark.slow
 def test_accelerator_small_mode(tmp_path):
     pytest.importorskip("flax")  # the trainer part
-    args = ["--small", "--rounds", "1", "--sizes", "1e4", "--skip", "compile"]
-    payload = _run("accelerator", tmp_path, *args, "--test-files", "tests/test_recipes.py")
-    parts = payload["parts"]
-    assert list(parts) == ["tests", "memory", "precision", "steps", "trainer"]
+    args = ["--small", "--rounds", "1", "--sizes", "1e4", "--skip", "memory", "compile"]
+    tests = "tests/test_recipes.py::test_tf1_recipes_match_tensorflow_v1"
+    parts = _run("accelerator", tmp_path, *args, "--test-files", tests)["parts"]
+    assert list(parts) == ["tests", "precision", "steps", "trainer"]
     assert parts["tests"]["failures"] == parts["tests"]["errors"] == 0, parts["tests"]
-    assert parts["tests"]["passed"] >= 10
-    _assert_peak_rows(parts["memory"]["rows"])
+    assert parts["tests"]["passed"] == 3
     assert [list(parts["precision"][k]) for k in ("plain", "momentum 0.9")] == [STATES] * 2
     _assert_step_rows(parts["steps"])
     assert {(r["n"], r["leaves"]) for r in parts["steps"]} == {(10_000, 1), (10_000, 10)}
