@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from optax_rmsprop import _storage
 from optax_rmsprop._rmsprop import RMSPropState
@@ -29,7 +30,8 @@ def dequantize_state(opt_state: Any, params: Tree | None = None) -> Any:
 
     Returns:
       ``opt_state`` with codes turned into float32 values (complex64 for
-      complex moments) and every ``*_absmax`` field set to None.
+      complex moments; a float16 ``nu``, stored by its square root, too) and
+      every ``*_absmax`` field set to None.
 
     Raises:
       ValueError: for 4-bit state without ``params``.
@@ -74,10 +76,14 @@ def _read(
     values: Tree | None, absmax: Tree | None, like: Tree, params: Tree | None, *, real: bool
 ) -> Tree | None:
     """A stored buffer's values; ``like`` (the params, or ``nu``) gives each shape."""
-    if values is None or absmax is None:
+    if values is None:
         return values
     layouts = _storage.stored_layouts(
         values, absmax, like, real=real, length_known=params is not None
     )
-    dtypes = jax.tree.map(lambda layout: layout.dtype, layouts, is_leaf=_storage.is_layout)
+
+    def dtype(layout: _storage.Layout) -> np.dtype:  # float16 nu, stored by its root: float32
+        return np.dtype(np.float32) if layout.root else layout.dtype
+
+    dtypes = jax.tree.map(dtype, layouts, is_leaf=_storage.is_layout)
     return _storage.read_tree(values, absmax, layouts, dtypes)

@@ -131,7 +131,7 @@ class StatePrecision:
         dtype_of = _dtypes.nu_dtype if real else _dtypes.moment_dtype
         dtype = dtype_of(param.dtype, self.dtype, path)  # also rejects integer params
         if not (self.quantized and param.ndim >= 1 and param.size >= self.min_size):
-            return Layout(dtype)
+            return Layout(dtype, root=real and dtype == np.float16)
         length = param.shape[-1]
         n_blocks = _quantize.num_blocks(length, self.block_size)
         return Layout(dtype, codebook_for(self.bits, real=real), n_blocks, length)
@@ -186,12 +186,16 @@ class Layout:
       n_blocks: quantization blocks along the last axis (codes only).
       length: the parameter's last axis (codes only; read back for 4-bit codes,
         whose packed axis leaves its parity open).
+      root: the float array holds the square root of the values (float16
+        ``nu``: float16's range holds ``sqrt(nu)`` down to ``|g|`` of 6e-8,
+        where ``nu`` itself underflows below ``|g|`` of 2e-4).
     """
 
     dtype: np.dtype
     codebook: Codebook | None = None
     n_blocks: int = 0
     length: int = 0
+    root: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -221,7 +225,7 @@ class Layout:
           ValueError: for 4-bit codes without the parameter's shape.
         """
         if absmax is None or absmax.ndim == 0:
-            return cls(values.dtype)
+            return cls(values.dtype, root=real and values.dtype == np.float16)
         complex_codes = values.ndim == len(param_shape) + 1  # (re, im) on a trailing axis
         packed = absmax.ndim == values.ndim + 1  # the unit axis of 4-bit absmax
         if packed and not length_known:
@@ -246,6 +250,7 @@ class Layout:
         """
         if not self.quantized:
             placeholder = jnp.zeros((), jnp.float32) if absmax_placeholder else None
+            fill = jnp.sqrt(fill) if self.root else fill
             return jnp.full_like(param, fill, dtype=self.dtype), placeholder
         code = self.codebook.fill_code
         if self.codebook.packed:
@@ -263,7 +268,11 @@ class Layout:
     def read(self, values: jax.Array, absmax: jax.Array | None, dtype: np.dtype) -> jax.Array:
         """The buffer's values in ``dtype`` (complex for complex buffers)."""
         if not self.quantized:
-            return _dtypes.cast(values, dtype)
+            return (
+                jnp.square(_dtypes.cast(values, dtype))
+                if self.root
+                else _dtypes.cast(values, dtype)
+            )
         if self.complex:
             real = _dtypes.real_dtype(dtype)
             re, im = (self._decode(values[..., i], absmax[..., i], real) for i in range(2))
@@ -288,6 +297,7 @@ class Layout:
         """
         again = value if again is None else again
         if not self.quantized:
+            again = jnp.sqrt(again) if self.root else again
             if seed is None or self.complex or self.dtype.itemsize >= again.dtype.itemsize:
                 return _dtypes.cast(again, self.dtype), absmax
             random = _rounding.random_bits(again.shape, seed)
