@@ -15,6 +15,7 @@ own and :func:`train_and_evaluate` calls each in one line: ``workdir_lock``
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -33,8 +34,6 @@ from examples.mnist import checkpoints, input_pipeline, models, preemption, repo
 from examples.mnist.config import RUN_DEFINING, Config
 
 QUANTILES = {"p0": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p100": 1.0}
-# jax 0.7.2 feeds the next chunk's first step wrong inputs without a copy: repro_chunk_copy.py
-OLD_JAX = tuple(int(v) for v in jax.__version__.split(".")[:2]) < (0, 10)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -132,7 +131,7 @@ def step_size_quantiles(model, optimizer, *, learning_rate, eps) -> jax.Array:
     return jnp.stack([jnp.quantile(leaf.ravel(), qs) for leaf in jax.tree.leaves(sizes)])
 
 
-@jax.jit(static_argnames=("num_examples", "mesh"))
+@functools.partial(jax.jit, static_argnames=("num_examples", "mesh"))
 def epoch_order(seed, epoch, *, num_examples: int, mesh: jax.sharding.Mesh) -> jax.Array:
     """The epoch's permutation of the training examples, replicated on ``mesh``."""
     order = input_pipeline.epoch_permutation(jax.random.key(seed), epoch, num_examples)
@@ -223,8 +222,6 @@ class Trainer:
             batch_size=self.config.batch_size,
             num_steps=num_steps,
         )
-        if OLD_JAX:
-            nnx.update(objects, jax.tree.map(lambda x: x.copy(), nnx.state(objects)))
         losses = np.asarray(losses, np.float64)
         seconds = time.perf_counter() - t0 - (reporting.compile_seconds() - compiling)
         self.examples += num_steps * self.config.batch_size

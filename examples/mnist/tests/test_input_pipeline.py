@@ -120,24 +120,22 @@ def test_epoch_permutation_is_a_function_of_seed_and_epoch():
 
 
 @pytest.mark.parametrize("eval_batch_size", [1, 7, 500, 2000, 5000])
-def test_test_set_is_padded_into_batches_with_weight_zero(eval_batch_size):
+def test_the_data_is_replicated_and_the_eval_batch_rounded_up(eval_batch_size):
     rng = np.random.default_rng(0)
-    n = 2000
     ds = input_pipeline.Dataset(
         "random",
         rng.integers(0, 256, (16, 28, 28, 1), np.uint8),
         rng.integers(0, 10, 16).astype(np.int32),
-        rng.integers(0, 256, (n, 28, 28, 1), np.uint8),
-        rng.integers(0, 10, n).astype(np.int32),
+        rng.integers(0, 256, (2000, 28, 28, 1), np.uint8),
+        rng.integers(0, 10, 2000).astype(np.int32),
     )
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     data = input_pipeline.put_on_devices(ds, mesh, eval_batch_size)
-    batch = data.test_labels.shape[1]
-    assert batch % jax.device_count() == 0 and eval_batch_size <= batch
-    assert batch < eval_batch_size + jax.device_count()
-    weights = np.asarray(data.test_weights).ravel()
-    np.testing.assert_array_equal(weights, np.arange(weights.size) < n)
-    np.testing.assert_array_equal(np.asarray(data.test_labels).ravel()[:n], ds.test_labels)
-    images = np.asarray(data.test_images).reshape(-1, 28, 28, 1)
-    np.testing.assert_array_equal(images[:n], ds.test_images)
+    assert data.eval_batch % jax.device_count() == 0
+    assert eval_batch_size <= data.eval_batch < eval_batch_size + jax.device_count()
+    for array, expected in zip(
+        data[:4], (ds.train_images, ds.train_labels, ds.test_images, ds.test_labels), strict=True
+    ):
+        assert array.sharding.is_fully_replicated
+        np.testing.assert_array_equal(np.asarray(array), expected)
     assert data.num_train == 16

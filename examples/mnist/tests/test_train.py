@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from examples.mnist import input_pipeline, train, workdir_lock
@@ -388,6 +389,21 @@ def test_chunks_restart_at_each_epoch_and_stop_at_the_end():
     assert ends == [4, 8, 10, 14, 18, 20, 24, 25]
     for start, end in zip([0, *ends], ends, strict=False):  # resumed at any boundary
         assert trainer.chunk_end(start) == end
+
+
+@pytest.mark.parametrize("eval_batch_size", [1, 7, 500, 2000, 5000])
+def test_evaluation_counts_every_test_example_once(sample, eval_batch_size):
+    # Batches of a multiple of the 8 devices, and a short last one where they do not divide 2000.
+    config = Config(model="mlp", mlp_widths=(8,), eval_batch_size=eval_batch_size)
+    mesh = train.make_mesh()
+    trainer = train.Trainer(config, mesh, steps_per_epoch=10)
+    data = input_pipeline.put_on_devices(sample, mesh, eval_batch_size)
+    got = trainer.evaluate(data)
+    logits = trainer.model(sample.test_images.astype(np.float32) / 255.0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, sample.test_labels)
+    assert got["test_loss"] == pytest.approx(float(losses.mean()), rel=1e-5)
+    accuracy = float(np.mean(np.argmax(logits, -1) == sample.test_labels))
+    assert got["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
 @pytest.mark.parametrize(
