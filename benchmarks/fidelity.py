@@ -327,9 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     print(to_markdown(payload))
 
 
-def figure(x: float) -> str:
-    """A ratio to 2 decimals; in the histogram's top bin, ``≥4096`` (it clips there)."""
-    return f"≥{2**HI:.0f}" if x > 2 ** (HI - 2 * (HI - LO) / BINS) else f"{x:.2f}"
+def figure(x: float, digits: int = 2) -> str:
+    """A ratio to ``digits`` decimals (none from 10); in the top bin ``≥4096`` (it clips there)."""
+    if x > 2 ** (HI - 2 * (HI - LO) / BINS):
+        return f"≥{2**HI:.0f}"
+    return f"{x:.{digits if x < 10 else 0}f}"
 
 
 def cell(r: dict, state: str) -> str:
@@ -350,7 +352,9 @@ def to_markdown(payload: dict) -> str:
         "training with float32 state (lr 1e-3): median (5th–95th percentile) over the last "
         "third of the steps, per layer of at least 4,096 parameters. Targets (issue #30): "
         "16-bit and int8 median in [0.9, 1.1], 5th >= 0.8, 95th <= 1.25; int4 median in "
-        "[0.85, 1.15], 5th >= 0.45, 95th <= 1.7; misses in bold.",
+        "[0.85, 1.15], 5th >= 0.45, 95th <= 1.7, at decays 0.99 and 0.999 (0.9999, about one "
+        "time constant in 12,000 steps, shows the trend); misses in bold. ≥4096: the "
+        "histogram's top bin, a step at least 4096x float32 state's.",
         "",
     ]
     rows = [
@@ -368,7 +372,8 @@ def to_markdown(payload: dict) -> str:
     lines += common.markdown_table(["model", "layer", "params", "decay", *STATES], rows)
     lines += [
         "",
-        "The trend: the median over all these layers in the first, second and last third of each run.",
+        "The trend: the median over every coordinate of these layers in the first, second and "
+        "last third of each run.",
         "",
         *common.markdown_table(
             ["model", "decay", "steps", *STATES],
@@ -377,7 +382,10 @@ def to_markdown(payload: dict) -> str:
                     r["model"],
                     r["decay"],
                     r["steps"],
-                    *(" → ".join(f"{t['p50']:.3f}" for t in r["pooled_thirds"][s]) for s in STATES),
+                    *(
+                        " → ".join(figure(t["p50"], 3) for t in r["pooled_thirds"][s])
+                        for s in STATES
+                    ),
                 ]
                 for r in runs
             ],
