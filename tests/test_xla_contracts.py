@@ -77,7 +77,7 @@ def test_bfloat16_step_holds_no_copy_of_its_buffers(options):
         assert temp < 1e-6, temp  # the step count (stochastic rounding), 4 bytes
         assert peak == pytest.approx(float32_peak - 2 * buffers), (peak, float32_peak)
     else:
-        assert temp <= 2, temp
+        assert temp <= 2 + 1e-6, temp  # and the step count, 4 bytes
         assert peak <= float32_peak - 2 * ("momentum" in options), (peak, float32_peak)
 
 
