@@ -1,10 +1,6 @@
-"""Orbax checkpoints, and what a rerun in a workdir does with the run already there.
-
-A rerun never deletes a run it was not asked to: with the same settings it
-continues (or reports) the run, with other settings it refuses, and only
-``--overwrite`` removes the old run. A damaged newest checkpoint (a write cut
-off by a crash, a bad disk) is moved to ``WORKDIR/damaged_checkpoints/`` with a
-warning naming its step, and the run continues from the newest one that restores.
+"""Orbax checkpoints, and what a rerun does with the run in its workdir: with the same
+settings it continues (or reports) it, with other settings it refuses, and only
+``--overwrite`` deletes it. A damaged newest checkpoint gives way to the previous one.
 """
 
 from __future__ import annotations
@@ -22,11 +18,8 @@ from jax.experimental import multihost_utils
 
 from examples.mnist import reporting
 
-CONFIG = "config.json"
-CHECKPOINTS = "checkpoints"
-DAMAGED = "damaged_checkpoints"
-# Everything a run writes in its workdir: what --overwrite deletes.
-RUN_FILES = (CONFIG, CHECKPOINTS, DAMAGED, *reporting.OUTPUTS)
+CONFIG, CHECKPOINTS, DAMAGED = "config.json", "checkpoints", "damaged_checkpoints"
+RUN_FILES = (CONFIG, CHECKPOINTS, DAMAGED, *reporting.OUTPUTS)  # what --overwrite deletes
 
 
 class CheckpointError(RuntimeError):
@@ -34,7 +27,6 @@ class CheckpointError(RuntimeError):
 
 
 def barrier(name: str) -> None:
-    """All processes wait here for each other (nothing to wait for with one)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
 
@@ -43,11 +35,8 @@ class Checkpoints:
     """The run's orbax checkpoints in ``WORKDIR/checkpoints/STEP``; the newest two are kept."""
 
     def __init__(self, workdir: str):
-        self.workdir = workdir
-        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=2, enable_async_checkpointing=False, create=True
-        )
+        self.workdir, self.directory = workdir, os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -64,23 +53,17 @@ class Checkpoints:
             return self._manager.restore(step, args=ocp.args.StandardRestore(target))
         except Exception as err:  # orbax raises many types for a bad checkpoint
             raise CheckpointError(
-                f"checkpoint {step} in {self.directory} cannot be restored into this "
-                f"model and optimizer: {type(err).__name__}: {str(err)[:300]}. It is "
-                f"corrupt or from an incompatible run: pass another --workdir, or "
-                f"--overwrite to delete that run."
+                f"checkpoint {step} in {self.directory} cannot be restored into this model and "
+                f"optimizer: {type(err).__name__}: {str(err)[:300]}. It is corrupt or from an "
+                f"incompatible run: pass another --workdir, or --overwrite to delete that run."
             ) from err
 
     def step_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
     def restore_newest_good(self, target: Any, log: Callable[[str], None]) -> tuple[int, Any]:
-        """The newest checkpoint that restores into ``target``, and its step.
-
-        Newer ones that fail are moved to ``WORKDIR/damaged_checkpoints/`` (so
-        that the run can write those steps again), each with a warning naming
-        its step. When none restores, nothing is moved and the newest one's
-        :class:`CheckpointError` is raised.
-        """
+        """The newest checkpoint that restores into ``target``, and its step; newer ones move
+        to ``damaged_checkpoints/`` (the run writes those steps again), each with a warning."""
         failed: list[tuple[int, CheckpointError]] = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
@@ -89,24 +72,20 @@ class Checkpoints:
                 failed.append((step, err))
                 continue
             for bad, err in failed:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                moved = os.path.join(self.workdir, DAMAGED, f"{bad}-{stamp}")
+                if jax.process_index() == 0:
+                    os.makedirs(os.path.dirname(moved), exist_ok=True)
+                    os.rename(self.step_path(bad), moved)
                 log(
                     f"Warning: the checkpoint at step {bad} is damaged ({err.__cause__!r:.200}); "
-                    f"moved it to {self._set_aside(bad)} and resuming from the previous good "
-                    f"one, step {step}."
+                    f"moved it to {moved} and resuming from the previous good one, step {step}."
                 )
             if failed:
                 barrier("damaged checkpoints set aside")
                 self._manager.reload()
             return step, tree
         raise failed[0][1]
-
-    def _set_aside(self, step: int) -> str:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        destination = os.path.join(self.workdir, DAMAGED, f"{step}-{stamp}")
-        if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
-            os.rename(self.step_path(step), destination)
-        return destination
 
     def close(self) -> None:
         self._manager.close()
@@ -115,21 +94,17 @@ class Checkpoints:
 def open_run(
     config: dict, run_defining: tuple[str, ...], target: Any, log: Callable[[str], None] = print
 ) -> tuple[Checkpoints, int, Any | None]:
-    """The checkpoints of the run in ``config['workdir']``, the step to continue from and its tree.
-
-    A workdir without a run starts one. A run there with the same
-    ``run_defining`` settings is continued from its newest good checkpoint,
-    restored into ``target``'s structure (step 0 and None when it has none). A
-    run with other settings raises :class:`CheckpointError`, unless
-    ``config['overwrite']``, which deletes any run there first. Either way
-    ``config.json`` then records this run's settings.
-    """
+    """The run's checkpoints, the step it continues from and its tree restored into
+    ``target`` (0 and None for a new run). Other ``run_defining`` settings there raise
+    :class:`CheckpointError`; ``config['overwrite']`` deletes any run there first."""
     workdir = config["workdir"]
     saved = read_config(workdir)
     if saved is not None and config["overwrite"]:
         barrier("read the old run's settings")
         if jax.process_index() == 0:
-            removed = remove_run(workdir)
+            removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(workdir, name))]
+            for path in (os.path.join(workdir, name) for name in removed):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
             log(f"--overwrite: deleted the previous run in {workdir} ({', '.join(removed)}).")
     elif saved is not None:
         refuse_other_settings(workdir, saved, config, run_defining)
@@ -160,23 +135,11 @@ def read_config(workdir: str) -> dict | None:
 
 def refuse_other_settings(workdir: str, saved: dict, config: dict, keys: tuple[str, ...]) -> None:
     """Raises CheckpointError if the run in ``workdir`` was started with other settings."""
-    diff = {k: (saved.get(k), config[k]) for k in keys if _norm(saved.get(k)) != _norm(config[k])}
+    as_saved = json.loads(json.dumps(config))  # tuples as the lists config.json holds
+    diff = {k: (saved.get(k), config[k]) for k in keys if saved.get(k) != as_saved[k]}
     if diff:
         detail = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items())
         raise CheckpointError(
             f"{workdir} holds a run with other settings ({detail}). To keep it, pass another "
             f"--workdir; to delete it and start afresh, pass --overwrite."
         )
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def remove_run(workdir: str) -> list[str]:
-    """Deletes what a run wrote in ``workdir`` (nothing else); the names deleted."""
-    removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(workdir, name))]
-    for name in removed:
-        path = os.path.join(workdir, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    return removed

@@ -1,22 +1,10 @@
-"""Where the MNIST-format data comes from, and how it is put on the devices.
-
-Three sources, one result (a :class:`Dataset` of uint8 images and int32 labels):
-
-* tensorflow-datasets (``tfds.data_source``), the path a Colab user takes: any
-  28x28x1, 10-class dataset (mnist, fashion_mnist, kmnist).
-* ``--data-dir DIR``: the four standard IDX files in DIR.
-* the real-MNIST sample bundled in ``examples/mnist/data`` (10,000 train, 2,000
-  test), used when tfds cannot give MNIST within seconds (no network).
-
-The whole dataset then lives on the devices (replicated: MNIST is 47 MB) and
-each epoch is a permutation drawn from ``fold_in(key, epoch)``, so the data
-order is a function of the seed and the epoch alone.
-"""
+"""The data: tensorflow-datasets (any 28x28x1, 10-class set), the IDX files of ``--data-dir``,
+or the real-MNIST sample in ``examples/mnist/data`` when tfds cannot give MNIST within
+seconds; then all of it on the devices (replicated: MNIST is 47 MB)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from collections.abc import Callable
 from typing import NamedTuple
@@ -26,8 +14,9 @@ import numpy as np
 
 from examples.mnist import idx
 
-BUNDLED_DIR = os.path.join(os.path.dirname(__file__), "data")
+BUNDLED_DIR = idx.SAMPLE_DIR
 TFDS_HOST = ("storage.googleapis.com", 443)  # where tfds downloads MNIST from
+TFDS_TIMEOUT_S = 2.0  # without a network tfds retries for minutes: check first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +40,8 @@ class DataUnavailable(RuntimeError):
 
 def load_idx_dir(directory: str, source: str | None = None) -> Dataset:
     """The four MNIST-format IDX files (optionally gzipped) in ``directory``."""
-    train = idx.load_split(directory, "train")
-    test = idx.load_split(directory, "test")
-    return Dataset(source or f"IDX files in {directory}", *train, *test)
+    splits = (*idx.load_split(directory, "train"), *idx.load_split(directory, "test"))
+    return Dataset(source or f"IDX files in {directory}", *splits)
 
 
 def load_bundled_sample() -> Dataset:
@@ -61,7 +49,7 @@ def load_bundled_sample() -> Dataset:
     return load_idx_dir(BUNDLED_DIR, "bundled MNIST sample (10k train / 2k test)")
 
 
-def network_reachable(address: tuple[str, int] = TFDS_HOST, timeout: float = 2.0) -> bool:
+def network_reachable(address: tuple[str, int] = TFDS_HOST, timeout: float = TFDS_TIMEOUT_S):
     """True if a TCP connection to ``address`` opens within ``timeout`` seconds."""
     try:
         with socket.create_connection(address, timeout=timeout):
@@ -84,17 +72,8 @@ def _tfds_split(tfds, name: str, split: str, data_dir: str | None, download: boo
     return images, labels
 
 
-def load_tfds(
-    name: str,
-    data_dir: str | None = None,
-    reachable: Callable[[], bool] = network_reachable,
-) -> Dataset:
-    """``name`` from tensorflow-datasets, or :class:`DataUnavailable` within seconds.
-
-    A prepared copy (in ``data_dir`` or ``~/tensorflow_datasets``) is used as
-    is. Otherwise tfds downloads it, but only after a short reachability check,
-    because without a network tfds retries for minutes.
-    """
+def load_tfds(name: str, data_dir: str | None = None, reachable=network_reachable) -> Dataset:
+    """``name`` from tfds (downloaded if ``reachable()``), or :class:`DataUnavailable`."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -111,32 +90,18 @@ def load_tfds(
                 f"download server is unreachable (no network?)"
             ) from None
         splits = [_tfds_split(tfds, name, s, data_dir, True) for s in ("train", "test")]
-    (train_x, train_y), (test_x, test_y) = splits
-    return Dataset(f"tfds {name}", train_x, train_y, test_x, test_y)
+    return Dataset(f"tfds {name}", *splits[0], *splits[1])
 
 
-DEFAULT_DATASET = "mnist"
-
-
-def load(
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    *,
-    tfds_data_dir: str | None = None,
-    log: Callable[[str], None] = print,
-    reachable: Callable[[], bool] = network_reachable,
-) -> Dataset:
-    """The training data, chosen as the CLI documents.
-
-    ``data_dir`` wins. Otherwise tfds gives ``dataset``. When it is None (no
-    ``--dataset``), tfds is asked for MNIST, and if it cannot give it, one
-    line says so and the bundled sample is used. A dataset named explicitly
-    never falls back: the error says why it is unavailable.
-    """
+def load(dataset: str | None = None, data_dir: str | None = None, *,
+         tfds_data_dir: str | None = None, log: Callable[[str], None] = print,
+         reachable: Callable[[], bool] = network_reachable) -> Dataset:  # fmt: skip
+    """``data_dir``'s IDX files, else tfds's ``dataset``; with neither named, tfds's
+    MNIST or (saying so) the bundled sample. A named dataset never falls back."""
     if data_dir is not None:
         return load_idx_dir(data_dir)
     try:
-        return load_tfds(dataset or DEFAULT_DATASET, tfds_data_dir, reachable)
+        return load_tfds(dataset or "mnist", tfds_data_dir, reachable)
     except DataUnavailable as err:
         if dataset is not None:
             raise DataUnavailable(
@@ -156,25 +121,15 @@ def replicate(mesh: jax.sharding.Mesh, array: np.ndarray) -> jax.Array:
 class DeviceData(NamedTuple):
     """The whole dataset on the devices, replicated, and the evaluation's batch size."""
 
-    train_images: jax.Array  # (num_train, 28, 28, 1) uint8
-    train_labels: jax.Array  # (num_train,) int32
-    test_images: jax.Array  # (num_test, 28, 28, 1) uint8
-    test_labels: jax.Array  # (num_test,) int32
+    train_images: jax.Array  # (num_train, 28, 28, 1) uint8, and so the test images
+    train_labels: jax.Array  # (num_train,) int32, and so the test labels
+    test_images: jax.Array
+    test_labels: jax.Array
     eval_batch: int  # a multiple of the device count
-
-    @property
-    def num_train(self) -> int:
-        return self.train_labels.shape[0]
 
 
 def put_on_devices(dataset: Dataset, mesh: jax.sharding.Mesh, eval_batch_size: int) -> DeviceData:
-    """``dataset`` replicated on every device of ``mesh``; ``eval_batch_size`` rounded up
-    to a multiple of the device count."""
+    """``dataset`` replicated on ``mesh``, ``eval_batch_size`` rounded up to a device multiple."""
     arrays = (dataset.train_images, dataset.train_labels, dataset.test_images, dataset.test_labels)
     eval_batch = -(-eval_batch_size // mesh.size) * mesh.size
     return DeviceData(*(replicate(mesh, a) for a in arrays), eval_batch)
-
-
-def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
-    """The order of the training examples in ``epoch``: a function of key and epoch."""
-    return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)

@@ -10,12 +10,7 @@ from flax import nnx
 
 
 class CNN(nnx.Module):
-    """conv32 - conv64 - dense256 - dense10, 2x2 average pooling, ReLU.
-
-    The classic two-convolution MNIST network, as in Flax's Linen MNIST example
-    of 2020-2024 (``examples/mnist/train.py``); Flax's current NNX tutorial
-    adds BatchNorm and Dropout, which this model leaves out.
-    """
+    """conv32-conv64-dense256-dense10, 2x2 average pooling, ReLU: Flax's Linen MNIST CNN."""
 
     def __init__(self, *, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
@@ -30,10 +25,7 @@ class CNN(nnx.Module):
 
 
 class MLP(nnx.Sequential):
-    """A dense network, 784 - 10 - 10 - 10 by default, ReLU between layers.
-
-    Its ``Linear`` layers are ``layers/0``, ``layers/2``, ... (``nnx.relu`` in between).
-    """
+    """784 - 10 - 10 - 10 by default, ReLU between: ``layers/0``, ``layers/2``, ... are dense."""
 
     def __init__(self, hidden: Sequence[int] = (10, 10), *, rngs: nnx.Rngs):
         widths = [28 * 28, *hidden, 10]
@@ -48,7 +40,3 @@ def create(name: str, hidden: Sequence[int], seed: int) -> nnx.Module:
     """The model called ``name`` ('cnn' or 'mlp'), initialised from ``seed``."""
     rngs = nnx.Rngs(params=seed)
     return CNN(rngs=rngs) if name == "cnn" else MLP(hidden, rngs=rngs)
-
-
-def count_params(model: nnx.Module) -> int:
-    return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

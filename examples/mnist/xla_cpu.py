@@ -1,13 +1,8 @@
-"""XLA:CPU tuning for the trainer, applied to ``XLA_FLAGS`` before JAX creates its backends.
+"""XLA:CPU tuning, set in ``XLA_FLAGS`` before JAX creates its backends (docs/mnist.md).
 
-From jaxlib 0.10 XLA:CPU hands convolutions to YNNPACK, whose backward pass is
-slow on this CNN; sending them back to XLA's Eigen kernels (YNNPACK keeps the
-matmuls) trains it 1.4x faster on a 2-core CPU (docs/benchmarks.md). The flag
-is experimental and a jaxlib that does not know it (0.7.2 does not) aborts at
-start, so it is added only for the jaxlib versions it was measured on and
-later, only when JAX will run on the CPU, and never over a value already in
-``XLA_FLAGS``. It is decided from installed package metadata alone: no child
-process, nothing written anywhere.
+Convolutions back on Eigen from YNNPACK: the CNN trains 1.4x faster on a 2-core CPU.
+A jaxlib that does not know the flag (0.7.2) aborts, so it is decided from package
+metadata alone (no child process, no file): from jaxlib 0.10, on CPU, if not set already.
 """
 
 from __future__ import annotations
@@ -31,24 +26,14 @@ def runs_on_cpu() -> bool:
 
 
 def jaxlib_version() -> tuple[int, ...]:
-    try:
-        version = importlib.metadata.version("jaxlib")
-    except importlib.metadata.PackageNotFoundError:
-        return ()
-    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    installed = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
+    return tuple(int(part) for part in installed.get("jaxlib", "0").split(".")[:2])
 
 
 def configure(enable: bool = True) -> str | None:
-    """Adds the trainer's XLA:CPU flag to ``XLA_FLAGS``; returns it, or None if nothing changed.
-
-    Nothing changes with ``enable=False`` (``--no-cpu-tuning``), when
-    ``XLA_FLAGS`` already sets the flag, when JAX will run on a GPU or TPU
-    (where it does nothing), or with a jaxlib older than ``FIRST_JAXLIB``.
-    """
+    """Adds the flag to ``XLA_FLAGS`` and returns it; None if disabled, set already, or unfit."""
     current = os.environ.get("XLA_FLAGS", "")
-    if not enable or FLAG_NAME in current or jaxlib_version() < FIRST_JAXLIB:
-        return None
-    if not runs_on_cpu():
+    if not enable or FLAG_NAME in current or jaxlib_version() < FIRST_JAXLIB or not runs_on_cpu():
         return None
     os.environ["XLA_FLAGS"] = f"{current} {CPU_TUNING}".strip()
     return CPU_TUNING

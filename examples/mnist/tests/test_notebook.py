@@ -13,7 +13,7 @@ NOTEBOOK = os.path.join(helpers.ROOT, "examples", "mnist", "mnist_colab.ipynb")
 MAX_STEPS = 24
 
 
-def _run(monkeypatch) -> str:
+def _run(monkeypatch, workdir) -> str:
     """Executes the notebook in a fresh kernel; the text of every code cell's output."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -21,6 +21,7 @@ def _run(monkeypatch) -> str:
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MNIST_MAX_STEPS", str(MAX_STEPS))
     monkeypatch.setenv("MNIST_DATA_DIR", helpers.SAMPLE)  # no traffic off the machine
+    monkeypatch.setenv("MNIST_WORKDIR", str(workdir))  # not the repository's runs/colab
     monkeypatch.chdir(helpers.ROOT)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
@@ -38,8 +39,8 @@ def _run(monkeypatch) -> str:
 
 
 @pytest.mark.slow
-def test_notebook_executes(monkeypatch):
-    outputs = _run(monkeypatch)
+def test_notebook_executes(monkeypatch, tmp_path):
+    outputs = _run(monkeypatch, tmp_path / "colab")
     assert "backend: cpu" in outputs
     # The tutorial's own loop trains and evaluates; the step sizes are those of the 4 layers.
     accuracy = re.search(rf"test accuracy after {MAX_STEPS} steps: ([0-9.]+)", outputs)

@@ -431,7 +431,7 @@ def test_batch_that_does_not_fit_is_refused():
 
 
 def _chunk(losses, params_finite=True) -> train.Chunk:
-    return train.Chunk(np.asarray(losses, np.float64), params_finite, 0.1, batch_size=64)
+    return train.Chunk(np.asarray(losses, np.float64), params_finite, 0.1, len(losses))
 
 
 def test_divergence_names_the_step_and_the_quantity():
