@@ -13,10 +13,9 @@ from typing import Any
 
 import jax  # XLA reads XLA_FLAGS when JAX creates its first backend, after xla_cpu.configure
 
-from examples.mnist import config as config_lib
 from examples.mnist import input_pipeline, train, xla_cpu
 from examples.mnist.checkpoints import CheckpointError
-from examples.mnist.config import Config
+from examples.mnist.config import Config, number, problem
 from examples.mnist.workdir_lock import WorkdirBusy
 
 
@@ -47,7 +46,7 @@ def _add(group: Any, name: str, help: str, parse: Callable = str, **kwargs: Any)
     if parse is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
-        kwargs["type"] = _checked(parse, lambda value: config_lib.problem(name, value))
+        kwargs["type"] = _checked(parse, lambda value: problem(name, value))
     group.add_argument("--" + name.replace("_", "-"), help=help, **kwargs)
 
 
@@ -94,10 +93,10 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "overwrite", "delete the run in --workdir and start afresh", bool)
     group = parser.add_argument_group("this process")
     tuning = f"leave XLA:CPU's defaults (a CPU run adds {xla_cpu.CPU_TUNING} to XLA_FLAGS: "
-    tuning += "from jaxlib 0.10 the CNN trains 1.4x faster)"
+    tuning += "from jaxlib 0.10 the CNN trains 1.4x faster). Tuning: %(default)s"
     group.add_argument("--no-cpu-tuning", dest="cpu_tuning", action="store_false", help=tuning)
     group.add_argument("--coordinator-address", metavar="HOST:PORT", help="for jax.distributed")
-    count = lambda low: _checked(int, lambda n: config_lib.number(n, low, integer=True))
+    count = lambda low: _checked(int, lambda n: number(n, low, integer=True))
     group.add_argument("--num-processes", type=count(1), help="for jax.distributed")
     group.add_argument("--process-id", type=count(0), help="for jax.distributed")
 

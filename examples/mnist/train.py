@@ -69,7 +69,8 @@ def train_chunk(model, optimizer, metrics, images, labels, order, start, *, mesh
         batch = _sharded(mesh, images[idx], labels[idx])
         losses.append(train_step(model, optimizer, metrics, *batch))
     state = nnx.state((model, optimizer, metrics))
-    nnx.update((model, optimizer, metrics), jax.lax.with_sharding_constraint(state, P()))
+    replicated = NamedSharding(mesh, P())
+    nnx.update((model, optimizer, metrics), jax.lax.with_sharding_constraint(state, replicated))
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     return jnp.stack(losses), jnp.all(jnp.stack([jnp.isfinite(p).all() for p in params]))
 
