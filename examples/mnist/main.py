@@ -26,15 +26,15 @@ def _ints(text: str) -> tuple[int, ...]:
 _EXPECTED = {int: "a valid int", float: "a valid float", _ints: "comma-separated integers"}
 
 
-def _checked(parse: Callable[[str], Any], problem: Callable[[Any], str | None]) -> Callable:
-    """An argparse ``type``: the text parsed, then refused with ``problem``'s message if any."""
+def _checked(parse: Callable[[str], Any], check: Callable[[Any], str | None]) -> Callable:
+    """An argparse ``type``: the text parsed, then refused with ``check``'s message if any."""
 
     def parse_and_check(text: str) -> Any:
         try:
             value = parse(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {_EXPECTED[parse]}") from None
-        if message := problem(value):
+        if message := check(value):
             raise argparse.ArgumentTypeError(message)
         return value
 
