@@ -68,7 +68,7 @@ def check_maps(state: ScaleByRmsState) -> None:
         raise ValueError(
             "This quantized optimizer state has no `maps` field (it is None): it was saved "
             "by optax_rmsprop 0.1 or 0.2, whose 8-bit and 4-bit codes index other maps, and "
-            "read on today's its codes would mean other values. Convert it with "
+            "read on today's maps its codes would mean other values. Convert it with "
             "`optax_rmsprop.dequantize_state` of the version that saved it, and save that "
             "(or start the optimizer state afresh)."
         )
