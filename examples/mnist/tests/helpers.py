@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,9 +56,10 @@ def metrics(workdir: str, drop=("examples_per_sec",)) -> list[dict]:
 def start_and_wait_for_checkpoint(
     *flags: str, workdir: str, min_step: int, timeout: float = 300
 ) -> subprocess.Popen:
-    """Starts the trainer and returns once it has a checkpoint at ``min_step`` or later.
+    """Starts the trainer and stops it (SIGSTOP) once it has a checkpoint at ``min_step`` or later.
 
-    The process is still running then (the caller stops it); its stderr is a pipe.
+    The process is alive but paused then, so a fast machine cannot finish the run before the
+    caller signals it (SIGKILL, or SIGTERM then SIGCONT); its stderr is a pipe.
     """
     proc = subprocess.Popen(
         trainer_command(*flags, "--workdir", workdir),
@@ -72,8 +74,9 @@ def start_and_wait_for_checkpoint(
     while time.time() < deadline and proc.poll() is None:
         steps = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
         if steps and max(steps) >= min_step:
+            proc.send_signal(signal.SIGSTOP)
             return proc
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.kill()
     raise AssertionError(
         f"the run ended or stalled before step {min_step}: {proc.communicate()[1]}"

@@ -161,7 +161,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, straight_run):
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"is in use by another run (pid {proc.pid} on" in second.stderr
     assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # a paused process dies at once
     proc.wait()
     assert not (killed / "summary.json").exists()
 
@@ -176,7 +176,8 @@ def test_sigterm_saves_where_it_stopped_and_resumes_bitwise(tmp_path, straight_r
     workdir = tmp_path / "preempted"
     proc = helpers.start_and_wait_for_checkpoint(*RESUMABLE, workdir=str(workdir), min_step=16)
     sent = time.perf_counter()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # delivered when the paused run continues
+    proc.send_signal(signal.SIGCONT)
     stderr = proc.communicate(timeout=120)[1]
     print(f"SIGTERM to exit: {time.perf_counter() - sent:.2f} s")  # reported, not asserted
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
