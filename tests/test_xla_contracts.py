@@ -98,12 +98,8 @@ def test_init_writes_constant_codes_without_quantizing(state_dtype):
 
 @pytest.mark.parametrize("state_dtype", STATES)
 def test_the_quantized_step_stays_a_small_graph(state_dtype):
-    # Compile time follows the graph's size. The arithmetic codec costs about
-    # two hundred StableHLO operations per quantized buffer, and the momentum
-    # buffer's passes compute the scaled gradient for themselves (29x float32
-    # state's whole step for 8 bits, 18x for 4; a table codec took half as many,
-    # but writes the decoded state out on CPU; the first codec took 35 s to
-    # compile 200 leaves, 38x float32 state). The bound catches a blow-up.
+    # Compile time follows the graph's size (29x float32's for int8 with momentum, 18x for
+    # int4; docs/design_notes.md has the codecs' history): the bound catches a blow-up.
     def size(state_dtype):
         params = {"w": jax.ShapeDtypeStruct((64, 1024), F32)}
         tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)

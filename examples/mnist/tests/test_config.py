@@ -81,11 +81,6 @@ def test_replace_is_checked_too():
         dataclasses.replace(Config(), epochs=0)
 
 
-def test_good_values_are_kept():
-    config = Config(epochs=1, learning_rate=1, momentum=0.9, max_steps=None, dataset="kmnist")
-    assert (config.epochs, config.learning_rate, config.momentum) == (1, 1, 0.9)
-
-
 # A setting that changes the optimisation, and one that changes only how it runs.
 OPTIMISATION_CHANGES = [
     ("learning_rate", 1e-2),
