@@ -3,27 +3,16 @@
     python -m benchmarks.accelerator [--small] [--out DIR] [--mnist-dir DIR]
                                      [--budget-s 420] [--skip PART ...]
 
-One command for a GPU, a TPU or the CPU. Its parts, in this order:
-
-1. ``tests``: the library's fast correctness tests (reference, dtypes,
-   composition, sharding; ``--test-files`` names others) in a child pytest.
-2. ``memory``: the step's temporaries and peak by state precision and option
-   set, from XLA's buffer assignment (``state_precision.peak_memory``).
-3. ``precision``: the step on one leaf with float32, bfloat16, int8 and int4
-   state, plain and with momentum: state bytes, XLA's bytes, time over float32
-   state's and fraction of the memory roofline (``state_precision.measure_jax``).
-4. ``steps``: the step against ``optax.rmsprop`` and the roofline for N of 1e6
-   to 1e9 in 1 and 1,000 leaves (``optimizer_step.measure``).
-5. ``compile``: compile and init time by state precision
-   (``compile_time.measure_precisions``).
-6. ``trainer``: the MNIST trainer's command line, 3 epochs (real MNIST from
-   ``--mnist-dir``, else what the trainer finds).
-
-A part that would not finish in what is left of ``--budget-s`` is skipped, and
-one that fails is recorded, the others still run. ``accelerator.{json,md}`` go to
-``--out`` (default ``$OUT``, else ``benchmarks/results/accelerator-<backend>``)
-after every part, so a time-out still leaves results. ``--small`` is the CPU
-mode CI runs, so that the command cannot rot between sessions with a device.
+One command for a GPU, a TPU or the CPU. Its parts, in order: ``tests`` (the fast
+correctness tests in a child pytest; ``--test-files`` names others), ``memory`` (the
+step's peak by state precision, :func:`state_precision.peak_memory`), ``precision``
+(the step per state precision, :func:`state_precision.measure_jax`), ``steps`` (N of
+1e6 to 1e9 in 1 and 1,000 leaves, :func:`optimizer_step.measure`), ``compile``
+(:func:`compile_time.measure_precisions`) and ``trainer`` (the MNIST trainer's command
+line, 3 epochs). A part that would not finish in what is left of ``--budget-s`` is
+skipped, one that fails is recorded and the others still run; the results are written
+after every part (to ``$OUT`` by default), so a time-out still leaves them. ``--small``
+is the CPU mode CI runs, so that the command cannot rot between sessions with a device.
 """
 
 from __future__ import annotations
@@ -49,20 +38,17 @@ TEST_FILES = [
 # part -> (seconds it needs to be started, full mode; --small)
 NEEDS = {"tests": (60, 5), "memory": (30, 5), "precision": (60, 5), "steps": (120, 5)}
 NEEDS |= {"compile": (60, 5), "trainer": (60, 5)}
+OUTCOMES = ("failures", "errors", "skipped")  # junit's counts besides "tests"
 
 
 def run_tests(out: str, files: list[str], timeout_s: float) -> dict:
     """Runs ``files`` in a child pytest on this backend; returns its counts."""
     junit = os.path.join(out, "accelerator_tests.xml")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
+    cmd += [f"--junitxml={junit}", *files]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(
-            [*cmd, f"--junitxml={junit}", *files],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     except subprocess.TimeoutExpired:
         tail = [f"pytest did not finish in {timeout_s:.0f} s"]
@@ -70,11 +56,8 @@ def run_tests(out: str, files: list[str], timeout_s: float) -> dict:
     if os.path.exists(junit):
         suite = ET.parse(junit).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-        counts["passed"] = counts["tests"] - sum(
-            counts[k] for k in ("failures", "errors", "skipped")
-        )
-        result.update(counts)
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", *OUTCOMES)}
+        result |= counts | {"passed": counts["tests"] - sum(counts[k] for k in OUTCOMES)}
     return result
 
 
@@ -121,13 +104,8 @@ def to_markdown(payload: dict) -> str:
         if not isinstance(section, dict | list) or "error" in section:
             lines.append(f"Not measured: {section}")
         elif name == "tests":
-            lines.append(
-                f"{', '.join(map(os.path.basename, section['files']))}: "
-                + ", ".join(
-                    f"{section.get(k, '?')} {k}"
-                    for k in ("passed", "failures", "errors", "skipped")
-                )
-            )
+            counts = ", ".join(f"{section.get(k, '?')} {k}" for k in ("passed", *OUTCOMES))
+            lines.append(f"{', '.join(map(os.path.basename, section['files']))}: {counts}")
         elif name == "memory":
             lines += state_precision.peak_memory_markdown(section["rows"], section["shape"])
         elif name == "precision":
@@ -150,9 +128,8 @@ def to_markdown(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny sizes, a few trainer steps (CI)")
-    ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for the JSON and table")
+    ap = common.parser(__doc__, "tiny sizes, a few trainer steps")
+    ap.set_defaults(out=os.environ.get("OUT"))
     ap.add_argument("--mnist-dir", default=None, help="real MNIST IDX files for the trainer")
     ap.add_argument("--sizes", type=float, nargs="+", default=None, help="N for the steps part")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")
@@ -164,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or os.path.join(common.RESULTS, f"accelerator-{jax.default_backend()}")
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
-    left = lambda: args.budget_s - (time.perf_counter() - t0)  # noqa: E731
+    left = lambda: args.budget_s - (time.perf_counter() - t0)
     payload = {"machine": common.machine(), "small": args.small, "parts": {}, "seconds": {}}
     for name, part in parts(args, left).items():
         if name in args.skip:

@@ -8,8 +8,8 @@ paired ratios; ``write`` puts a benchmark's JSON and Markdown table in
 
 from __future__ import annotations
 
+import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -138,34 +138,35 @@ def time_call(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def paired(contenders: dict[str, Callable[[], object]], rounds: int, per_round: int = 3) -> dict:
-    """Interleaved timing: each round times every contender once (best of ``per_round``).
+def interleaved(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, list]:
+    """Each contender's samples (one per call and round), who goes first rotating.
 
-    A sample is ``k`` back-to-back calls and one wait for the last result, ``k``
-    chosen so that it lasts about 20 ms: launch latency is amortised as in a
-    training loop, and microsecond steps are not drowned in timer jitter. The
-    order rotates from round to round (PyTorch's OpenMP threads spin after a
-    step and slow whatever runs next). Returns per contender the median seconds
-    per call and the per-round samples, for ratios round by round.
+    No contender always runs first: the first warms JAX's caches for the others, and
+    PyTorch's OpenMP threads spin after a step and slow whatever runs next.
     """
-    samples = {name: [] for name in contenders}
-    calls = {name: _calls_per_sample(fn) for name, fn in contenders.items()}
+    samples, names = {name: [] for name in contenders}, list(contenders)
     for r in range(rounds):
-        for name in rotated(list(contenders), r):
-            fn, k = functools.partial(_repeat, contenders[name], calls[name]), calls[name]
-            samples[name].append(min(time_call(fn, per_round)) / k)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(contenders[name]())
+    return samples
+
+
+def paired(contenders: dict[str, Callable[[], object]], rounds: int, per_round: int = 3) -> dict:
+    """Interleaved timing: per contender, the median seconds per call and the per-round samples.
+
+    A sample is the best of ``per_round`` runs of ``k`` back-to-back calls and one
+    wait for the last result, ``k`` chosen so that a run lasts about 20 ms: launch
+    latency is amortised as in a training loop, and timer jitter does not drown
+    microsecond steps.
+    """
+
+    def sampler(fn: Callable[[], object]) -> Callable[[], float]:
+        once = min(time_call(lambda: _repeat(fn, 1), 3))
+        k = max(1, min(2000, round(0.02 / max(once, 1e-7))))
+        return lambda: min(time_call(lambda: _repeat(fn, k), per_round)) / k
+
+    samples = interleaved({name: sampler(fn) for name, fn in contenders.items()}, rounds)
     return {name: {"median_s": statistics.median(s), "samples": s} for name, s in samples.items()}
-
-
-def rotated(names: list[str], r: int) -> list[str]:
-    """``names`` starting from the ``r``-th (mod len): who goes first changes every round."""
-    r %= len(names)
-    return names[r:] + names[:r]
-
-
-def _calls_per_sample(fn: Callable[[], object], target_s: float = 0.02) -> int:
-    once = min(time_call(functools.partial(_repeat, fn, 1), 3))
-    return max(1, min(2000, round(target_s / max(once, 1e-7))))
 
 
 def _repeat(fn: Callable[[], object], k: int) -> None:
@@ -174,14 +175,32 @@ def _repeat(fn: Callable[[], object], k: int) -> None:
     jax.block_until_ready(out)
 
 
-def ratio(result: dict, a: str, b: str) -> float:
-    """Median over rounds of time(a) / time(b)."""
-    return statistics.median(
-        x / y for x, y in zip(result[a]["samples"], result[b]["samples"], strict=True)
+def ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of ``a / b``, round by round (paired: machine drift cancels)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+# -- command line and output --------------------------------------------------
+def parser(doc: str, small: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``--small`` (what it shrinks: ``small``) and ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help=f"{small} (a check that it runs)")
+    ap.add_argument("--out", default=None, help="folder for the results (else benchmarks/results)")
+    return ap
+
+
+def measured(m: dict) -> str:
+    """The sentence that opens a table: when, on what, with which versions."""
+    torch = f", torch {m['torch']}" if "torch" in m else ""
+    device = (
+        m["backend"] if m["device_kind"] == m["backend"] else f"{m['device_kind']} ({m['backend']})"
+    )
+    return (
+        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), {device}, "
+        f"JAX {m['jax']}, optax {m['optax']}{torch}."
     )
 
 
-# -- output ------------------------------------------------------------------
 def machine() -> dict:
     """The date, host, versions and devices a result was measured with."""
     device = jax.devices()[0]
@@ -219,12 +238,11 @@ def _cpu_model() -> str | None:
     """The CPU's model name from /proc/cpuinfo (Linux), e.g. 'AMD EPYC'."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None
+            )
     except OSError:
-        pass
-    return None
+        return None
 
 
 def markdown_table(header: list[str], rows: list[list]) -> list[str]:

@@ -6,24 +6,18 @@
 1. **Leaves.** One step over 10 ... 5,000 leaves of 64 float32 parameters,
    ``optax_rmsprop.rmsprop`` against ``optax.rmsprop`` with the same settings,
    plain and with momentum.
-2. **State precision.** One step with momentum 0.9 over 200 leaves of
-   64 x 1024, with float32, bfloat16, int8 and int4 state.
-3. **Init.** ``tx.init`` of one 4096 x 4096 parameter per state precision:
-   jitted (``jax.jit(tx.init)(params)``: trace, compile and run) and eager.
+2. **State precision.** One step with momentum 0.9 over 200 leaves of 64 x 1024,
+   with float32, bfloat16, int8 and int4 state.
+3. **Init.** ``tx.init`` of one 4096 x 4096 parameter per state precision,
+   jitted (trace, compile and run) and eager.
 
-A measurement traces, lowers and compiles a fresh function (a fresh
-transformation each time: no cache hits on the step itself), from shapes alone
-(``jax.eval_shape`` gives the state's; nothing is initialised). One discarded
-round first warms JAX's own caches (jitted ``jnp`` helpers, keyed by shape) so
-that whoever runs first does not pay for everyone, and the order of the
-contenders rotates from repeat to repeat. ``--small`` shrinks every size (the
-check that the command runs). Writes benchmarks/results/compile_time.{json,md}
-(or to ``--out``).
+Each measurement compiles a fresh transformation's step from shapes alone (no cache
+hits, nothing initialised), after one discarded round that warms JAX's shape-keyed
+caches for every contender alike; the order rotates from repeat to repeat.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
@@ -43,7 +37,7 @@ LEAF_MAKERS = {
     "optax_rmsprop momentum": lambda: optax_rmsprop.rmsprop(1e-3, momentum=0.9),
     "optax momentum": lambda: optax.rmsprop(1e-3, eps_in_sqrt=False, momentum=0.9),
 }
-SIZES = {  # (step: leaves, leaf shape; init: shape), full and --small
+SIZES = {  # step: (leaves, leaf shape), init: shape; full and --small
     False: {"step": (200, (64, 1024)), "init": (4096, 4096)},
     True: {"step": (10, (64, 1024)), "init": (512, 512)},
 }
@@ -71,19 +65,6 @@ def init_seconds(make_tx, shape: tuple[int, ...], jitted: bool) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, list]:
-    """Each contender's samples (each call returns one), interleaved, who goes first rotating."""
-    samples = {name: [] for name in contenders}
-    for r in range(repeats):
-        for name in common.rotated(list(contenders), r):
-            samples[name].append(contenders[name]())
-    return samples
-
-
-def paired_ratio(samples: dict[str, list], a: str, b: str) -> float:
-    return statistics.median(x / y for x, y in zip(samples[a], samples[b], strict=True))
-
-
 def measure_leaves(leaf_counts: list[int], repeats: int) -> list[dict]:
     rows = []
     for leaves in leaf_counts:
@@ -92,10 +73,10 @@ def measure_leaves(leaf_counts: list[int], repeats: int) -> list[dict]:
             name: functools.partial(compile_seconds, make, leaves)
             for name, make in LEAF_MAKERS.items()
         }
-        samples = interleaved(contenders, r)
-        row = {"leaves": leaves, **{name: statistics.median(s) for name, s in samples.items()}}
-        row["ratio"] = paired_ratio(samples, "optax_rmsprop", "optax")
-        row["ratio_momentum"] = paired_ratio(samples, "optax_rmsprop momentum", "optax momentum")
+        s = common.interleaved(contenders, r)
+        row = {"leaves": leaves, **{name: statistics.median(x) for name, x in s.items()}}
+        row["ratio"] = common.ratio(s["optax_rmsprop"], s["optax"])
+        row["ratio_momentum"] = common.ratio(s["optax_rmsprop momentum"], s["optax momentum"])
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -105,30 +86,19 @@ def measure_precisions(
     leaves: int, shape: tuple[int, ...], init_shape: tuple[int, ...], repeats: int
 ) -> dict:
     """Per state precision: the step's compile (with momentum) and init, interleaved."""
-    compiles = interleaved(
-        {
-            name: functools.partial(
-                compile_seconds, precision_maker(dtype, momentum=0.9), leaves, shape
-            )
-            for name, dtype in PRECISIONS.items()
-        },
-        repeats,
-    )
-    inits = interleaved(
-        {
-            f"{name} {how}": functools.partial(
-                init_seconds, precision_maker(dtype), init_shape, how == "jit"
-            )
-            for name, dtype in PRECISIONS.items()
-            for how in ("jit", "eager")
-        },
-        repeats,
-    )
+    steps, inits = {}, {}
+    for name, dtype in PRECISIONS.items():
+        make = precision_maker(dtype, momentum=0.9)
+        steps[name] = functools.partial(compile_seconds, make, leaves, shape)
+        for how in ("jit", "eager"):
+            make = precision_maker(dtype)
+            inits[f"{name} {how}"] = functools.partial(init_seconds, make, init_shape, how == "jit")
+    compiles, inits = common.interleaved(steps, repeats), common.interleaved(inits, repeats)
     rows = [
         {
             "state": name,
             "compile_s": statistics.median(compiles[name]),
-            "compile_over_float32": paired_ratio(compiles, name, "float32"),
+            "compile_over_float32": common.ratio(compiles[name], compiles["float32"]),
             "jit_init_s": statistics.median(inits[f"{name} jit"]),
             "eager_init_s": statistics.median(inits[f"{name} eager"]),
         }
@@ -140,22 +110,9 @@ def measure_precisions(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--leaves",
-        type=int,
-        nargs="+",
-        default=None,
-        help="leaf counts for part 1 (default 10 100 1000 2000 5000; small: 10 100)",
-    )
-    ap.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="per measurement (default 4, halved from 2,000 leaves up; small: 1)",
-    )
-    ap.add_argument("--small", action="store_true", help="small sizes, one repeat (a check)")
-    ap.add_argument("--out", default=None, help="folder for the JSON and table")
+    ap = common.parser(__doc__, "10 and 100 leaves, a 10-leaf precision step, one repeat")
+    ap.add_argument("--leaves", type=int, nargs="+", help="part 1 (default 10 ... 5000)")
+    ap.add_argument("--repeats", type=int, help="per measurement (default 4, 2 from 2000 leaves)")
     args = ap.parse_args(argv)
     leaf_counts = args.leaves or ([10, 100] if args.small else [10, 100, 1000, 2000, 5000])
     repeats = args.repeats or (1 if args.small else 4)
@@ -175,27 +132,28 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def to_markdown(payload: dict) -> str:
-    m, p = payload["machine"], payload["precisions"]
-    md = [
-        f"Measured {m['date']}, JAX {m['jax']}, optax {m.get('optax')}, {m['cpus']} CPU cores"
-        f"{' (small mode)' if payload['small'] else ''}. "
-        "Median seconds to trace, lower and compile one step.",
-        "",
-        "| leaves | optax_rmsprop (s) | optax (s) | ratio | with momentum: ours (s) | optax (s) | ratio |",
-        "|---|---|---|---|---|---|---|",
+    small = " Small mode." if payload["small"] else ""
+    rows = [
+        [r["leaves"], *(f"{r[k]:.3f}" for k in ("optax_rmsprop", "optax")), f"{r['ratio']:.2f}"]
+        + [f"{r[k]:.3f}" for k in ("optax_rmsprop momentum", "optax momentum")]
+        + [f"{r['ratio_momentum']:.2f}"]
+        for r in payload["rows"]
     ]
-    for r in payload["rows"]:
-        md.append(
-            f"| {r['leaves']} | {r['optax_rmsprop']:.3f} | {r['optax']:.3f} | {r['ratio']:.2f} "
-            f"| {r['optax_rmsprop momentum']:.3f} | {r['optax momentum']:.3f} "
-            f"| {r['ratio_momentum']:.2f} |"
-        )
-    md += ["", *precisions_markdown(p)]
+    header = ["leaves", "optax_rmsprop (s)", "optax (s)", "ratio"]
+    header += ["with momentum: ours (s)", "optax (s)", "ratio"]
+    md = [
+        f"{common.measured(payload['machine'])}{small} Median seconds to trace, lower and "
+        "compile one step; ratios: medians of per-repeat ratios.",
+        "",
+        *common.markdown_table(header, rows),
+        "",
+        *precisions_markdown(payload["precisions"]),
+    ]
     return "\n".join(md) + "\n"
 
 
 def precisions_markdown(p: dict) -> list[str]:
-    """The lines of the by-precision table (:func:`measure_precisions`' result)."""
+    """The by-precision table's lines (:func:`measure_precisions`' result)."""
     step = " x ".join(map(str, p["step_shape"]))
     init = " x ".join(map(str, p["init_shape"]))
     return [
@@ -206,7 +164,8 @@ def precisions_markdown(p: dict) -> list[str]:
         *common.markdown_table(
             ["state", "step compile (s)", "/ float32", "jitted init (s)", "eager init (s)"],
             [
-                [r["state"], f"{r['compile_s']:.3f}", f"{r['compile_over_float32']:.2f}"]
+                [r["state"], f"{r['compile_s']:.3f}"]
+                + [f"{r['compile_over_float32']:.2f}"]
                 + [f"{r['jit_init_s']:.3f}", f"{r['eager_init_s']:.3f}"]
                 for r in p["rows"]
             ],

@@ -2,27 +2,20 @@
 
     python -m benchmarks.fidelity [--small] [--decays 0.99 0.999 0.9999] [--out DIR]
 
-Two models train with float32 state, ``optax_rmsprop.rmsprop(1e-3, decay)``: the
-MNIST CNN of Flax's example on the real-MNIST sample in ``examples/mnist/data``,
-and a character-level transformer (2 blocks, d_model 64, context 64) on the
-repository's own ``README.md`` and ``docs/*.md``. At every step the same
-gradients feed shadow states, ``optax_rmsprop.scale_by_rms(decay, 1e-8,
-state_dtype=X)`` for float32, bfloat16, float16, int8 and int4; each shadow's
-update is ``g / denom``. The per-coordinate ratio of a shadow's update to the
-float32 shadow's (where that is nonzero and finite) is pooled, at every
-10th step, into a histogram of log2(ratio) (bins of 0.14%), one per
-third of the run; the tables give the last third's median and 5th and 95th
-percentiles, per layer of at least 4,096 parameters (the quantized ones, by
-the default ``min_quantized_size``), against issue #30's targets. A step and its
-shadows are one jitted call, compiled once per model (the decay is traced). ``--small``
-(CI) runs few steps with a small batch. Writes
-benchmarks/results/fidelity.{json,md} (or to ``--out``).
+Two models train with float32 state, ``optax_rmsprop.rmsprop(1e-3, decay)``: the MNIST
+CNN of Flax's example on the bundled real-MNIST sample, and a character-level
+transformer (2 blocks, d_model 64, context 64) on the repository's README.md and
+docs/*.md. At every step the same gradients feed shadow states,
+``optax_rmsprop.scale_by_rms(decay, 1e-8, state_dtype=X)`` for float32, bfloat16,
+float16, int8 and int4. Every 10th step, the per-coordinate ratio of each shadow's
+update ``g / denom`` to the float32 shadow's goes into a histogram of log2(ratio),
+one per third of the run; the tables give the last third's median and 5th and 95th
+percentiles per layer of at least 4,096 parameters (those the library quantizes by
+default), against issue #30's targets.
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import pathlib
 import time
 
@@ -33,6 +26,7 @@ import optax
 
 import optax_rmsprop
 from benchmarks import common
+from examples.mnist import idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STATES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "int8": "int8", "int4": "int4"}
@@ -48,24 +42,11 @@ SMALL = {"steps": {0.99: 120, 0.999: 120, 0.9999: 120}, "every": 10, "batch": 8}
 
 
 # -- data --------------------------------------------------------------------
-def read_idx(path: pathlib.Path) -> np.ndarray:
-    """A gzipped IDX file (big-endian header: magic, then one uint32 per dimension)."""
-    raw = gzip.decompress(path.read_bytes())
-    ndim = raw[3]
-    dims = np.frombuffer(raw, ">u4", ndim, 4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def mnist() -> dict:
-    data = ROOT / "examples" / "mnist" / "data"
-    images = read_idx(data / "train-images-idx3-ubyte.gz")[..., None] / np.float32(255)
-    test = read_idx(data / "t10k-images-idx3-ubyte.gz")[..., None] / np.float32(255)
-    return {
-        "x": jnp.asarray(images, jnp.float32),
-        "y": jnp.asarray(read_idx(data / "train-labels-idx1-ubyte.gz"), jnp.int32),
-        "test_x": jnp.asarray(test, jnp.float32),
-        "test_y": jnp.asarray(read_idx(data / "t10k-labels-idx1-ubyte.gz"), jnp.int32),
-    }
+    """The bundled real-MNIST sample: images (N, 28, 28, 1) in [0, 1], int32 labels."""
+    (x, y), (test_x, test_y) = (idx.load_split(idx.SAMPLE_DIR, s) for s in ("train", "test"))
+    data = {"x": x / np.float32(255), "y": y, "test_x": test_x / np.float32(255), "test_y": test_y}
+    return jax.tree.map(jnp.asarray, data)
 
 
 def text() -> tuple[dict, int]:
@@ -77,22 +58,23 @@ def text() -> tuple[dict, int]:
 
 
 # -- models (plain JAX; Flax's layouts: HWIO convolutions, (in, out) dense kernels) --
-def dense(key, fan_in: int, fan_out: int) -> dict:
-    kernel = jax.random.normal(key, (fan_in, fan_out)) / np.sqrt(fan_in)  # lecun normal
-    return {"kernel": kernel, "bias": jnp.zeros(fan_out)}
+def layer(key, *shape: int) -> dict:
+    """A lecun-normal kernel of ``shape`` (fan-in: all but its last axis) and a zero bias."""
+    kernel = jax.random.normal(key, shape) / np.sqrt(np.prod(shape[:-1]))
+    return {"kernel": kernel, "bias": jnp.zeros(shape[-1])}
+
+
+def affine(p: dict, x: jax.Array) -> jax.Array:
+    return x @ p["kernel"] + p["bias"]
 
 
 def cnn_init(key) -> dict:
     k = jax.random.split(key, 4)
-    conv = lambda key, i, o: {  # noqa: E731
-        "kernel": jax.random.normal(key, (3, 3, i, o)) / np.sqrt(9 * i),
-        "bias": jnp.zeros(o),
-    }
     return {
-        "conv1": conv(k[0], 1, 32),
-        "conv2": conv(k[1], 32, 64),
-        "dense1": dense(k[2], 7 * 7 * 64, 256),
-        "dense2": dense(k[3], 256, 10),
+        "conv1": layer(k[0], 3, 3, 1, 32),
+        "conv2": layer(k[1], 3, 3, 32, 64),
+        "dense1": layer(k[2], 7 * 7 * 64, 256),
+        "dense2": layer(k[3], 256, 10),
     }
 
 
@@ -104,8 +86,7 @@ def cnn_logits(p: dict, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(x + p[name]["bias"])
         n, h, w, c = x.shape
         x = x.reshape(n, h // 2, 2, w // 2, 2, c).mean((2, 4))  # avg_pool 2x2, stride 2
-    x = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["dense1"]["kernel"] + p["dense1"]["bias"])
-    return x @ p["dense2"]["kernel"] + p["dense2"]["bias"]
+    return affine(p["dense2"], jax.nn.relu(affine(p["dense1"], x.reshape(x.shape[0], -1))))
 
 
 def cnn_loss(p: dict, data: dict, key, batch: int) -> jax.Array:
@@ -119,15 +100,15 @@ D, HEADS, CONTEXT, BLOCKS = 64, 4, 64, 2
 
 def lm_init(key, vocab: int) -> dict:
     k = iter(jax.random.split(key, 3 + 4 * BLOCKS))
-    norm = lambda: {"scale": jnp.ones(D), "bias": jnp.zeros(D)}  # noqa: E731
+    norm = lambda: {"scale": jnp.ones(D), "bias": jnp.zeros(D)}
     blocks = [
         {
             "ln1": norm(),
-            "qkv": dense(next(k), D, 3 * D),
-            "proj": dense(next(k), D, D),
+            "qkv": layer(next(k), D, 3 * D),
+            "proj": layer(next(k), D, D),
             "ln2": norm(),
-            "mlp_in": dense(next(k), D, 4 * D),
-            "mlp_out": dense(next(k), 4 * D, D),
+            "mlp_in": layer(next(k), D, 4 * D),
+            "mlp_out": layer(next(k), 4 * D, D),
         }
         for _ in range(BLOCKS)
     ]
@@ -136,7 +117,7 @@ def lm_init(key, vocab: int) -> dict:
         "pos_embed": 0.02 * jax.random.normal(next(k), (CONTEXT, D)),
         "blocks": blocks,
         "ln_f": norm(),
-        "unembed": dense(next(k), D, vocab),  # its last axis is the vocabulary
+        "unembed": layer(next(k), D, vocab),  # its last axis is the vocabulary
     }
 
 
@@ -149,15 +130,15 @@ def lm_logits(p: dict, tokens: jax.Array) -> jax.Array:
     x = p["embed"][tokens] + p["pos_embed"]
     causal = jnp.tril(jnp.ones((CONTEXT, CONTEXT), bool))
     for b in p["blocks"]:
-        q, k, v = jnp.split(layer_norm(b["ln1"], x) @ b["qkv"]["kernel"] + b["qkv"]["bias"], 3, -1)
+        q, k, v = jnp.split(affine(b["qkv"], layer_norm(b["ln1"], x)), 3, -1)
         q, k, v = (t.reshape(*t.shape[:2], HEADS, D // HEADS) for t in (q, k, v))
         att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(D // HEADS)
         att = jax.nn.softmax(jnp.where(causal, att, -1e9), -1)
         y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(x.shape)
-        x = x + y @ b["proj"]["kernel"] + b["proj"]["bias"]
-        h = jax.nn.gelu(layer_norm(b["ln2"], x) @ b["mlp_in"]["kernel"] + b["mlp_in"]["bias"])
+        x = x + y @ b["proj"]["kernel"] + b["proj"]["bias"]  # (x + yW) + b: bit for bit as results/
+        h = jax.nn.gelu(affine(b["mlp_in"], layer_norm(b["ln2"], x)))
         x = x + h @ b["mlp_out"]["kernel"] + b["mlp_out"]["bias"]
-    return layer_norm(p["ln_f"], x) @ p["unembed"]["kernel"] + p["unembed"]["bias"]
+    return affine(p["unembed"], layer_norm(p["ln_f"], x))
 
 
 def lm_loss(p: dict, data: dict, key, batch: int) -> jax.Array:
@@ -196,7 +177,6 @@ def compile_step(loss_fn, params: dict, data: dict, batch: int):
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
     layers = [i for i, (_, leaf) in enumerate(flat) if leaf.size >= MIN_SIZE]
-    path = lambda i: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in flat[i][0])  # noqa: E731
 
     def record(hist, third, out):
         want, bins, counts = jax.tree.leaves(out["float32"]), [], []
@@ -228,12 +208,13 @@ def compile_step(loss_fn, params: dict, data: dict, batch: int):
     t0 = time.perf_counter()
     args = (carry, hist, data, np.float32(0.9), 0, 0, False)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
+    path = lambda i: jax.tree_util.keystr(flat[i][0], simple=True, separator="/")
     names = [(path(i), int(flat[i][1].size)) for i in layers]
     return compiled, (carry, hist), names, time.perf_counter() - t0
 
 
 def train(compiled, start, data: dict, decay: float, steps: int, every: int):
-    """Runs ``steps`` steps, recording every ``every``-th; returns params, histograms, losses, seconds."""
+    """``steps`` steps, every ``every``-th recorded: the params, histograms, losses and seconds."""
     carry, hist = jax.tree.map(jnp.copy, start)  # the start stays for the next decay
     losses, t0 = [], time.perf_counter()
     for t in range(steps):
@@ -265,25 +246,27 @@ def lm_setup(key) -> tuple[dict, dict, object]:
     return lm_init(key, vocab), data, lm_loss
 
 
+def layer_figures(hist: np.ndarray, j: int) -> dict:
+    """Per state: layer ``j``'s percentiles in each third of the run, and in the last alone."""
+    thirds = {
+        state: [percentiles(hist[t, s, j]) for t in range(3)] for s, state in enumerate(STATES)
+    }
+    return {state: {"last_third": t[2], "thirds": t} for state, t in thirds.items()}
+
+
 MODELS = {"MNIST CNN": cnn_setup, "char transformer": lm_setup}
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="few steps, small batch (a check)")
+    ap = common.parser(__doc__, "120 steps at batch 8, decays 0.99 and 0.999")
     ap.add_argument("--decays", type=float, nargs="+", default=None)
-    ap.add_argument("--out", default=None, help="folder for the JSON and table")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", False)  # float32, as users train
     mode = SMALL if args.small else FULL
     decays = args.decays or ([0.99, 0.999] if args.small else [0.99, 0.999, 0.9999])
     payload = {"machine": common.machine(), "small": args.small, "targets": TARGETS, "runs": []}
-    payload["settings"] = {
-        "every": mode["every"],
-        "batch": mode["batch"],
-        "bins": BINS,
-        "log2_range": [LO, HI],
-    }
+    payload["settings"] = {"every": mode["every"], "batch": mode["batch"], "bins": BINS}
+    payload["settings"]["log2_range"] = [LO, HI]
     models = {}
     for model, setup in MODELS.items():
         params, data, loss_fn = setup(jax.random.key(0))
@@ -292,31 +275,19 @@ def main(argv: list[str] | None = None) -> None:
         for model, (data, compiled, start, names, compile_s) in models.items():
             steps = mode["steps"][decay]
             params, hist, losses, run_s = train(compiled, start, data, decay, steps, mode["every"])
-            row = {
-                "model": model,
-                "decay": decay,
-                "steps": steps,
-                "compile_s": compile_s,
-                "run_s": run_s,
+            row = {"model": model, "decay": decay, "steps": steps}
+            row |= {"compile_s": compile_s, "run_s": run_s}
+            row |= {
                 "loss_first_50": float(losses[:50].mean()),
                 "loss_last_50": float(losses[-50:].mean()),
-                "layers": {
-                    name: {
-                        "size": size,
-                        **{
-                            state: {
-                                "last_third": percentiles(hist[2, s, j]),
-                                "thirds": [percentiles(hist[t, s, j]) for t in range(3)],
-                            }
-                            for s, state in enumerate(STATES)
-                        },
-                    }
-                    for j, (name, size) in enumerate(names)
-                },
-                "pooled_thirds": {
-                    state: [percentiles(hist[t, s].sum(0)) for t in range(3)]
-                    for s, state in enumerate(STATES)
-                },
+            }
+            row["layers"] = {
+                name: {"size": size, **layer_figures(hist, j)}
+                for j, (name, size) in enumerate(names)
+            }
+            row["pooled_thirds"] = {
+                state: [percentiles(hist[t, s].sum(0)) for t in range(3)]
+                for s, state in enumerate(STATES)
             }
             if model == "MNIST CNN":
                 logits = cnn_logits(params, data["test_x"])
@@ -343,14 +314,14 @@ def cell(r: dict, state: str) -> str:
 
 
 def to_markdown(payload: dict) -> str:
-    m = payload["machine"]
-    runs = payload["runs"]
+    runs, settings = payload["runs"], payload["settings"]
     lines = [
-        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), JAX {m['jax']}, "
-        f"optax {m.get('optax')}{', --small' if payload['small'] else ''}. Step of each "
-        "low-precision state over float32 state's, per coordinate, on the gradients of "
-        "training with float32 state (lr 1e-3): median (5th–95th percentile) over the last "
-        "third of the steps, per layer of at least 4,096 parameters. Targets (issue #30): "
+        common.measured(payload["machine"])
+        + (" Small mode." if payload["small"] else "")
+        + " Step of each low-precision state over float32 state's, per coordinate, on the "
+        "gradients of training with float32 state (lr 1e-3): median (5th–95th percentile) "
+        "over the last third of the steps, per layer of at least 4,096 parameters. Targets "
+        "(issue #30): "
         "16-bit and int8 median in [0.9, 1.1], 5th >= 0.8, 95th <= 1.25; int4 median in "
         "[0.85, 1.15], 5th >= 0.45, 95th <= 1.7, at decays 0.99 and 0.999"
         + (" (0.9999 shows the trend)" if any(r["decay"] > 0.999 for r in runs) else "")
@@ -359,68 +330,38 @@ def to_markdown(payload: dict) -> str:
         "",
     ]
     rows = [
-        [
-            r["model"],
-            name,
-            f"{layer['size']:,}",
-            r["decay"],
-            *(cell(layer[s]["last_third"], s) for s in STATES),
-        ]
+        [r["model"], name, f"{layer['size']:,}", r["decay"]]
+        + [cell(layer[s]["last_third"], s) for s in STATES]
         for r in runs
         for name, layer in r["layers"].items()
     ]
     rows.sort(key=lambda row: (row[0], row[1], row[3]))
     lines += common.markdown_table(["model", "layer", "params", "decay", *STATES], rows)
+    trend = [
+        [r["model"], r["decay"], r["steps"]]
+        + [" → ".join(figure(t["p50"], 3) for t in r["pooled_thirds"][s]) for s in STATES]
+        for r in runs
+    ]
+    wall = [
+        [r["model"], r["decay"], r["steps"], f"{r['compile_s']:.1f}", f"{r['run_s']:.1f}"]
+        + [f"{1e3 * r['run_s'] / r['steps']:.1f}"]
+        + [f"{r['loss_first_50']:.3f} → {r['loss_last_50']:.3f}"]
+        + [f"{100 * r['test_accuracy']:.2f}%" if "test_accuracy" in r else ""]
+        for r in runs
+    ]
+    head = ["model", "decay", "steps", "compile (s)", "run (s)", "ms / step", "loss"]
     lines += [
         "",
         "The trend: the median over every coordinate of these layers in the first, second and "
         "last third of each run.",
         "",
-        *common.markdown_table(
-            ["model", "decay", "steps", *STATES],
-            [
-                [
-                    r["model"],
-                    r["decay"],
-                    r["steps"],
-                    *(
-                        " → ".join(figure(t["p50"], 3) for t in r["pooled_thirds"][s])
-                        for s in STATES
-                    ),
-                ]
-                for r in runs
-            ],
-        ),
+        *common.markdown_table(["model", "decay", "steps", *STATES], trend),
         "",
-        f"Wall time (batch {payload['settings']['batch']}; one jitted call per step, the training step "
-        f"with the five shadow states; the histograms every {payload['settings']['every']}th step), "
+        f"Wall time (batch {settings['batch']}; one jitted call per step, the training step "
+        f"with the five shadow states; the histograms every {settings['every']}th step), "
         "and the training loss (mean over the first and the last 50 steps).",
         "",
-        *common.markdown_table(
-            [
-                "model",
-                "decay",
-                "steps",
-                "compile (s)",
-                "run (s)",
-                "ms / step",
-                "loss",
-                "test accuracy",
-            ],
-            [
-                [
-                    r["model"],
-                    r["decay"],
-                    r["steps"],
-                    f"{r['compile_s']:.1f}",
-                    f"{r['run_s']:.1f}",
-                    f"{1e3 * r['run_s'] / r['steps']:.1f}",
-                    f"{r['loss_first_50']:.3f} → {r['loss_last_50']:.3f}",
-                    f"{100 * r['test_accuracy']:.2f}%" if "test_accuracy" in r else "",
-                ]
-                for r in runs
-            ],
-        ),
+        *common.markdown_table([*head, "test accuracy"], wall),
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,22 +3,18 @@
     python -m benchmarks.optimizer_step [--sizes 1e4 1e5 1e6 1e7] [--leaves 1 200 2000]
                                         [--rounds 7] [--no-torch] [--small] [--out DIR]
 
-For N float32 parameters split into 1, 200 or 2,000 leaves it times
-``optax_rmsprop.rmsprop`` with float32 and with bfloat16 state,
-``optax.rmsprop`` with the same settings, a second, separately jitted
-``optax.rmsprop`` (an A/A control: its ratio to the first is this machine's
-noise), ``torch.optim.RMSprop`` (foreach on and off; on CPU, when installed)
-and the memory roofline in the same process: a donated ``p + g`` over the same
-leaves (12 bytes per parameter), scaled to the bytes a step must move (20 for
-float32 state: read p, g, nu; write p, nu). Rounds interleave the contenders;
-ratios are medians of per-round ratios. Beside the times, XLA's deterministic
-figures for each compiled step: bytes accessed and kernels. Writes
-``optimizer_step.{json,md,png}`` to benchmarks/results/ (or ``--out``).
+For N float32 parameters in 1, 200 or 2,000 leaves, in interleaved rounds:
+``optax_rmsprop.rmsprop`` with float32 and bfloat16 state, ``optax.rmsprop`` with
+the same settings, a second, separately jitted ``optax.rmsprop`` (the A/A control:
+its ratio to the first is this machine's noise), ``torch.optim.RMSprop`` (foreach
+and for-loop; CPU, when installed), and the memory roofline: a donated ``p + g``
+(12 bytes per parameter) scaled to the bytes the step must move (20 for float32
+state: read p, g, nu; write p, nu). Beside each time, XLA's deterministic figures
+for the compiled step: bytes accessed and kernels. Also plots the roofline fractions.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import jax
@@ -68,7 +64,7 @@ def measure(n: int, count: int, rounds: int, torch: bool = False) -> list[dict]:
     rows = []
     for name in contenders:
         row = {"n": n, "leaves": count, "contender": name, **timing[name]}
-        row["over_optax"] = common.ratio(timing, name, "optax")
+        row["over_optax"] = common.ratio(timing[name]["samples"], timing["optax"]["samples"])
         if name in steppers:
             need = CONTENDERS[name][1]
             row["bytes_per_param"] = need
@@ -82,34 +78,24 @@ def measure(n: int, count: int, rounds: int, torch: bool = False) -> list[dict]:
 
 def markdown(rows: list[dict], header: bool = True) -> str:
     """The table of :func:`measure`'s rows: one line per contender."""
-    cells = []
-    for r in rows:
-        fraction, xla = r.get("roofline_fraction"), r.get("xla_bytes")
-        cells.append(
-            [
-                f"{r['n']:.0e}",
-                r["leaves"],
-                r["contender"],
-                f"{1e6 * r['median_s']:,.1f}",
-                f"{r['over_optax']:.2f}",
-                "" if fraction is None else f"{fraction:.2f}",
-                "" if xla is None else f"{xla:.1f}",
-                r.get("kernels", ""),
-            ]
-        )
+    blank = lambda r, key, spec: "" if key not in r else format(r[key], spec)
+    cells = [
+        [f"{r['n']:.0e}", r["leaves"], r["contender"], f"{1e6 * r['median_s']:,.1f}"]
+        + [f"{r['over_optax']:.2f}", blank(r, "roofline_fraction", ".2f")]
+        + [blank(r, "xla_bytes", ".1f"), r.get("kernels", "")]
+        for r in rows
+    ]
     head = ["N", "leaves", "contender", "time (us)", "/ optax", "of roofline"]
     lines = common.markdown_table([*head, "XLA bytes / param", "kernels"], cells)
     return "\n".join(lines if header else lines[2:])
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__, "N of 1e4 and 1e5 in 1 and 10 leaves, 2 rounds")
     ap.add_argument("--sizes", type=float, nargs="+", default=None, help="parameter counts")
     ap.add_argument("--leaves", type=int, nargs="+", default=None, help="leaf counts")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7)")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    ap.add_argument("--small", action="store_true", help="small sizes, 2 rounds (a check)")
-    ap.add_argument("--out", default=None, help="folder for the JSON, table and plot")
     args = ap.parse_args(argv)
     sizes = args.sizes or ([1e4, 1e5] if args.small else [1e4, 1e5, 1e6, 1e7])
     leaves = args.leaves or ([1, 10] if args.small else [1, 200, 2000])
@@ -124,12 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     m = common.machine()
     md = (
-        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), {m['device_kind']}, "
-        f"JAX {m['jax']} ({m['backend']}), optax {m['optax']}, torch {m.get('torch', 'n/a')}. "
-        "Median time per step; `/ optax`: median of per-round ratios (`optax again` is the "
-        "A/A control); roofline: a donated `p + g` over the same leaves, scaled to the bytes "
-        "the step must move; XLA bytes and kernels: the compiled step's cost analysis and "
-        "entry computation.\n\n" + markdown(rows) + "\n"
+        f"{common.measured(m)} Median time per step; `/ optax`: median of per-round ratios "
+        "(`optax again` is the A/A control); roofline: a donated `p + g` over the same leaves, "
+        "scaled to the bytes the step must move; XLA bytes and kernels: the compiled step's "
+        "cost analysis and entry computation.\n\n" + markdown(rows) + "\n"
     )
     common.write("optimizer_step", {"machine": m, "rows": rows}, md, args.out)
     plot(rows, os.path.join(args.out or common.RESULTS, "optimizer_step.png"))

@@ -1,35 +1,21 @@
-"""State precision: memory, bytes moved, step time and accuracy of float32, bfloat16, int8 and int4 state.
+"""State precision: memory, bytes moved, step time and accuracy of float32/bfloat16/int8/int4 state.
 
     python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR] [--small] [--out DIR]
 
-For one 4096 x 4096 float32 parameter (16.8M) and ``optax_rmsprop.rmsprop``
-(plain, and with momentum 0.9) it records, per state precision:
-
-* state bytes per parameter (the RMS state alone, and the whole state), from the arrays;
-* the bytes XLA's cost analysis counts for one compiled, donated step;
-* the step time, interleaved with the other precisions, median of rounds, and
-  its fraction of the memory roofline (a donated ``p + g`` in the same rounds).
-
-The step's memory at its peak, from XLA's own buffer assignment
-(``compiled.memory_analysis()``, deterministic): for one jitted, donated step
-over 4 leaves of 2048 x 2048, plain, with momentum and centered with momentum,
-the temporaries and the peak (arguments, outputs and temporaries less the
-outputs that reuse donated buffers) in bytes per parameter.
-
-Beside them, in child processes: PyTorch's ``torch.optim.RMSprop`` and
-bitsandbytes' ``RMSprop32bit`` / ``RMSprop8bit`` on the same shape (when
-installed). Accuracy of the 8-bit state against float32 state on the same
-gradients: the per-step error with the reference re-synced to the 8-bit run
-(bitsandbytes' measure) and the drift after 1,000 noisy steps (200 with
-``--small``) without re-syncing. With ``--mnist-dir``, the MNIST cnn trained 3 epochs with each
-state precision. ``--small`` shrinks the shapes and skips the child processes
-(the check that the command runs). Writes
-benchmarks/results/state_precision.{json,md} (or to ``--out``).
+Per state precision, for ``optax_rmsprop.rmsprop`` plain and with momentum 0.9 on one
+4096 x 4096 float32 parameter: the state's bytes per parameter, the bytes XLA counts
+for one compiled, donated step, and the step's time in interleaved rounds, over float32
+state's and as a fraction of the memory roofline. The step's peak memory from XLA's
+buffer assignment (deterministic) over 4 leaves of 2048 x 2048, plain, with momentum and
+centered with momentum. Beside them, each in its own process: ``torch.optim.RMSprop`` and
+bitsandbytes' ``RMSprop32bit`` / ``RMSprop8bit`` (when installed). Accuracy of the
+quantized states against float32 state on the same gradients: the per-step error with
+the reference re-synced (bitsandbytes' measure), and the drift after 1,000 noisy steps.
+``--mnist-dir`` also trains the MNIST cnn 3 epochs per precision.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -47,6 +33,7 @@ SHAPE = (4096, 4096)
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8", "int4": "int4"}
 QUANTIZED = ("int8", "int4")
 PEAK_LEAVES, PEAK_SHAPE = 4, (2048, 2048)
+PEAK_FIGURES = ("arguments", "temporaries", "peak")
 STEP_OPTIONS = {
     "plain": {},
     "momentum": {"momentum": 0.9},
@@ -84,7 +71,9 @@ def measure_jax(rounds: int, momentum: float | None, shape: tuple[int, int] = SH
             "state_bytes_per_param": stepper.state_bytes() / n,
             "xla_bytes_per_param": stepper.facts["xla_bytes"] / n,
             "step_ms": 1e3 * timing[name]["median_s"],
-            "time_over_float32": common.ratio(timing, name, "float32"),
+            "time_over_float32": common.ratio(
+                timing[name]["samples"], timing["float32"]["samples"]
+            ),
             "roofline_fraction": need * roofline_s / timing[name]["median_s"],
         }
     return rows
@@ -106,13 +95,7 @@ def peak_memory(
         for name, state_dtype in states.items():
             tx = optax_rmsprop.rmsprop(1e-3, state_dtype=state_dtype, **options)
             sizes = common.facts(common.compile_step(tx, params))
-            rows.append(
-                {
-                    "step": label,
-                    "state": name,
-                    **{k: sizes[k] / n for k in ("arguments", "temporaries", "peak")},
-                }
-            )
+            rows.append({"step": label, "state": name} | {k: sizes[k] / n for k in PEAK_FIGURES})
             print(rows[-1], flush=True)
     return rows
 
@@ -144,12 +127,8 @@ print(json.dumps({{"step_ms": 1e3 * sorted(times)[len(times) // 2],
 def measure_torch(kind: str, rounds: int, momentum: float) -> dict:
     """One PyTorch optimizer, alone in a child process (thread pools do not mix)."""
     code = TORCH_CHILD.format(threads=os.cpu_count() or 1, shape=SHAPE, rounds=rounds)
-    run = subprocess.run(
-        [sys.executable, "-c", code, kind, str(momentum)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    cmd = [sys.executable, "-c", code, kind, str(momentum)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if run.returncode:
         return {"error": (run.stderr.strip().splitlines() or ["failed"])[-1][:200]}
     return json.loads(run.stdout.splitlines()[-1])
@@ -160,7 +139,7 @@ def accuracy(
     drift_shape: tuple[int, int] = (64, 4096),
     steps: int = 1000,
 ) -> dict:
-    """Per-step error (re-synced, bitsandbytes' measure) and drift over ``steps``, per quantized state."""
+    """Per quantized state: the per-step error (re-synced: bitsandbytes' measure) and the drift."""
     return {
         name: {
             "per_step_shape": per_step_shape,
@@ -230,20 +209,13 @@ def train_mnist(mnist_dir: str, state_dtype: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__, "small shapes, no PyTorch")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--mnist-dir", default=None, help="also train the cnn 3 epochs per precision")
-    ap.add_argument("--small", action="store_true", help="small shapes, no PyTorch (a check)")
-    ap.add_argument("--out", default=None, help="folder for the JSON and table")
     args = ap.parse_args(argv)
     shape = SMALL["shape"] if args.small else SHAPE
-    payload = {
-        "machine": common.machine(),
-        "shape": shape,
-        "small": args.small,
-        "jax": {},
-        "torch": {},
-    }
+    payload = {"machine": common.machine(), "shape": shape, "small": args.small}
+    payload |= {"jax": {}, "torch": {}}
     for label, momentum in (("plain", None), ("momentum 0.9", 0.9)):
         payload["jax"][label] = measure_jax(args.rounds, momentum, shape)
         payload["torch"][label] = {
@@ -274,16 +246,7 @@ def peak_memory_markdown(rows: list[dict], shape: tuple[int, int]) -> list[str]:
         "",
         *common.markdown_table(
             ["step", "state", "at rest: arguments", "temporaries", "peak"],
-            [
-                [
-                    r["step"],
-                    r["state"],
-                    f"{r['arguments']:.2f}",
-                    f"{r['temporaries']:.2f}",
-                    f"{r['peak']:.2f}",
-                ]
-                for r in rows
-            ],
+            [[r["step"], r["state"], *(f"{r[k]:.2f}" for k in PEAK_FIGURES)] for r in rows],
         ),
     ]
 
@@ -309,10 +272,8 @@ def steps_markdown(jax_rows: dict, torch_rows: dict | None = None) -> list[str]:
 
 
 def to_markdown(payload: dict) -> str:
-    m = payload["machine"]
     lines = [
-        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), {m['device_kind']}, "
-        f"JAX {m['jax']}, torch {m.get('torch', 'n/a')}. One {payload['shape'][0]} x {payload['shape'][1]} "
+        f"{common.measured(payload['machine'])} One {' x '.join(map(str, payload['shape']))} "
         "float32 parameter; step times are medians (JAX: interleaved rounds; PyTorch and "
         "bitsandbytes: their own processes). Roofline: a donated `p + g` (12 bytes per "
         "parameter) scaled to the bytes the step must move (params, gradients, and the "
@@ -345,15 +306,12 @@ def to_markdown(payload: dict) -> str:
         ),
     ]
     if "mnist" in payload:
-        lines += [
-            "",
-            "| MNIST cnn, 3 epochs of real MNIST | test accuracy | training s |",
-            "|---|---|---|",
+        rows = [
+            [f"{name} state", f"{100 * r['test_accuracy']:.2f}%", f"{r['train_time_s']:.1f}"]
+            for name, r in payload["mnist"].items()
         ]
-        for name, r in payload["mnist"].items():
-            lines.append(
-                f"| {name} state | {100 * r['test_accuracy']:.2f}% | {r['train_time_s']:.1f} |"
-            )
+        head = ["MNIST cnn, 3 epochs of real MNIST", "test accuracy", "training s"]
+        lines += ["", *common.markdown_table(head, rows)]
     return "\n".join(lines) + "\n"
 
 

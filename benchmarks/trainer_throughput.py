@@ -3,25 +3,19 @@
     python -m benchmarks.trainer_throughput [--steps 200] [--rounds 5] [--mnist-dir DIR]
                                             [--time-to-99] [--no-torch] [--small] [--out DIR]
 
-The trainer runs through its command line, as a user runs it, in a process of
-its own; its throughput is the ``examples_per_sec`` of the ``summary.json`` it
-writes (training steps only: compile and evaluation excluded), once with its
-XLA:CPU tuning and once with XLA's defaults (``--no-cpu-tuning``, on CPU). The
-same model in PyTorch (conv32-conv64-dense256-dense10, ReLU, 2x2 average
-pooling; batch 128; RMSProp lr 1e-3, decay 0.9, eps 1e-8; float32; all CPU
-threads) runs a plain ``zero_grad / backward / step`` loop in a process of its
-own. Each implementation runs once per round, the order rotating; the table
-gives the median and spread over rounds, and the ratio is the median of the
-per-round ratios. With ``--time-to-99`` (needs ``--mnist-dir``, the four MNIST
-IDX files) both also train 3 epochs on full MNIST with a cosine schedule,
-and the table says when each first reaches 99% test accuracy. Writes
-``trainer_throughput.{json,md}`` to benchmarks/results/ (or ``--out``).
+The trainer runs through its command line, in a process of its own; its throughput is
+the ``examples_per_sec`` of the ``summary.json`` it writes (training steps only), with
+its XLA:CPU tuning and, on CPU, without (``--no-cpu-tuning``). PyTorch runs the same
+model and RMSProp settings (float32, all CPU threads) in a plain ``zero_grad /
+backward / step`` loop, also in a process of its own. Rounds rotate the order; the
+ratio is the median of per-round ratios. ``--time-to-99`` (with ``--mnist-dir``, the
+four MNIST IDX files) also trains both 3 epochs with a cosine schedule and reports
+when each first reaches 99% test accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -34,6 +28,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
+from examples.mnist import idx
 
 BATCH = 128
 
@@ -45,13 +40,9 @@ def run_trainer(flags: list[str], timeout_s: float = 1800) -> dict:
     """
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [sys.executable, "-m", "examples.mnist", *flags, "--workdir", workdir]
+        cmd += ["--no-progress", "--checkpoint-every", "0"]
         try:
-            proc = subprocess.run(
-                [*cmd, "--no-progress", "--checkpoint-every", "0"],
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"error": f"did not finish in {timeout_s:.0f} s"}
         summary = os.path.join(workdir, "summary.json")
@@ -79,63 +70,33 @@ def trained(flags: list[str]) -> dict:
     return summary
 
 
-def torch_cnn():
-    from torch import nn
+def torch_data(mnist_dir: str | None, split: str = "train"):
+    """``split``'s images (N, 1, 28, 28) in [0, 1] and labels, as tensors (no dir: random)."""
+    import torch
 
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.ReLU(),
-        nn.AvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(7 * 7 * 64, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
-
-
-def read_idx(path: str) -> np.ndarray:
-    """One MNIST IDX file (optionally gzipped) as an array."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def mnist(mnist_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) and labels of ``split`` ("train" or "t10k") from ``mnist_dir``."""
-    names = sorted(os.listdir(mnist_dir))
-    images, labels = (
-        read_idx(os.path.join(mnist_dir, next(n for n in names if n.startswith(f"{split}-{k}"))))
-        for k in ("images", "labels")
-    )
-    return images, labels
+    if mnist_dir:
+        images, labels = idx.load_split(mnist_dir, split)
+    else:  # throughput does not depend on the pixels
+        images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28, 1), np.uint8)
+        labels = np.arange(10_000) % 10
+    images = torch.from_numpy(images.transpose(0, 3, 1, 2) / np.float32(255))
+    return images, torch.from_numpy(labels.astype(np.int64))
 
 
 def torch_model_and_data(mnist_dir: str | None):
-    """The PyTorch model, its optimizer, and training images and labels as tensors."""
+    """The PyTorch model, its optimizer, and the training images and labels."""
     import torch
+    from torch import nn
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    if mnist_dir:
-        images, labels = mnist(mnist_dir, "train")
-    else:  # throughput does not depend on the pixels
-        images = np.random.default_rng(0).integers(0, 256, (10_000, 28, 28), np.uint8)
-        labels = np.arange(10_000) % 10
-    model = torch_cnn()
+    model = nn.Sequential(
+        *(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)),
+        *(nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)),
+        *(nn.Flatten(), nn.Linear(7 * 7 * 64, 256), nn.ReLU(), nn.Linear(256, 10)),
+    )
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-8)
-    return model, opt, to_tensor(images), torch.from_numpy(labels.astype(np.int64))
-
-
-def to_tensor(images: np.ndarray):
-    import torch
-
-    return torch.from_numpy(images[:, None].astype(np.float32) / 255)
+    return model, opt, *torch_data(mnist_dir)
 
 
 def torch_train(model, opt, images, labels, steps: int, schedule=None) -> float:
@@ -145,9 +106,9 @@ def torch_train(model, opt, images, labels, steps: int, schedule=None) -> float:
     loss_fn, order = torch.nn.CrossEntropyLoss(), torch.randperm(len(labels))
     t0 = time.perf_counter()
     for i in range(steps):
-        idx = order[(i * BATCH) % (len(labels) - BATCH) :][:BATCH]
+        take = order[(i * BATCH) % (len(labels) - BATCH) :][:BATCH]
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(images[idx]), labels[idx]).backward()
+        loss_fn(model(images[take]), labels[take]).backward()
         opt.step()
         if schedule:
             schedule.step()
@@ -168,7 +129,7 @@ def torch_curve(mnist_dir: str, epochs: int = 3) -> list[tuple[int, float, float
     import torch
 
     model, opt, images, labels = torch_model_and_data(mnist_dir)
-    test_images, test_labels = mnist(mnist_dir, "t10k")
+    test_images, test_labels = torch_data(mnist_dir, "test")
     per_epoch = len(labels) // BATCH
     total = epochs * per_epoch
     cosine = lambda t: 0.5 * (1 + math.cos(math.pi * t / total))  # noqa: E731
@@ -177,8 +138,8 @@ def torch_curve(mnist_dir: str, epochs: int = 3) -> list[tuple[int, float, float
     for epoch in range(1, epochs + 1):
         elapsed += torch_train(model, opt, images, labels, per_epoch, schedule)
         with torch.no_grad():
-            predicted = model(to_tensor(test_images)).argmax(1).numpy()
-        curve.append((epoch * per_epoch, elapsed, float(np.mean(predicted == test_labels))))
+            accuracy = (model(test_images).argmax(1) == test_labels).float().mean()
+        curve.append((epoch * per_epoch, elapsed, float(accuracy)))
     return curve
 
 
@@ -205,7 +166,7 @@ def torch_child(name: str, *args) -> object:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def rates(args: argparse.Namespace) -> dict[str, list[float]]:
+def rates(args) -> dict[str, list[float]]:
     """Examples/s per round and implementation, each in a fresh process, the order rotating."""
     runs = {"jax": lambda: jax_rate(args.steps, args.mnist_dir, True)}
     cpu = jax.default_backend() == "cpu"
@@ -213,12 +174,13 @@ def rates(args: argparse.Namespace) -> dict[str, list[float]]:
         runs["jax-xla-defaults"] = lambda: jax_rate(args.steps, args.mnist_dir, False)
     if cpu and not args.no_torch and common.has_torch():
         runs["torch"] = lambda: torch_child("torch", args.steps, args.mnist_dir)
-    result: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.rounds):
-        for name in common.rotated(list(runs), r):
-            result[name].append(runs[name]())
-            print(f"round {r}: {name} {result[name][-1]:,.0f} examples/s", flush=True)
-    return result
+
+    def reported(name: str) -> float:  # a round takes minutes: say where it is
+        rate = runs[name]()
+        print(f"{name}: {rate:,.0f} examples/s", flush=True)
+        return rate
+
+    return common.interleaved({name: lambda n=name: reported(n) for name in runs}, args.rounds)
 
 
 LABELS = {
@@ -229,12 +191,11 @@ LABELS = {
 
 
 def to_markdown(payload: dict) -> str:
-    m, result = payload["machine"], payload["examples_per_sec"]
+    result = payload["examples_per_sec"]
     md = [
-        f"Measured {m['date']} on {m['cpus']} CPU cores ({m['processor']}), {m['device_kind']}, JAX {m['jax']}, "
-        f"torch {m.get('torch', 'n/a')}. MNIST CNN, batch {BATCH}, float32, "
+        f"{common.measured(payload['machine'])} MNIST CNN, batch {BATCH}, float32, "
         f"{payload['steps']} steps a run. Each implementation runs alone in a fresh "
-        f"process, {len(next(iter(result.values())))} rounds in rotating order.",
+        f"process, {len(result['jax'])} rounds in rotating order.",
         "",
         *common.markdown_table(
             ["implementation", "examples/s (median)", "spread over rounds", "s per 60k epoch"],
@@ -257,29 +218,25 @@ def to_markdown(payload: dict) -> str:
             "evaluation) until 99% test accuracy, and the accuracy after each epoch:",
             "",
         ]
-        rows = []
-        for name, curve in payload["time_to_99"].items():
-            reached = next((f"{s:.1f}" for _, s, a in curve if a >= 0.99), "not reached")
-            rows.append(
-                [name, reached, ", ".join(f"{100 * a:.2f}% ({s:.1f} s)" for _, s, a in curve)]
-            )
+        rows = [
+            [
+                name,
+                next((f"{s:.1f}" for _, s, a in curve if a >= 0.99), "not reached"),
+                ", ".join(f"{100 * a:.2f}% ({s:.1f} s)" for _, s, a in curve),
+            ]
+            for name, curve in payload["time_to_99"].items()
+        ]
         md += common.markdown_table(["implementation", "s to 99%", "after each epoch"], rows)
     return "\n".join(md) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__, "16 steps, one round, tuned trainer only")
     ap.add_argument("--steps", type=int, default=None, help="steps per run (default 200)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
-    ap.add_argument(
-        "--mnist-dir", default=None, help="the MNIST IDX files (else synthetic/bundled)"
-    )
+    ap.add_argument("--mnist-dir", default=None, help="the MNIST IDX files (else the bundled)")
     ap.add_argument("--time-to-99", action="store_true", help="also train to 99%% (--mnist-dir)")
     ap.add_argument("--no-torch", action="store_true", help="the JAX trainer only")
-    ap.add_argument(
-        "--small", action="store_true", help="16 steps, one round, tuned only (a check)"
-    )
-    ap.add_argument("--out", default=None, help="folder for the JSON and table")
     ap.add_argument("--child", nargs=2, metavar=("NAME", "ARGS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -290,8 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     result = rates(args)
     payload = {"machine": common.machine(), "steps": args.steps, "examples_per_sec": result}
     if "torch" in result:
-        ratios = [a / b for a, b in zip(result["jax"], result["torch"], strict=True)]
-        payload["jax_over_torch"] = statistics.median(ratios)
+        payload["jax_over_torch"] = common.ratio(result["jax"], result["torch"])
     if args.time_to_99 and args.mnist_dir:
         payload["time_to_99"] = {"JAX": jax_curve(args.mnist_dir)}
         if "torch" in result:

@@ -1,41 +1,52 @@
-"""The benchmarks run end to end in their small modes, and their deterministic figures hold.
+"""The benchmarks run as a user runs them, in small mode, and their deterministic figures hold.
 
-Times are never asserted (they move with the machine); XLA's cost and memory
-analyses are deterministic, so those figures are, and so is the schema of
-what each benchmark writes.
+Each runs in a subprocess (``python -m benchmarks.X --small --out DIR``) and the JSON it
+writes is checked; nothing is imported from ``benchmarks``. Times are never asserted
+(they move with the machine); XLA's cost and memory analyses are deterministic, so
+those figures are, and so is the schema of what each benchmark writes.
 """
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
+import math
 import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from benchmarks import optimizer_step, state_precision, trainer_throughput
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+STATES = ["float32", "bfloat16", "int8", "int4"]
+# optimizer_step's contenders with a compiled step (XLA's figures beside their times).
+STEPPERS = ["optax_rmsprop", "optax_rmsprop bf16 state", "optax", "optax again"]
+TORCH_STEPS = ["torch foreach", "torch for-loop"]
 # A donated float32 step, bytes per parameter at its peak (its arguments: params,
 # grads and state; no temporaries): 12 plain, +4 a momentum buffer, +4 a mean.
 FLOAT32_PEAK = {"plain": 12, "momentum": 16, "centered + momentum": 20}
-STATES = list(state_precision.PRECISIONS)
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _command(module: str, out: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--out", str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
 def _run(module: str, out: pathlib.Path, *args: str) -> dict:
-    """Runs ``python -m benchmarks.<module> --out out *args``; returns the JSON it wrote."""
-    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--out", str(out), *args]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    """Runs ``python -m benchmarks.<module> --out out *args``; returns the JSON it wrote.
+
+    Its Markdown must hold a table.
+    """
+    run = _command(module, out, *args)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert (out / f"{module}.md").read_text().count("|---") >= 1
+    markdown = (out / f"{module}.md").read_text()
+    assert markdown.count("|---") >= 1
     return json.loads((out / f"{module}.json").read_text())
 
 
 def _assert_peak_rows(rows: list[dict]) -> None:
+    """state_precision's peak memory: a float32 step holds its arguments and nothing else."""
     assert [(r["step"], r["state"]) for r in rows] == [
         (step, state) for step in FLOAT32_PEAK for state in STATES
     ]
@@ -44,40 +55,34 @@ def _assert_peak_rows(rows: list[dict]) -> None:
         if r["state"] == "float32":
             assert r["temporaries"] == 0, r
             assert round(r["peak"], 2) == round(r["arguments"], 2) == FLOAT32_PEAK[r["step"]], r
+        else:  # low-precision state holds less at rest than float32 state
+            assert r["arguments"] < FLOAT32_PEAK[r["step"]], r
 
 
-def _assert_step_rows(rows: list[dict]) -> None:
-    """``optimizer_step.measure``'s rows: the library's step moves exactly optax's bytes."""
+def _assert_step_rows(rows: list[dict], torch: bool) -> None:
+    """optimizer_step's rows: the library's step moves exactly the bytes optax's moves."""
     by = {(r["n"], r["leaves"], r["contender"]): r for r in rows}
-    for (n, leaves, name), r in by.items():
+    for n, leaves in {(n, leaves) for n, leaves, _ in by}:
+        names = [name for m, k, name in by if (m, k) == (n, leaves)]
+        assert names == [*STEPPERS, "roofline (p + g)"] + TORCH_STEPS * torch
         optax_row = by[n, leaves, "optax"]
-        if name in ("optax_rmsprop", "optax again"):
-            assert r["xla_bytes"] == optax_row["xla_bytes"], (r, optax_row)
-            assert r["kernels"] == optax_row["kernels"], (r, optax_row)
-        if name in optimizer_step.CONTENDERS:  # no step moves less than it must
-            assert r["xla_bytes"] >= r["bytes_per_param"], r
-    for n, leaves, name in by:
-        if name == "optax_rmsprop bf16 state":  # 2 state bytes instead of 4
-            assert by[n, leaves, name]["xla_bytes"] < by[n, leaves, "optax_rmsprop"]["xla_bytes"]
-
-
-def test_step_moves_the_bytes_optax_moves():
-    rows = optimizer_step.measure(4096, 3, rounds=1)
-    assert {r["contender"] for r in rows} == {*optimizer_step.CONTENDERS, "roofline (p + g)"}
-    _assert_step_rows(rows)
-
-
-@pytest.mark.slow
-def test_float32_step_peak_is_its_arguments():
-    _assert_peak_rows(state_precision.peak_memory(2, (256, 256)))
+        for name in ("optax_rmsprop", "optax again"):
+            assert by[n, leaves, name]["xla_bytes"] == optax_row["xla_bytes"]
+            assert by[n, leaves, name]["kernels"] == optax_row["kernels"]
+        for name in STEPPERS:  # no step moves less than it must
+            assert by[n, leaves, name]["xla_bytes"] >= by[n, leaves, name]["bytes_per_param"]
+        bf16 = by[n, leaves, "optax_rmsprop bf16 state"]
+        assert bf16["xla_bytes"] < by[n, leaves, "optax_rmsprop"]["xla_bytes"]
 
 
 @pytest.mark.slow
 def test_optimizer_step_small_mode(tmp_path):
     payload = _run("optimizer_step", tmp_path, "--small", "--sizes", "1e4", "--leaves", "1", "3")
-    assert {(r["n"], r["leaves"]) for r in payload["rows"]} == {(10_000, 1), (10_000, 3)}
-    _assert_step_rows(payload["rows"])
-    assert (tmp_path / "optimizer_step.png").stat().st_size > 0
+    rows = payload["rows"]
+    assert {(r["n"], r["leaves"]) for r in rows} == {(10_000, 1), (10_000, 3)}
+    _assert_step_rows(rows, HAS_TORCH and payload["machine"]["backend"] == "cpu")
+    assert all(len(r["samples"]) == 2 for r in rows)  # --small: 2 interleaved rounds
+    assert (tmp_path / "optimizer_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -99,32 +104,34 @@ def test_state_precision_small_mode(tmp_path):
         assert rows["bfloat16"]["rms_bytes_per_param"] == pytest.approx(2.0, abs=0.01)
         assert rows["int8"]["rms_bytes_per_param"] < 1.05  # a quarter of float32's, and scales
         assert rows["int4"]["rms_bytes_per_param"] < 0.55  # an eighth, and scales
+        assert rows["float32"]["time_over_float32"] == 1.0
+    for state in STATES:  # momentum's buffer is stored like the RMS state
+        plain, momentum = (payload["jax"][k][state] for k in ("plain", "momentum 0.9"))
+        assert momentum["state_bytes_per_param"] == pytest.approx(
+            2 * plain["state_bytes_per_param"], rel=0.01
+        )
     assert payload["torch"] == {"plain": {}, "momentum 0.9": {}}  # small: no child processes
     _assert_peak_rows(payload["peak_memory"])
     assert set(payload["accuracy"]) == {"int8", "int4"}
-    assert all(a["drift_steps"] == 200 and a["drift"] < 0.1 for a in payload["accuracy"].values())
-
-
-def test_read_idx_reads_mnist_files(tmp_path):
-    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in images.shape)
-    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
-        f.write(header + images.tobytes())
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2, 7, 3]))
-    got_images, got_labels = trainer_throughput.mnist(str(tmp_path), "train")
-    np.testing.assert_array_equal(got_images, images)
-    np.testing.assert_array_equal(got_labels, [7, 3])
+    for a in payload["accuracy"].values():
+        assert a["drift_steps"] == 200 and 0 < a["drift"] < 0.1, a
+        assert 0 < a["per_step_mean_rel_error_max"] < 1e-4, a
 
 
 @pytest.mark.slow
 def test_trainer_throughput_small_mode(tmp_path):
     pytest.importorskip("flax")
-    torch = importlib.util.find_spec("torch") is not None
-    payload = _run("trainer_throughput", tmp_path, "--small")
+    data = str(ROOT / "examples" / "mnist" / "data")  # the bundled sample, through its reader
+    payload = _run("trainer_throughput", tmp_path, "--small", "--mnist-dir", data)
+    torch = HAS_TORCH and payload["machine"]["backend"] == "cpu"
     assert payload["steps"] == 16
     assert list(payload["examples_per_sec"]) == ["jax"] + ["torch"] * torch
     assert all(len(rates) == 1 for rates in payload["examples_per_sec"].values())
-    assert ("jax_over_torch" in payload) == torch
+    rates = payload["examples_per_sec"]
+    if torch:
+        assert math.isclose(payload["jax_over_torch"], rates["jax"][0] / rates["torch"][0])
+    else:
+        assert "jax_over_torch" not in payload
 
 
 @pytest.mark.slow
@@ -137,6 +144,6 @@ def test_accelerator_small_mode(tmp_path):
     assert parts["tests"]["failures"] == parts["tests"]["errors"] == 0, parts["tests"]
     assert parts["tests"]["passed"] == 3
     assert [list(parts["precision"][k]) for k in ("plain", "momentum 0.9")] == [STATES] * 2
-    _assert_step_rows(parts["steps"])
+    _assert_step_rows(parts["steps"], torch=False)  # the accelerator times JAX only
     assert {(r["n"], r["leaves"]) for r in parts["steps"]} == {(10_000, 1), (10_000, 10)}
     assert parts["trainer"]["steps"] == 16 and 0.1 < parts["trainer"]["test_accuracy"] <= 1
