@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -178,6 +179,20 @@ def _repeat(fn: Callable[[], object], k: int) -> None:
 def ratio(a: list[float], b: list[float]) -> float:
     """The median over rounds of ``a / b``, round by round (paired: machine drift cancels)."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def guarded(x: float, limit: float | None) -> str:
+    """A ratio's table cell; beside a guard's ``limit``, the limit (in bold when broken)."""
+    if limit is None:
+        return f"{x:.2f}"
+    return f"{x:.2f} (≤ {limit:g}x)" if x <= limit else f"**{x:.2f} (> {limit:g}x)**"
+
+
+def check(broken: list[str]) -> None:
+    """``--check``: exits with status 1 naming every broken guard, else says they hold."""
+    if broken:
+        sys.exit("guard broken: " + "; ".join(broken))
+    print("every guard holds", flush=True)
 
 
 # -- command line and output --------------------------------------------------

@@ -1,19 +1,20 @@
 """Compile time of the jitted RMSProp step (against optax, and per state precision); init time.
 
     python -m benchmarks.compile_time [--leaves 10 100 1000 2000 5000] [--repeats 4]
-                                      [--small] [--out DIR]
+                                      [--check] [--small] [--out DIR]
 
 1. **Leaves.** One step over 10 ... 5,000 leaves of 64 float32 parameters,
    ``optax_rmsprop.rmsprop`` against ``optax.rmsprop`` with the same settings,
    plain and with momentum.
 2. **State precision.** One step with momentum 0.9 over 200 leaves of 64 x 1024,
-   with float32, bfloat16, int8 and int4 state.
+   with float32, bfloat16, int8 and int4 state; the guard: int8 within 30x float32's.
 3. **Init.** ``tx.init`` of one 4096 x 4096 parameter per state precision,
    jitted (trace, compile and run) and eager.
 
 Each measurement compiles a fresh transformation's step from shapes alone (no cache
 hits, nothing initialised), after one discarded round that warms JAX's shape-keyed
 caches for every contender alike; the order rotates from repeat to repeat.
+``--check`` (full sizes only) exits non-zero when a guard is broken.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import optax_rmsprop
 from benchmarks import common
 
 PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16, "int8": "int8", "int4": "int4"}
+# The most a state's step compile may take over float32 state's (20x to 26x measured).
+GUARDS = {"int8": 30.0}
 LEAF_MAKERS = {
     "optax_rmsprop": lambda: optax_rmsprop.rmsprop(1e-3),
     "optax": lambda: optax.rmsprop(1e-3, eps_in_sqrt=False),
@@ -109,11 +112,24 @@ def measure_precisions(
     return {"step_leaves": leaves, "step_shape": shape, "init_shape": init_shape, "rows": rows}
 
 
+def broken(precisions: dict) -> list[str]:
+    """The guards :func:`measure_precisions`' result breaks, each as a sentence."""
+    return [
+        f"{r['state']} state's step compiles in {r['compile_over_float32']:.1f}x float32's "
+        f"(guard: at most {GUARDS[r['state']]:g}x; {precisions['step_leaves']} leaves)"
+        for r in precisions["rows"]
+        if r["compile_over_float32"] > GUARDS.get(r["state"], float("inf"))
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__, "10 and 100 leaves, a 10-leaf precision step, one repeat")
     ap.add_argument("--leaves", type=int, nargs="+", help="part 1 (default 10 ... 5000)")
     ap.add_argument("--repeats", type=int, help="per measurement (default 4, 2 from 2000 leaves)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a guard is broken")
     args = ap.parse_args(argv)
+    if args.check and args.small:  # a guard bounds the full sizes' ratio, not --small's
+        ap.error("--check: the guards are set for the full sizes; leave out --small")
     leaf_counts = args.leaves or ([10, 100] if args.small else [10, 100, 1000, 2000, 5000])
     repeats = args.repeats or (1 if args.small else 4)
     for make in [*LEAF_MAKERS.values(), *map(precision_maker, PRECISIONS.values())]:
@@ -129,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     markdown = to_markdown(payload)
     print(markdown)
     common.write("compile_time", payload, markdown, args.out)
+    if args.check:
+        common.check(broken(payload["precisions"]))
 
 
 def to_markdown(payload: dict) -> str:
@@ -147,25 +165,25 @@ def to_markdown(payload: dict) -> str:
         "",
         *common.markdown_table(header, rows),
         "",
-        *precisions_markdown(payload["precisions"]),
+        *precisions_markdown(payload["precisions"], None if payload["small"] else GUARDS),
     ]
     return "\n".join(md) + "\n"
 
 
-def precisions_markdown(p: dict) -> list[str]:
-    """The by-precision table's lines (:func:`measure_precisions`' result)."""
+def precisions_markdown(p: dict, guards: dict | None = None) -> list[str]:
+    """The by-precision table's lines (:func:`measure_precisions`' result), with ``guards``."""
     step = " x ".join(map(str, p["step_shape"]))
     init = " x ".join(map(str, p["init_shape"]))
     return [
         f"By state precision: compiling the step with momentum 0.9 over {p['step_leaves']} "
         f"leaves of {step}; `tx.init` of one {init} parameter, jitted (trace, compile, run) "
-        "and eager.",
+        "and eager." + (" `/ float32` shows a guard beside the ratio it bounds." if guards else ""),
         "",
         *common.markdown_table(
             ["state", "step compile (s)", "/ float32", "jitted init (s)", "eager init (s)"],
             [
                 [r["state"], f"{r['compile_s']:.3f}"]
-                + [f"{r['compile_over_float32']:.2f}"]
+                + [common.guarded(r["compile_over_float32"], (guards or {}).get(r["state"]))]
                 + [f"{r['jit_init_s']:.3f}", f"{r['eager_init_s']:.3f}"]
                 for r in p["rows"]
             ],

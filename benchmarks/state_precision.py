@@ -1,17 +1,20 @@
 """State precision: memory, bytes moved, step time and accuracy of float32/bfloat16/int8/int4 state.
 
-    python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR] [--small] [--out DIR]
+    python -m benchmarks.state_precision [--rounds 7] [--mnist-dir DIR] [--check] [--small]
+                                         [--out DIR]
 
 Per state precision, for ``optax_rmsprop.rmsprop`` plain and with momentum 0.9 on one
 4096 x 4096 float32 parameter: the state's bytes per parameter, the bytes XLA counts
 for one compiled, donated step, and the step's time in interleaved rounds, over float32
-state's and as a fraction of the memory roofline. The step's peak memory from XLA's
-buffer assignment (deterministic) over 4 leaves of 2048 x 2048, plain, with momentum and
-centered with momentum. Beside them, each in its own process: ``torch.optim.RMSprop`` and
+state's (the guards, on CPU: int8 within 3x plain, 4.5x with momentum) and as a
+fraction of the memory roofline. The step's peak memory from XLA's buffer assignment
+(deterministic) over 4 leaves of 2048 x 2048, plain, with momentum and centered with
+momentum. Beside them, each in its own process: ``torch.optim.RMSprop`` and
 bitsandbytes' ``RMSprop32bit`` / ``RMSprop8bit`` (when installed). Accuracy of the
 quantized states against float32 state on the same gradients: the per-step error with
 the reference re-synced (bitsandbytes' measure), and the drift after 1,000 noisy steps.
-``--mnist-dir`` also trains the MNIST cnn 3 epochs per precision.
+``--mnist-dir`` also trains the MNIST cnn 3 epochs per precision; ``--check`` (full
+sizes, CPU) exits non-zero when a guard is broken.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ STEP_OPTIONS = {
 }
 TORCH_KINDS = ["torch", "bitsandbytes 32-bit", "bitsandbytes 8-bit"]
 SMALL = {"shape": (256, 512), "peak_shape": (256, 256), "per_step": (64, 4097), "drift": (16, 4096)}
+# CPU: the most a state's step may take over float32 state's (int8 measured: 2.3x to 2.7x
+# plain, 3.4x to 4.3x with momentum).
+GUARDS = {"plain": {"int8": 3.0}, "momentum 0.9": {"int8": 4.5}}
 
 
 def measure_jax(rounds: int, momentum: float | None, shape: tuple[int, int] = SHAPE) -> dict:
@@ -208,11 +214,25 @@ def train_mnist(mnist_dir: str, state_dtype: str) -> dict:
     return {k: summary.get(k) for k in ("test_accuracy", "train_time_s", "examples_per_sec")}
 
 
+def broken(payload: dict) -> list[str]:
+    """The guards the step times break, each as a sentence."""
+    return [
+        f"{name} state's step ({label}) takes {r['time_over_float32']:.2f}x float32's "
+        f"(guard: at most {GUARDS[label][name]:g}x)"
+        for label, by_state in payload["jax"].items()
+        for name, r in by_state.items()
+        if r["time_over_float32"] > GUARDS[label].get(name, float("inf"))
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__, "small shapes, no PyTorch")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--mnist-dir", default=None, help="also train the cnn 3 epochs per precision")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a guard is broken")
     args = ap.parse_args(argv)
+    if args.check and (args.small or jax.default_backend() != "cpu"):  # what the guards bound
+        ap.error("--check: the guards are set for the full sizes on CPU; leave out --small")
     shape = SMALL["shape"] if args.small else SHAPE
     payload = {"machine": common.machine(), "shape": shape, "small": args.small}
     payload |= {"jax": {}, "torch": {}}
@@ -234,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     markdown = to_markdown(payload)
     print(markdown)
     common.write("state_precision", payload, markdown, args.out)
+    if args.check:
+        common.check(broken(payload))
 
 
 def peak_memory_markdown(rows: list[dict], shape: tuple[int, int]) -> list[str]:
@@ -251,15 +273,21 @@ def peak_memory_markdown(rows: list[dict], shape: tuple[int, int]) -> list[str]:
     ]
 
 
-def steps_markdown(jax_rows: dict, torch_rows: dict | None = None) -> list[str]:
-    """The lines of the step table: per option set and state, bytes, time and roofline."""
+def steps_markdown(
+    jax_rows: dict, torch_rows: dict | None = None, guards: dict | None = None
+) -> list[str]:
+    """The lines of the step table: per option set and state, bytes, time and roofline.
+
+    ``guards`` (:data:`GUARDS`' layout) puts each guard beside the ratio it bounds.
+    """
     cells = []
     for label, by_state in jax_rows.items():
         for name, r in by_state.items():
+            limit = (guards or {}).get(label, {}).get(name)
             cells.append(
                 [label, f"optax_rmsprop, {name}", f"{r['rms_bytes_per_param']:.3f}"]
                 + [f"{r['state_bytes_per_param']:.3f}", f"{r['xla_bytes_per_param']:.1f}"]
-                + [f"{r['step_ms']:.2f}", f"{r['time_over_float32']:.2f}"]
+                + [f"{r['step_ms']:.2f}", common.guarded(r["time_over_float32"], limit)]
                 + [f"{r['roofline_fraction']:.2f}"]
             )
         for kind, r in (torch_rows or {}).get(label, {}).items():
@@ -272,14 +300,16 @@ def steps_markdown(jax_rows: dict, torch_rows: dict | None = None) -> list[str]:
 
 
 def to_markdown(payload: dict) -> str:
+    guards = GUARDS if payload["machine"]["backend"] == "cpu" and not payload["small"] else None
     lines = [
         f"{common.measured(payload['machine'])} One {' x '.join(map(str, payload['shape']))} "
         "float32 parameter; step times are medians (JAX: interleaved rounds; PyTorch and "
         "bitsandbytes: their own processes). Roofline: a donated `p + g` (12 bytes per "
         "parameter) scaled to the bytes the step must move (params, gradients, and the "
-        "state read and written).",
+        "state read and written)."
+        + (" `time / float32` shows a guard beside the ratio it bounds." if guards else ""),
         "",
-        *steps_markdown(payload["jax"], payload["torch"]),
+        *steps_markdown(payload["jax"], payload["torch"], guards),
     ]
     lines += ["", *peak_memory_markdown(payload["peak_memory"], payload["peak_shape"])]
     first = next(iter(payload["accuracy"].values()))

@@ -3,7 +3,8 @@
 Each runs in a subprocess (``python -m benchmarks.X --small --out DIR``) and the JSON it
 writes is checked; nothing is imported from ``benchmarks``. Times are never asserted
 (they move with the machine); XLA's cost and memory analyses are deterministic, so
-those figures are, and so is the schema of what each benchmark writes.
+those figures are, and so is the schema of what each benchmark writes. The guards
+(``--check``) bound full-size times, so small mode neither shows nor checks them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -25,6 +27,7 @@ TORCH_STEPS = ["torch foreach", "torch for-loop"]
 # A donated float32 step, bytes per parameter at its peak (its arguments: params,
 # grads and state; no temporaries): 12 plain, +4 a momentum buffer, +4 a mean.
 FLOAT32_PEAK = {"plain": 12, "momentum": 16, "centered + momentum": 20}
+GUARDED = ["compile_time", "state_precision"]  # the benchmarks with --check
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
@@ -36,12 +39,12 @@ def _command(module: str, out: pathlib.Path, *args: str) -> subprocess.Completed
 def _run(module: str, out: pathlib.Path, *args: str) -> dict:
     """Runs ``python -m benchmarks.<module> --out out *args``; returns the JSON it wrote.
 
-    Its Markdown must hold a table.
+    Its Markdown must hold a table, and no guard: guards bound full-size times only.
     """
     run = _command(module, out, *args)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     markdown = (out / f"{module}.md").read_text()
-    assert markdown.count("|---") >= 1
+    assert markdown.count("|---") >= 1 and not re.search(r"\([≤>] [\d.]+x\)", markdown)
     return json.loads((out / f"{module}.json").read_text())
 
 
@@ -116,6 +119,14 @@ def test_state_precision_small_mode(tmp_path):
     for a in payload["accuracy"].values():
         assert a["drift_steps"] == 200 and 0 < a["drift"] < 0.1, a
         assert 0 < a["per_step_mean_rel_error_max"] < 1e-4, a
+
+
+@pytest.mark.parametrize("module", GUARDED)
+def test_check_refuses_small_mode(module, tmp_path):
+    run = _command(module, tmp_path, "--small", "--check")
+    assert run.returncode == 2, (run.stdout + run.stderr)[-3000:]  # argparse's usage error
+    assert "--check: the guards are set for the full sizes" in run.stderr
+    assert not list(tmp_path.iterdir())  # refused before measuring anything
 
 
 @pytest.mark.slow
