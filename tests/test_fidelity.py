@@ -120,7 +120,7 @@ def test_every_coordinate_keeps_its_step_on_mixed_scales(name, decay):
         check(name, *percentiles(STATES[name], decay, 3000, case), case)
 
 
-@pytest.mark.parametrize("decay", [0.99, 0.999])
+@pytest.mark.parametrize("decay", [0.99, pytest.param(0.999, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["centered", "momentum"])
 @pytest.mark.parametrize("name", list(STATES))
 def test_the_first_moments_keep_every_coordinates_step(name, kind, decay):
