@@ -12,3 +12,9 @@ collect_ignore = [
     "examples/mnist/__main__.py",  # running it on import would train
     "tests/optax_suite",  # a plugin that swaps optax.rmsprop: only for its child pytest
 ]
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first (stable order otherwise), so that no long test is left for the end
+    while the other worker waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
