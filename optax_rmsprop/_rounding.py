@@ -60,10 +60,12 @@ def stochastic_cast(x: jax.Array, dtype: np.dtype, random: jax.Array) -> jax.Arr
     """
     info = jnp.finfo(dtype)
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    exponent = ((bits >> 23) & np.uint32(0xFF)).astype(jnp.int32)
-    # below dtype's normal range its spacing stops shrinking: drop more bits there
-    smallest_normal = info.minexp + 127
-    drop = jnp.clip(23 - info.nmant + smallest_normal - exponent, 23 - info.nmant, 23)
-    mask = (np.uint32(1) << drop.astype(jnp.uint32)) - np.uint32(1)
+    if info.minexp == jnp.finfo(jnp.float32).minexp:  # bfloat16: float32's range, one mask
+        mask = np.uint32(2 ** (23 - info.nmant) - 1)
+    else:  # below dtype's normal range its spacing stops shrinking: drop more bits there
+        exponent = ((bits >> 23) & np.uint32(0xFF)).astype(jnp.int32)
+        smallest_normal = info.minexp + 127
+        drop = jnp.clip(23 - info.nmant + smallest_normal - exponent, 23 - info.nmant, 23)
+        mask = (np.uint32(1) << drop.astype(jnp.uint32)) - np.uint32(1)
     rounded = (bits + (random & mask)) & ~mask
     return jax.lax.bitcast_convert_type(rounded, jnp.float32).astype(dtype)

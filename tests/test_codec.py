@@ -149,21 +149,23 @@ def test_random_bits_are_uniform_deterministic_and_differ_by_step_and_stream():
         assert np.mean(same) < 1e-3
 
 
-def test_stochastic_cast_rounds_to_a_neighbour_and_is_unbiased():
-    x = jnp.asarray(np.random.default_rng(2).uniform(1e-3, 1, 200), F32)
+@pytest.mark.parametrize("dtype,smallest", [(jnp.bfloat16, 1e-30), (jnp.float16, 2.0**-24)])
+def test_stochastic_cast_rounds_to_a_neighbour_and_is_unbiased(dtype, smallest):
+    # down to float16's smallest subnormal, where fewer bits are kept
+    x = 10 ** np.random.default_rng(2).uniform(np.log10(smallest), 0, 300)
+    x = jnp.asarray(np.concatenate([x, np.random.default_rng(2).uniform(1e-3, 1, 100)]), F32)
     draws = 4096
-    random = _rounding.random_bits((200, draws), _rounding.stream_seed(jnp.int32(1), 0))
-    xs = jnp.broadcast_to(x[:, None], (200, draws))
-    for dtype in (jnp.bfloat16, jnp.float16):
-        got = _rounding.stochastic_cast(xs, dtype, random)
-        assert got.dtype == dtype
-        down = jnp.nextafter(x.astype(dtype), jnp.asarray(0, dtype))
-        near, up = x.astype(dtype), jnp.nextafter(x.astype(dtype), jnp.asarray(2, dtype))
-        allowed = (got == down[:, None]) | (got == near[:, None]) | (got == up[:, None])
-        assert bool(jnp.all(allowed))
-        ulp = np.asarray(up.astype(F32) - near.astype(F32))
-        mean = np.asarray(got.astype(F32)).mean(axis=1)
-        assert np.all(np.abs(mean - np.asarray(x)) <= 6 * ulp / np.sqrt(draws))
+    random = _rounding.random_bits((400, draws), _rounding.stream_seed(jnp.int32(1), 0))
+    xs = jnp.broadcast_to(x[:, None], (400, draws))
+    got = _rounding.stochastic_cast(xs, dtype, random)
+    assert got.dtype == dtype
+    down = jnp.nextafter(x.astype(dtype), jnp.asarray(0, dtype))
+    near, up = x.astype(dtype), jnp.nextafter(x.astype(dtype), jnp.asarray(2, dtype))
+    allowed = (got == down[:, None]) | (got == near[:, None]) | (got == up[:, None])
+    assert bool(jnp.all(allowed))
+    ulp = np.asarray(up.astype(F32) - near.astype(F32))
+    mean = np.asarray(got.astype(F32)).mean(axis=1)
+    assert np.all(np.abs(mean - np.asarray(x)) <= 6 * ulp / np.sqrt(draws))
 
 
 # -- the dynamic maps' encoder against an independent table encoder --------------------
