@@ -714,3 +714,24 @@ def test_notebook_state_sizes_in_the_mnist_page():
     )
     with open(os.path.join(ROOT, "docs", "mnist.md")) as f:
         assert expected in normalized(f.read()), expected
+
+
+def test_rmsprop_state_against_adams_in_the_faq():
+    """docs/faq.md: with momentum off, RMSProp's state is half of Adam's (one buffer of two)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import optax_rmsprop
+
+    params = {"w": jnp.zeros((64, 64)), "b": jnp.zeros(64)}
+
+    def nbytes(tx):
+        state = tx.init(params)
+        return sum(x.nbytes for x in jax.tree.leaves(state) if x.ndim)  # step counts aside
+
+    share = nbytes(optax_rmsprop.rmsprop(1e-3)) / nbytes(optax.adam(1e-3))
+    words = {0.5: "half", 2 / 3: "two thirds"}
+    with open(os.path.join(ROOT, "docs", "faq.md")) as f:
+        page = normalized(f.read())
+    assert f"with momentum off, {words[share]} of Adam's optimizer memory" in page, share
