@@ -37,8 +37,8 @@ def is_concrete_real(value: Any) -> bool:
 
 
 def is_array(value: Any) -> bool:
-    """A JAX or NumPy array, or a tracer: a value known only when the step runs."""
-    return isinstance(value, (jax.Array, np.ndarray, np.generic))
+    """A JAX or NumPy array or scalar, or a tracer (of any JAX version): all have both."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def check_range(
