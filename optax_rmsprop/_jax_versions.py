@@ -7,6 +7,7 @@ are in ``tests/jax_compat.py``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -14,7 +15,7 @@ import jax
 
 def release(version: str) -> tuple[int, int, int]:
     """``(major, minor, micro)`` of a version string such as ``"0.9.2"`` or ``"0.10.0rc1"``."""
-    parts = [int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:3]]
+    parts = [int(re.match(r"\d*", part).group() or 0) for part in version.split(".")[:3]]
     return tuple(parts + [0] * (3 - len(parts)))
 
 
