@@ -64,8 +64,9 @@ def _optimisation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "momentum", "momentum in [0, 1); 0 disables it", float)
     _add(group, "centered", "centered RMSProp (Graves 2013)", bool)
     dtypes = "{float32,bfloat16,int8,int4}"
-    state = "optimizer state: bfloat16 half of float32's memory, int8 and int4 a quarter and an "
-    _add(group, "state_dtype", state + "eighth (block-quantized)", metavar=dtypes)
+    state = "optimizer state: bfloat16 half of float32's memory, int8 and int4 (block-quantized) "
+    state += "about a quarter and an eighth on large layers"
+    _add(group, "state_dtype", state, metavar=dtypes)
     group = parser.add_argument_group("training (a rerun must repeat epochs, batch size, seed)")
     _add(group, "epochs", "epochs, >= 1", int)
     _add(group, "batch_size", "global batch, a multiple of the device count", int)
