@@ -8,8 +8,7 @@ import jax
 import numpy as np
 
 from optax_rmsprop import _storage
-from optax_rmsprop._rmsprop import RMSPropState
-from optax_rmsprop._scale_by_rms import ScaleByRmsState, check_maps
+from optax_rmsprop._state import RMSPropState, ScaleByRmsState, check_maps
 from optax_rmsprop._tree import Tree
 
 
@@ -78,12 +77,12 @@ def _read(
     """A stored buffer's values; ``like`` (the params, or ``nu``) gives each shape."""
     if values is None:
         return values
-    layouts = _storage.stored_layouts(
+    encodings = _storage.stored_encodings(
         values, absmax, like, real=real, length_known=params is not None
     )
 
-    def dtype(layout: _storage.Layout) -> np.dtype:  # float16 nu, stored by its root: float32
-        return np.dtype(np.float32) if layout.root else layout.dtype
+    def dtype(encoding: _storage.Encoding) -> np.dtype:  # float16 nu, stored by its root: f32
+        return np.dtype(np.float32) if encoding.root else encoding.dtype
 
-    dtypes = jax.tree.map(dtype, layouts, is_leaf=_storage.is_layout)
-    return _storage.read_tree(values, absmax, layouts, dtypes)
+    dtypes = jax.tree.map(dtype, encodings, is_leaf=_storage.is_encoding)
+    return _storage.read_tree(values, absmax, encodings, dtypes)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from optax_rmsprop import _jax_versions
+from optax_rmsprop._tree import Tree
 
 
 def is_weak_scalar(value: object) -> bool:
@@ -60,6 +61,19 @@ def compute_dtype(grad_dtype: np.dtype, state_moment_dtype: np.dtype) -> np.dtyp
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
+    """Casts each gradient to the dtype its update is computed in (``nu``: the state's)."""
+    return jax.tree.map(lambda g, n: cast(g, compute_dtype(g.dtype, n.dtype)), grads, nu)
+
+
+def as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:
+    """A hyperparameter for ``like``'s arithmetic: Python numbers stay weakly typed,
+    anything else is cast to ``like``'s real dtype."""
+    if is_weak_scalar(value):
+        return value
+    return cast(value, real_dtype(like.dtype))
+
+
 def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:
     """``x`` as ``dtype``; ``x`` itself when it already is (strongly typed).
 
@@ -72,4 +86,4 @@ def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:
 
 
 def _weakly_typed(x: jax.Array) -> bool:
-    return _jax_versions.typeof(x).weak_type
+    return jax.typeof(x).weak_type

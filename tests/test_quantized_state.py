@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions, _quantize, _storage
+from optax_rmsprop import _jax_versions, _quantize, _state, _storage
 from tests.helpers import jitted_step, update_and_apply
 
 F32 = jnp.float32
@@ -101,11 +101,11 @@ def test_the_layout_read_back_from_a_state_is_the_one_it_was_created_with(state_
         (state.momentum, state.momentum_absmax, False),
     ]
     for values, absmax, real in buffers:
-        created = _storage.layouts(params, precision, real=real)
-        read_back = _storage.stored_layouts(values, absmax, params, real=real, length_known=True)
+        created = _storage.encodings(params, precision, real=real)
+        read_back = _storage.stored_encodings(values, absmax, params, real=real, length_known=True)
         assert created == read_back
         if state_dtype == "int8":  # 8-bit codes say it all: nu gives each rank
-            read_back = _storage.stored_layouts(
+            read_back = _storage.stored_encodings(
                 values, absmax, state.rms.nu, real=real, length_known=False
             )
             assert created == read_back
@@ -410,7 +410,7 @@ def test_a_state_restored_without_its_maps_mark_is_refused_before_a_step(state_d
     ocp = pytest.importorskip("orbax.checkpoint")
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
     state = tx.init(PARAMS)
-    assert state.rms.maps.dtype == jnp.int32 and int(state.rms.maps) == _quantize.MARK
+    assert state.rms.maps.dtype == jnp.int32 and int(state.rms.maps) == _state.MAPS
     old = state._replace(rms=state.rms._replace(maps=None))
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "old", old)
