@@ -166,6 +166,28 @@ def test_dequantize_state_is_a_float32_state_of_the_same_optimizer(state_dtype):
     chex.assert_trees_all_equal(optax_rmsprop.dequantize_state(untouched), untouched)
 
 
+@pytest.mark.parametrize("state_dtype", STATES)
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
+def test_dequantize_state_with_a_template_is_the_float32_optimizers_own_tree(schedule, state_dtype):
+    # Quantized state always counts steps (stochastic rounding); the float32
+    # optimizer only with a schedule: with its state as template, the tree is its own.
+    lr = optax.linear_schedule(1e-2, 1e-3, 10) if schedule else 1e-2
+    options = dict(momentum=0.9, centered=True)
+    quantized = optax_rmsprop.rmsprop(lr, state_dtype=state_dtype, **options)
+    full = optax_rmsprop.rmsprop(lr, **options)
+    chained, chained_full = (optax.chain(optax.clip(1.0), t) for t in (quantized, full))
+    grads = jax.tree.map(lambda p: 0.3 * p, PARAMS)
+    _, state = chained.update(grads, chained.init(PARAMS), PARAMS)
+    template = jax.eval_shape(chained_full.init, PARAMS)
+    plain = optax_rmsprop.dequantize_state(state, PARAMS, template=template)
+    chex.assert_trees_all_equal_shapes_and_dtypes(plain, template)
+    assert (plain[1].rms.count is not None) == schedule
+    kept = optax_rmsprop.dequantize_state(state, PARAMS)
+    chex.assert_trees_all_equal(plain[1].rms.nu, kept[1].rms.nu)
+    _, after = jax.jit(chained_full.update)(grads, plain, PARAMS)
+    chex.assert_trees_all_equal_structs(after, template)
+
+
 # Per-step error bounds (mean |error|, mean relative error): bitsandbytes' for 8 bits.
 PER_STEP_BOUNDS = {"int8": (6e-5, 6e-4), "int4": (6e-5, 6e-4)}
 
