@@ -133,8 +133,20 @@ class StatePrecision:
         if not (self.quantized and param.ndim >= 1 and param.size >= self.min_size):
             return Encoding(dtype, root=real and dtype == np.float16)
         length = param.shape[-1]
+        if self.code_bytes(length) >= _dtypes.real_dtype(dtype).itemsize:
+            return Encoding(dtype)  # short rows: the codes and absmax would take more bytes
         n_blocks = _quantize.num_blocks(length, self.block_size)
         return Encoding(dtype, codebook_for(self.bits, real=real), n_blocks, length)
+
+    def code_bytes(self, length: int) -> float:
+        """Bytes per element of a quantized buffer whose last axis is ``length``.
+
+        Its codes (``ceil(length * bits / 8)`` bytes a row) and one float32
+        absmax per block: 5 for int8 rows of 1 element, 1.5 for rows of 8,
+        ``1 + 4 / block_size`` from the block size on.
+        """
+        n_blocks = _quantize.num_blocks(length, self.block_size)
+        return (math.ceil(length * self.bits / 8) + 4 * n_blocks) / length
 
 
 def codebook_for(bits: int, *, real: bool) -> Codebook:
@@ -308,6 +320,11 @@ class Encoding:
             return tuple(jnp.stack(arrays, -1) for arrays in zip(*parts, strict=True))
         return self._encode(value, again, seed)
 
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The dtype of the stored values: the codes', or the float array's."""
+        return self.codebook.storage_dtype if self.quantized else jnp.dtype(self.dtype)
+
     def stores_as_computed(self, dtype: np.dtype) -> bool:
         """The buffer is stored as it is computed in ``dtype``: a float array of that dtype."""
         return not self.quantized and self.dtype == dtype
@@ -383,7 +400,29 @@ class Buffer:
         """
         of_real = _dtypes.real_dtype if real else (lambda d: d)
         dtypes = jax.tree.map(lambda g: of_real(g.dtype), grads)
-        return cls(values, absmax, encodings(like, precision, real=real), dtypes)
+        buffer = cls(values, absmax, encodings(like, precision, real=real), dtypes)
+        buffer.check_stored()
+        return buffer
+
+    def check_stored(self) -> None:
+        """Raises if a leaf holds another dtype than its encoding stores (codes for floats).
+
+        Raises:
+          ValueError: naming the leaf, for a state saved by an optimizer that
+            stored that leaf otherwise (0.3.0 quantized rows shorter than the
+            codes' break-even, which are now kept in float32).
+        """
+        paths, treedef = jax.tree_util.tree_flatten_with_path(self.values)
+        for (path, v), e in zip(paths, treedef.flatten_up_to(self.encodings), strict=True):
+            if jnp.dtype(v.dtype) != e.storage_dtype:
+                raise ValueError(
+                    f"The optimizer state's leaf {jax.tree_util.keystr(path) or '<root>'} "
+                    f"holds {jnp.dtype(v.dtype).name} values where this optimizer stores "
+                    f"{e.storage_dtype.name}: it was saved by another version or with other "
+                    "options (optax_rmsprop 0.3.0 stored rows shorter than the codes' "
+                    "break-even as codes). Convert it with `optax_rmsprop.dequantize_state` "
+                    "of the version that saved it, or start the state afresh."
+                )
 
     def _leaves(self, *trees: Tree) -> tuple[Any, list[tuple]]:
         """The treedef, and per leaf ``(values, absmax or None, encoding, dtype, *trees)``."""

@@ -112,6 +112,50 @@ def test_the_layout_read_back_from_a_state_is_the_one_it_was_created_with(state_
     assert created["c"].complex and created["w"].quantized and not created["b"].quantized
 
 
+# Bytes per parameter of a quantized buffer by last-axis length (codes and one float32
+# absmax per block), where it saves memory; None: kept in float32 (4 bytes).
+SHORT_ROWS = {"int8": {1: None, 2: 3.0, 8: 1.5}, "int4": {1: None, 2: 2.5, 8: 1.0}}
+
+
+@pytest.mark.parametrize("state_dtype", STATES)
+def test_no_leaf_takes_more_bytes_quantized_than_in_float32(state_dtype):
+    # Blocks run along the last axis: each row pays a float32 absmax, which short
+    # rows cannot repay. Such leaves keep float32 state and step exactly as float32.
+    lengths = [1, 2, 3, 5, 8, 9, 100, 127, 128, 129, 255, 256, 257]
+    params = {f"l{n}": jnp.ones((-(-8192 // n), n), F32) for n in lengths}
+    tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
+    state = tx.init(params)
+    for n in lengths:
+        key, size = f"l{n}", params[f"l{n}"].size
+        for values, absmax in (
+            (state.rms.nu, state.rms.nu_absmax),
+            (state.momentum, state.momentum_absmax),
+        ):
+            stored = values[key].nbytes + absmax[key].nbytes
+            assert stored <= 4 * size + 4, (n, stored / size)  # 4: a float leaf's placeholder
+            want = SHORT_ROWS[state_dtype].get(n, "any")
+            if want is None:
+                assert values[key].dtype == F32 and absmax[key].shape == ()
+            elif want != "any":
+                assert stored / size == pytest.approx(want, abs=1e-3), (n, stored / size)
+    grads = jax.tree.map(lambda p: 0.01 * p, params)
+    updates, _ = tx.update(grads, state, params)
+    full = optax_rmsprop.rmsprop(1e-2, momentum=0.9)
+    want, _ = full.update(grads, full.init(params), params)
+    np.testing.assert_array_equal(updates["l1"], want["l1"])
+
+
+def test_a_state_storing_codes_where_this_optimizer_stores_floats_is_refused():
+    # 0.3.0 stored (N, 1) leaves as codes; read as float32 they would mean other values.
+    params = {"col": jnp.ones((8192, 1), F32)}
+    tx = optax_rmsprop.rmsprop(1e-2, state_dtype="int8")
+    state = tx.init(params)
+    old_nu = {"col": jnp.full((8192, 1), 255, jnp.uint8)}
+    old = state._replace(rms=state.rms._replace(nu=old_nu))
+    with pytest.raises(ValueError, match=r"leaf \['col'\] holds uint8 values .* float32"):
+        tx.update(params, old, params)
+
+
 NU_BYTES = {"int8": 1.02, "int4": 0.54}  # per parameter, absmax included
 
 
