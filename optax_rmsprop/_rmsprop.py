@@ -112,12 +112,15 @@ def rmsprop(
         keeps each parameter's dtype but never below float32 (bf16/fp16
         params get float32 accumulators); ``jnp.bfloat16`` halves the memory;
         ``"int8"`` stores each buffer block-quantized in 8 bits, a quarter of
-        float32's memory: 8-bit codes on a dynamic map (``nu`` unsigned, the
-        first moments signed) and one float32 absmax per block along the last
+        float32's memory: 8-bit codes (``nu`` on a binary floating-point grid
+        without zero, written with stochastic rounding; the first moments on a
+        signed dynamic map) and one float32 absmax per block along the last
         axis; the step dequantizes, updates in float32 (float64 for float64
         params) and re-quantizes. ``"int4"``: 4-bit codes, two per byte, an
-        eighth of float32's memory (``nu`` on the linear map ``(i + 1) / 16``
-        without zero, the first moments on a signed dynamic map). Below
+        eighth of float32's memory (``nu`` on powers of two, the first moments
+        on a signed dynamic map). A leaf whose last axis is too short for the
+        codes and absmax to take fewer bytes than float32 (length 1) keeps
+        float32 state. Below
         float32, the step moves the params by the new momentum buffer as
         stored (bfloat16, 8-bit codes; as PyTorch's in-place update does) and
         divides by the new ``nu`` and ``mu`` as computed (rounded to a
