@@ -664,7 +664,12 @@ def test_bytes_per_parameter_table_is_what_init_allocates():
         n = int(last_axis.replace(",", ""))
         got = (trimmed(state_bytes_per_param("int8", n)), trimmed(state_bytes_per_param("int4", n)))
         assert (int8, int4) == got, f"last axis {n}: the page says {(int8, int4)}, init gives {got}"
-    assert "`(N, 1)` costs 5 bytes per parameter" in normalized(table)
+    assert (
+        trimmed(state_bytes_per_param("int8", 1))
+        == trimmed(state_bytes_per_param("int4", 1))
+        == "4"
+    )
+    assert "`(N, 1)` would take 5), the leaf keeps float32 state" in normalized(table)
     assert f"`(N, 8)` costs {trimmed(state_bytes_per_param('int8', 8))} in int8" in normalized(
         table
     )
