@@ -13,6 +13,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# The state dtypes the step computes in: each has a float32 (or float64) compute path.
+FLOATING_STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+ALLOWED_STATE_DTYPES = (
+    f"None, a floating dtype ({', '.join(FLOATING_STATE_DTYPES)}), 'int8' or 'int4'"
+)
+# What an argument may be besides a number, for the message of a value that is neither
+# (rmsprop checks learning_rate only when it is not a callable).
+_ALSO_ACCEPTED = {
+    "learning_rate": ", a JAX array or an optax schedule (a callable of the step count)"
+}
 
 
 def is_concrete_real(value: Any) -> bool:
@@ -22,6 +34,11 @@ def is_concrete_real(value: Any) -> bool:
     and it can decide the state's structure (momentum 0: no buffer).
     """
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_array(value: Any) -> bool:
+    """A JAX or NumPy array or scalar, or a tracer (of any JAX version): all have both."""
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def check_range(
@@ -35,13 +52,16 @@ def check_range(
     """Raises ValueError unless ``low <= value < high`` (or ``<= high``).
 
     Only Python numbers are checked; JAX arrays and tracers pass through.
-    Non-finite values (nan, inf) are always rejected.
+    Non-finite values (nan, inf) are always rejected, and so is anything that
+    is neither a number nor an array (None, a string), which would otherwise
+    fail only at the first update.
     """
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got the bool {value!r}.")
     if not is_concrete_real(value):
-        if isinstance(value, (str, bytes)):
-            raise ValueError(f"{name} must be a number, got {value!r}.")
+        if not is_array(value):
+            also = _ALSO_ACCEPTED.get(name, "")
+            raise ValueError(f"{name} must be a number{also}, got {value!r}.")
         return
     upper_ok = value <= high if high_inclusive else value < high
     if not (math.isfinite(value) and low <= value and upper_ok):
@@ -57,6 +77,26 @@ def check_rms_args(decay: Any, eps: Any, initial_scale: Any) -> None:
     check_range("decay", decay, 0.0, 1.0)
     check_range("eps", eps, 0.0)
     check_range("initial_scale", initial_scale, 0.0)
+
+
+def check_floating_state_dtype(dtype: np.dtype) -> None:
+    """Raises ValueError unless ``dtype`` is a floating state dtype the step supports.
+
+    float8 and other narrow floats are floating dtypes too, but the step has no
+    compute path for them (its first update would fail on type promotion), and
+    an integer dtype such as ``int2`` is not a state at all: the message names
+    what is supported.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.name in FLOATING_STATE_DTYPES:
+        return
+    hint = ""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        hint = (
+            " Complex parameters get complex momentum buffers of the matching precision"
+            " automatically."
+        )
+    raise ValueError(f"state_dtype must be {ALLOWED_STATE_DTYPES}, got {dtype.name}.{hint}")
 
 
 def check_tree_matches_state(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import optax_rmsprop
+from optax_rmsprop import _validation
 
 BAD = [
     (
@@ -58,6 +61,68 @@ def test_state_dtype_must_be_floating_int8_or_int4(dtype):
     match = r"state_dtype must be None, a floating dtype \(float16, bfloat16, float32, float64\)"
     with pytest.raises(ValueError, match=match + ", 'int8' or 'int4'"):
         optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
+
+
+NOT_A_LEARNING_RATE = [None, "0.1", 1j, [0.1]]
+
+
+@pytest.mark.parametrize("learning_rate", NOT_A_LEARNING_RATE)
+def test_learning_rate_must_be_a_number_an_array_or_a_schedule(learning_rate):
+    """Refused at construction, not by an AttributeError at the first update."""
+    match = r"learning_rate must be a number, a JAX array or an optax schedule"
+    with pytest.raises(ValueError, match=match + r".*, got " + re.escape(repr(learning_rate))):
+        optax_rmsprop.rmsprop(learning_rate)
+
+
+@pytest.mark.parametrize("learning_rate", [0.1, np.float32(0.1), jnp.asarray(0.1)])
+def test_learning_rate_numbers_arrays_and_schedules_are_accepted(learning_rate):
+    params = jnp.ones(2)
+    for lr in (learning_rate, optax.constant_schedule(learning_rate)):
+        tx = optax_rmsprop.rmsprop(lr)
+        updates, _ = tx.update(params, tx.init(params), params)
+        np.testing.assert_allclose(updates, -0.1 / (1 - 0.9) ** 0.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["decay", "eps", "initial_scale"])
+def test_none_is_not_a_hyperparameter(name):
+    with pytest.raises(ValueError, match=rf"^{name} must be a number, got None\.$"):
+        optax_rmsprop.scale_by_rms(**{name: None})
+
+
+UNSUPPORTED_STATE_DTYPES = [
+    ("float8_e4m3fn", ""),
+    ("float8_e5m2", ""),
+    ("int2", ""),
+    ("complex64", " Complex parameters get complex momentum buffers"),
+]
+
+
+@pytest.mark.parametrize("dtype,hint", UNSUPPORTED_STATE_DTYPES)
+def test_state_dtype_check_names_what_is_supported(dtype, hint):
+    allowed = r"None, a floating dtype \(float16, bfloat16, float32, float64\), 'int8' or 'int4'"
+    with pytest.raises(ValueError, match=rf"^state_dtype must be {allowed}, got {dtype}\.{hint}"):
+        _validation.check_floating_state_dtype(jnp.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", _validation.FLOATING_STATE_DTYPES)
+def test_state_dtype_check_accepts_the_floats_the_step_computes_in(dtype):
+    _validation.check_floating_state_dtype(jnp.dtype(dtype))
+    params = jnp.ones(4)
+    tx = optax_rmsprop.rmsprop(0.1, state_dtype=dtype)
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert bool(jnp.all(jnp.isfinite(updates)))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs _storage._floating_dtype to call _validation.check_floating_state_dtype "
+    "(issue #37; owned by the core's files): remove this mark once wired",
+)
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "int2"])
+def test_rmsprop_refuses_unsupported_state_dtypes_at_construction(dtype):
+    allowed = r"None, a floating dtype \(float16, bfloat16, float32, float64\), 'int8' or 'int4'"
+    with pytest.raises(ValueError, match=rf"^state_dtype must be {allowed}, got {dtype}\.$"):
+        optax_rmsprop.rmsprop(0.1, state_dtype=jnp.dtype(dtype))
 
 
 def test_boundaries_are_accepted_and_behave():
