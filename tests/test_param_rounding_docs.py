@@ -122,7 +122,8 @@ def test_benchmark_small_mode(tmp_path):
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     payload = json.loads((tmp_path / "bf16_params.json").read_text())
-    assert (tmp_path / "bf16_params.md").read_text().count("|---") == 4  # the four tables
+    markdown = (tmp_path / "bf16_params.md").read_text()
+    assert markdown.count("\n|---") == 4  # the four tables
     variants = ["float32", *ROUNDINGS]
     assert [(r["lr"], r["variant"]) for r in payload["regression"]] == [
         (lr, v) for lr in (1e-3, 1e-4) for v in variants
