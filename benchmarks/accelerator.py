@@ -11,8 +11,9 @@ step's peak by state precision, :func:`state_precision.peak_memory`), ``precisio
 (:func:`compile_time.measure_precisions`) and ``trainer`` (the MNIST trainer's command
 line, 3 epochs). A part that would not finish in what is left of ``--budget-s`` is
 skipped, one that fails is recorded and the others still run; the results are written
-after every part (to ``$OUT`` by default), so a time-out still leaves them. ``--small``
-is the CPU mode CI runs, so that the command cannot rot between sessions with a device.
+after every part (to ``--out``, by default ``benchmarks/results/accelerator-BACKEND``),
+so a time-out still leaves them. ``--small`` is the CPU mode CI runs, so that the
+command cannot rot between sessions with a device.
 """
 
 from __future__ import annotations
@@ -129,7 +130,6 @@ def to_markdown(payload: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = common.parser(__doc__, "tiny sizes, a few trainer steps")
-    ap.set_defaults(out=os.environ.get("OUT"))
     ap.add_argument("--mnist-dir", default=None, help="real MNIST IDX files for the trainer")
     ap.add_argument("--sizes", type=float, nargs="+", default=None, help="N for the steps part")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds")

@@ -16,6 +16,8 @@ default), against issue #30's targets.
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import time
 
@@ -294,8 +296,37 @@ def main(argv: list[str] | None = None) -> None:
                 row["test_accuracy"] = float((logits.argmax(-1) == data["test_y"]).mean())
             payload["runs"].append(row)
             print(model, decay, f"{compile_s:.1f} s compile, {run_s:.1f} s run", flush=True)
-            common.write("fidelity", payload, to_markdown(payload), args.out)  # run by run
+            write(payload, args.out)  # run by run
     print(to_markdown(payload))
+
+
+def write(payload: dict, out: str | None = None) -> None:
+    """Writes fidelity.json (:func:`to_json`) and fidelity.md to ``out`` (default: results)."""
+    out = out or common.RESULTS
+    os.makedirs(out, exist_ok=True)
+    for name, text in (("fidelity.json", to_json(payload)), ("fidelity.md", to_markdown(payload))):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+
+
+JSON_DEPTH = 4  # payload, runs, run, layers: one line per layer and per run's field
+
+
+def to_json(payload: dict) -> str:
+    """``payload`` as JSON, one line per layer; figures unrounded, as the tables use them."""
+    return _json_lines(payload, JSON_DEPTH, "") + "\n"
+
+
+def _json_lines(x: object, depth: int, indent: str) -> str:
+    """``x`` as JSON, its first ``depth`` levels one item a line, the rest on one line."""
+    if depth == 0 or not isinstance(x, (dict, list)) or not x:
+        return json.dumps(x, separators=(",", ":"), default=str)
+    inner = indent + " "
+    if isinstance(x, dict):
+        items = [f"{inner}{json.dumps(k)}:{_json_lines(v, depth - 1, inner)}" for k, v in x.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    items = [inner + _json_lines(v, depth - 1, inner) for v in x]
+    return "[\n" + ",\n".join(items) + "\n" + indent + "]"
 
 
 def figure(x: float, digits: int = 2) -> str:

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _jax_versions
-
 
 def is_weak_scalar(value: object) -> bool:
     """A Python int or float, which JAX keeps weakly typed (a NumPy scalar is not)."""
@@ -72,4 +70,4 @@ def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:
 
 
 def _weakly_typed(x: jax.Array) -> bool:
-    return _jax_versions.typeof(x).weak_type
+    return jax.typeof(x).weak_type

@@ -2,10 +2,10 @@
 
 import pytest
 
-from optax_rmsprop import _jax_versions
+from tests import jax_compat
 
 
 @pytest.fixture(autouse=True)
 def _float64():
-    with _jax_versions.enable_x64(True):
+    with jax_compat.enable_x64(True):
         yield

@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from optax_rmsprop import _jax_versions, compat
+from optax_rmsprop import compat
+from tests import jax_compat
 from tests.golden import frameworks, parity
 from tests.helpers import update_and_apply
 
@@ -41,7 +42,7 @@ GOLDEN = [
 
 @pytest.mark.parametrize("framework,case_index,dtype,x64", GOLDEN)
 def test_matches_golden_record(framework, case_index, dtype, x64):
-    with _jax_versions.enable_x64(x64):
+    with jax_compat.enable_x64(x64):
         case, record = parity.golden(framework, case_index, dtype)
         parity.check(framework, case, record, dtype)
 
@@ -50,7 +51,7 @@ def test_matches_golden_record(framework, case_index, dtype, x64):
 @pytest.mark.parametrize("x64", [True, False], ids=["x64", "float32"])
 @pytest.mark.parametrize("framework", list(parity.PORTS))
 def test_matches_live_framework(framework, x64):
-    with _jax_versions.enable_x64(x64):
+    with jax_compat.enable_x64(x64):
         if x64:
             parity.check_live(framework, frameworks.CASES[framework], frameworks.DTYPES)
         else:
@@ -60,7 +61,7 @@ def test_matches_live_framework(framework, x64):
 
 def test_every_port_is_covered_with_x64_off():
     assert {fw for fw, _, _ in X64_OFF} == set(parity.PORTS)
-    with _jax_versions.enable_x64(False):
+    with jax_compat.enable_x64(False):
         tx = compat.tensorflow_v1(lambda count: 0.1 * 0.5**count, momentum=0.9)
         state = tx.init(jnp.zeros(2))
         assert jnp.asarray(1.0).dtype == jnp.float32 and state.step.dtype == jnp.int32

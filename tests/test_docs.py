@@ -269,3 +269,16 @@ def test_python_blocks_run(page, line, code, restored_jax_config):
         updates, _ = tx.update(grads, tx.init(params), params)
         finite = all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
         assert finite, f"{page}:{line}: {name}'s first update is not finite"
+
+
+def test_readme_version_table_names_the_python_each_ci_set_runs():
+    """The README's CI table and `.ci/run` agree on each set's Python."""
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    ran = dict(
+        re.findall(r'echo "=== ([\w-]+) \(Python [\d.]+.*\n\S+ \S+ "\$\(python_of ([\d.]+)', ci)
+    )
+    with open(os.path.join(ROOT, "README.md")) as f:
+        table = dict(re.findall(r"^\| ([\w-]+) \| (3\.\d+) \|", f.read(), flags=re.M))
+    assert set(ran) == {"newest", "colab-tpu", "minimum"}, ran
+    assert table == ran

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions
+from tests import jax_compat
 
 SHAPE = (16, 512)  # two 256-element (int8) or four 128-element (int4) blocks per row
 # Issue #30's targets: (median range, lowest 5th percentile, highest 95th percentile).
@@ -93,7 +93,7 @@ def step_ratios(sigma, key, *, state_dtype, decay, steps, kind="plain"):
 
 def percentiles(state_dtype, decay: float, steps: int, case: str, kind="plain") -> np.ndarray:
     sigma = jnp.asarray(sigmas(case, np.random.default_rng(0)), jnp.float32)
-    with _jax_versions.enable_x64(False):
+    with jax_compat.enable_x64(False):
         ratios = step_ratios(
             sigma,
             jax.random.PRNGKey(1),

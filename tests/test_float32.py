@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions
+from tests import jax_compat
 from tests.helpers import CASES, run_both
 
 STEPS = 60
@@ -31,7 +31,7 @@ CENTERED_TOLERANCE, TOLERANCE_DEFAULT = 5e-5, 1e-5
 
 @pytest.fixture(autouse=True)
 def _float64():  # overrides tests/conftest.py's fixture of the same name
-    with _jax_versions.enable_x64(False):
+    with jax_compat.enable_x64(False):
         yield
 
 

@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions, _quantize, _storage
+from optax_rmsprop import _quantize, _storage
 from tests.helpers import jitted_step, update_and_apply
 
 F32 = jnp.float32
@@ -518,7 +518,7 @@ def test_complex_moments_are_quantized_as_real_and_imaginary_parts(state_dtype):
         assert float(jnp.max(jnp.abs(got - ref))) < tolerance * float(jnp.max(jnp.abs(ref)))
 
 
-AXIS_TYPES = ["auto", "explicit"] if _jax_versions.HAS_EXPLICIT_SHARDING else ["auto"]
+AXIS_TYPES = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}
 
 
 @pytest.mark.xla_contract
@@ -528,11 +528,11 @@ AXIS_TYPES = ["auto", "explicit"] if _jax_versions.HAS_EXPLICIT_SHARDING else ["
 def test_sharded_state_needs_no_collective(axis_types, state_dtype):
     # Blocks run along the last axis inside each shard, so a step on params
     # sharded (data, model) over 4 x 2 devices moves nothing between devices.
-    mesh = _jax_versions.make_mesh((4, 2), ("data", "model"), explicit=axis_types == "explicit")
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AXIS_TYPES[axis_types],) * 2)
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
     params = jax.device_put(jnp.ones((64, 4096), F32), sharding)
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype=state_dtype)
-    with _jax_versions.set_mesh(mesh):
+    with jax.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     if axis_types == "auto":  # jit(init) of constants cannot know the sharding: place it
@@ -540,7 +540,7 @@ def test_sharded_state_needs_no_collective(axis_types, state_dtype):
     for leaf in jax.tree.leaves(state):  # codes and scales alike; the codebook mark replicated
         expected = sharding if leaf.ndim else replicated
         assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), leaf.shape
-    with _jax_versions.set_mesh(mesh):
+    with jax.set_mesh(mesh):
         compiled = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).compile()
         new_params, new_state = compiled(params, state, params)
     hlo = compiled.as_text()

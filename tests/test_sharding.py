@@ -11,13 +11,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions
 from tests.helpers import jitted_step
 
-pytestmark = pytest.mark.skipif(
-    jax.device_count() < 8 or not _jax_versions.HAS_EXPLICIT_SHARDING,
-    reason="needs 8 devices and jax's explicit sharding",
-)
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
 
 
 def test_state_is_sharded_like_params_and_numbers_match():
@@ -36,7 +32,7 @@ def test_state_is_sharded_like_params_and_numbers_match():
     }
     params = jax.tree.map(jax.device_put, host, shardings)
     tx = optax_rmsprop.rmsprop(0.1, momentum=0.9, centered=True, weight_decay=0.01)
-    with _jax_versions.set_mesh(mesh):
+    with jax.set_mesh(mesh):
         state = jax.jit(tx.init)(params)
     for tree in (state.rms.nu, state.rms.mu, state.momentum):
         for k in host:
@@ -49,7 +45,7 @@ def test_state_is_sharded_like_params_and_numbers_match():
             params, state = step(params, state, jax.tree.map(lambda p: p - 0.3, params))
         return params, state
 
-    with _jax_versions.set_mesh(mesh):
+    with jax.set_mesh(mesh):
         params, state = five_steps(params, state)
     for k in host:
         assert params[k].sharding.is_equivalent_to(shardings[k], params[k].ndim)

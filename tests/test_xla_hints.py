@@ -64,7 +64,7 @@ def test_after_refuses_buffers_of_another_shape():
 @pytest.mark.parametrize("state_dtype", ["int8", "int4"])
 def test_the_hints_keep_float32_copies_off_the_quantized_momentum_step(state_dtype):
     # What the hints buy: without them XLA writes g / denom out in float32 for the
-    # momentum buffer's passes and copies old buffers (4.6 to 5.1 bytes per parameter).
+    # momentum buffer's passes and copies old buffers.
     def temporaries():
         params = {"w": jax.ShapeDtypeStruct((2048, 2048), jnp.float32)}
         tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
@@ -78,4 +78,4 @@ def test_the_hints_keep_float32_copies_off_the_quantized_momentum_step(state_dty
         assert not _xla_hints.enabled()
         unhinted = temporaries()
     assert _xla_hints.enabled()
-    assert hinted <= 1.2 and unhinted >= 4, (hinted, unhinted)  # int4 on jax 0.4.35: 1.09
+    assert hinted <= 1.2 and unhinted >= 4, (hinted, unhinted)

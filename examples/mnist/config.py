@@ -85,8 +85,15 @@ def problem(name: str, value: Any) -> str | None:
     return None
 
 
-def number(value: Any, low: float, high: float = math.inf, *, integer: bool = False,
-           low_open: bool = False, high_open: bool = False) -> str | None:  # fmt: skip
+def number(
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> str | None:
     """What is wrong with ``value`` as a number from ``low`` to ``high``, or None."""
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         return f"must be {'an integer' if integer else 'a number'}, got {value!r}"

@@ -93,9 +93,14 @@ def load_tfds(name: str, data_dir: str | None = None, reachable=network_reachabl
     return Dataset(f"tfds {name}", *splits[0], *splits[1])
 
 
-def load(dataset: str | None = None, data_dir: str | None = None, *,
-         tfds_data_dir: str | None = None, log: Callable[[str], None] = print,
-         reachable: Callable[[], bool] = network_reachable) -> Dataset:  # fmt: skip
+def load(
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    *,
+    tfds_data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    reachable: Callable[[], bool] = network_reachable,
+) -> Dataset:
     """``data_dir``'s IDX files, else tfds's ``dataset``; with neither named, tfds's
     MNIST or (saying so) the bundled sample. A named dataset never falls back."""
     if data_dir is not None:

@@ -13,10 +13,11 @@ from typing import Any
 
 import jax  # XLA reads XLA_FLAGS when JAX creates its first backend, after xla_cpu.configure
 
-from examples.mnist import input_pipeline, train, xla_cpu
-from examples.mnist.checkpoints import CheckpointError
+from examples.mnist import input_pipeline, train
 from examples.mnist.config import Config, number, problem
-from examples.mnist.workdir_lock import WorkdirBusy
+from examples.mnist.robust import divergence, preemption, xla_cpu
+from examples.mnist.robust.checkpoints import CheckpointError
+from examples.mnist.robust.workdir_lock import WorkdirBusy
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -63,8 +64,9 @@ def _optimisation_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "momentum", "momentum in [0, 1); 0 disables it", float)
     _add(group, "centered", "centered RMSProp (Graves 2013)", bool)
     dtypes = "{float32,bfloat16,int8,int4}"
-    state = "optimizer state: bfloat16 half of float32's memory, int8 and int4 a quarter and an "
-    _add(group, "state_dtype", state + "eighth (block-quantized)", metavar=dtypes)
+    state = "optimizer state: bfloat16 half of float32's memory, int8 and int4 (block-quantized) "
+    state += "about a quarter and an eighth on large layers"
+    _add(group, "state_dtype", state, metavar=dtypes)
     group = parser.add_argument_group("training (a rerun must repeat epochs, batch size, seed)")
     _add(group, "epochs", "epochs, >= 1", int)
     _add(group, "batch_size", "global batch, a multiple of the device count", int)
@@ -92,8 +94,9 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     _add(group, "resume", "continue the run in --workdir (a rerun does when settings match)", bool)
     _add(group, "overwrite", "delete the run in --workdir and start afresh", bool)
     group = parser.add_argument_group("this process")
-    tuning = f"leave XLA:CPU's defaults (a CPU run adds {xla_cpu.CPU_TUNING} to XLA_FLAGS: "
-    tuning += "from jaxlib 0.10 the CNN trains 1.4x faster). Tuning: %(default)s"
+    tuning = f"leave XLA:CPU's defaults (a CPU run adds {xla_cpu.CPU_TUNING} to XLA_FLAGS "
+    tuning += "from jaxlib 0.10: the CNN trains faster, as benchmarks/results/"
+    tuning += "trainer_throughput.md measures). Tuning: %(default)s"
     group.add_argument("--no-cpu-tuning", dest="cpu_tuning", action="store_false", help=tuning)
     group.add_argument("--coordinator-address", metavar="HOST:PORT", help="for jax.distributed")
     count = lambda low: _checked(int, lambda n: number(n, low, integer=True))
@@ -140,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         where = dict(tfds_data_dir=args.tfds_data_dir, log=log)
         data = input_pipeline.load(config.dataset, config.data_dir, **where)
         train.train_and_evaluate(config, data, log=log)
-    except train.Preempted as err:
+    except preemption.Preempted as err:
         command = ["python", "-m", "examples.mnist", *(sys.argv[1:] if argv is None else argv)]
         log(f"{err.where} Resume with the same command: {shlex.join(command)}", file=sys.stderr)
         return err.exit_code
-    except train.RunStopped as err:
+    except divergence.Diverged as err:
         print(err, file=sys.stderr, flush=True)
-        return err.exit_code
+        return 1
     except (input_pipeline.DataUnavailable, ValueError, CheckpointError, WorkdirBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

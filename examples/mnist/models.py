@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
+from examples.mnist.config import Config
+
 
 class CNN(nnx.Module):
     """conv32-conv64-dense256-dense10, 2x2 average pooling, ReLU: Flax's Linen MNIST CNN."""
@@ -36,7 +38,9 @@ class MLP(nnx.Sequential):
         return super().__call__(x.reshape(x.shape[0], -1))
 
 
-def create(name: str, hidden: Sequence[int], seed: int) -> nnx.Module:
-    """The model called ``name`` ('cnn' or 'mlp'), initialised from ``seed``."""
-    rngs = nnx.Rngs(params=seed)
-    return CNN(rngs=rngs) if name == "cnn" else MLP(hidden, rngs=rngs)
+def create(config: Config) -> nnx.Module:
+    """The model ``config.model`` ('cnn' or 'mlp'), initialised from ``config.seed``."""
+    rngs = nnx.Rngs(params=config.seed)
+    if config.model == "cnn":
+        return CNN(rngs=rngs)
+    return MLP(config.mlp_widths, rngs=rngs)

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable
 
 import jax
+from tqdm.auto import tqdm
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -21,29 +22,44 @@ COMPILE_EVENTS = {
     f"/jax/core/compile/{e}_duration"
     for e in ("jaxpr_trace", "jaxpr_to_mlir_module", "backend_compile")
 }
-_compile_seconds = [0.0]
 
 
-def _on_duration(event: str, duration_secs: float, **_: object) -> None:
-    if event in COMPILE_EVENTS:
-        _compile_seconds[0] += duration_secs
+class CompileTime:
+    """Seconds this process has spent compiling since :meth:`listen`, as JAX reports them."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._listening = False
+
+    def listen(self) -> None:
+        """Starts counting; registers the listener once per process (jax 0.7 cannot remove it)."""
+        if not self._listening:
+            jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+            self._listening = True
+
+    def _on_duration(self, event: str, duration_secs: float, **_: object) -> None:
+        if event in COMPILE_EVENTS:
+            self.seconds += duration_secs
 
 
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
-
-
-def compile_seconds() -> float:
-    """Seconds this process has spent compiling so far, as JAX's monitoring events report them."""
-    return _compile_seconds[0]
+compile_time = CompileTime()  # the trainer calls compile_time.listen() when it starts
 
 
 class Reporter:
-    """Writes records on the main process only (``enabled``); every other process is silent."""
+    """A run's progress bar, console lines, metrics.jsonl, TensorBoard events, plots and
+    summary.json. Only the main process reports. Closed as a context manager."""
 
-    def __init__(self, workdir: str, *, enabled: bool = True, step: int = 0, say=print):
-        """Keeps metrics.jsonl's records up to ``step``, where the run continues."""
-        self.workdir, self.enabled, self.say, self._tb = workdir, enabled, say, None
-        if not enabled:
+    def __init__(
+        self, workdir: str, step: int, last_step: int, progress: bool = True, log=print
+    ) -> None:
+        """Starts at ``step``, where the run continues: metrics.jsonl keeps the records to it."""
+        self.workdir = workdir
+        self.enabled = jax.process_index() == 0
+        shown = progress and self.enabled
+        self._bar = tqdm(total=last_step, initial=step, disable=not shown)
+        self.say = self._bar.write if shown else log  # above the bar, which stays at the bottom
+        self._tb = None
+        if not self.enabled:
             return
         kept = [r for r in read_metrics(workdir) if r["step"] <= step]
         with open(os.path.join(workdir, METRICS), "w") as f:
@@ -52,6 +68,19 @@ class Reporter:
 
         self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD))
 
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
+        if self._tb:
+            self._tb.close()
+
+    def progress(self, num_steps: int, loss: float) -> None:
+        """Advances the progress bar by ``num_steps`` steps, the last of which had ``loss``."""
+        self._bar.update(num_steps)
+        self._bar.set_postfix(loss=f"{loss:.4f}")
+
     def record(self, record: dict) -> None:
         """Appends one evaluation record to metrics.jsonl and TensorBoard, and says its line."""
         if not self.enabled:
@@ -59,21 +88,18 @@ class Reporter:
         self.say(epoch_line(record))
         with open(os.path.join(self.workdir, METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb:
-            for key, value in _flatten(record):
-                self._tb.add_scalar(key, value, record["step"])
-            self._tb.flush()
+        for key, value in _flatten(record):
+            self._tb.add_scalar(key, value, record["step"])
+        self._tb.flush()
 
     def finish(self, summary: dict) -> None:
-        """Writes summary.json and the plots."""
-        if self.enabled:
-            with open(os.path.join(self.workdir, SUMMARY), "w") as f:
-                json.dump(summary, f, indent=2)
-            plot(self.workdir)
-
-    def close(self) -> None:
-        if self._tb:
-            self._tb.close()
+        """Writes summary.json and the plots, and says the run's last line."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, SUMMARY), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot(self.workdir)
+        self.say(done_line(summary, self.workdir))
 
 
 def epoch_line(record: dict) -> str:

@@ -1,21 +1,21 @@
 """Training and evaluation of the MNIST models with ``optax_rmsprop.rmsprop``.
 
-Written as the notebook is (``nnx.Optimizer``, train and eval steps that update an
-``nnx.MultiMetric``, ``nnx.jit``), plus: one code path for every device (a 1-D mesh
-``('data',)``, each batch sharded over it, the rest replicated), and several train
-steps per ``nnx.jit`` call on data already on the devices. The robustness add-ons
-are modules of their own, each called in one line of :func:`train_and_evaluate`:
-``workdir_lock``, ``preemption``, ``checkpoints`` and :func:`stop_if_diverged`.
+Written as Flax's MNIST example and the notebook are: ``nnx.Optimizer``, train and eval
+steps that update an ``nnx.MultiMetric``, ``nnx.jit``. Two changes for speed and scale:
+one code path for every device (a 1-D mesh ``('data',)``, each batch sharded over it, the
+rest replicated), and several train steps per ``nnx.jit`` call on data already on the
+devices. What lets a run survive real machines (the workdir lock, checkpoints, preemption,
+divergence) is in ``robust/``, each called in one line of :func:`train_and_evaluate`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,11 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 import optax_rmsprop
-from examples.mnist import checkpoints, input_pipeline, models, preemption, reporting, workdir_lock
-from examples.mnist.config import RUN_DEFINING, Config
+from examples.mnist import input_pipeline, models, reporting
+from examples.mnist.config import Config
+from examples.mnist.robust import checkpoints, divergence, preemption, workdir_lock
 
 QUANTILES = {"p0": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p100": 1.0}
 
@@ -36,6 +36,29 @@ QUANTILES = {"p0": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p100": 1.0}
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D mesh over every device of every process."""
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def learning_rate_schedule(config: Config, num_steps: int) -> optax.ScalarOrSchedule:
+    """The learning rate: ``config.learning_rate``, cosine-decayed to 0 over ``num_steps``."""
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, num_steps)
+    return config.learning_rate
+
+
+def create_optimizer(config: Config, learning_rate: optax.ScalarOrSchedule):
+    """RMSProp from ``optax_rmsprop`` with the run's settings."""
+    return optax_rmsprop.rmsprop(
+        learning_rate,
+        decay=config.decay,
+        eps=config.eps,
+        momentum=config.momentum or None,
+        centered=config.centered,
+        state_dtype=config.state_dtype,
+    )
+
+
+def create_metrics() -> nnx.MultiMetric:
+    return nnx.MultiMetric(accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))
 
 
 def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array):
@@ -60,11 +83,12 @@ def _sharded(mesh: jax.sharding.Mesh, *arrays: jax.Array) -> list[jax.Array]:
 
 # One nnx.jit call for several steps: its per-call cost (flattening the graph) is paid once.
 @nnx.jit(static_argnames=("mesh", "batch_size", "num_steps"), donate_argnums=(0, 1, 2))
-def train_chunk(model, optimizer, metrics, images, labels, order, start, *, mesh, batch_size,
-                num_steps):  # fmt: skip
+def train_chunk(
+    model, optimizer, metrics, images, labels, order, start, *, mesh, batch_size, num_steps
+):
     """``num_steps`` steps on ``order[start * batch_size:]``: the losses, and all params finite."""
     losses = []
-    for i in range(num_steps):  # unrolled: XLA:CPU runs a rolled loop ~8x slower (benchmarks/)
+    for i in range(num_steps):  # unrolled: XLA:CPU runs a rolled loop slower (docs/benchmarks.md)
         idx = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
         batch = _sharded(mesh, images[idx], labels[idx])
         losses.append(train_step(model, optimizer, metrics, *batch))
@@ -111,75 +135,109 @@ class Chunk(NamedTuple):
     num_steps: int
 
 
+@dataclasses.dataclass
+class Throughput:
+    """Examples trained, and the seconds they took (compilation excluded)."""
+
+    examples: int = 0
+    seconds: float = 0.0
+
+    def add(self, examples: int, seconds: float) -> None:
+        self.examples += examples
+        self.seconds += seconds
+
+    @property
+    def per_second(self) -> float | None:
+        return self.examples / self.seconds if self.seconds else None
+
+
 class Trainer:
     """The model, optimizer and metrics of one run, and the calls that advance and measure them."""
 
     def __init__(self, config: Config, mesh: jax.sharding.Mesh, steps_per_epoch: int):
-        self.config, self.mesh, self.steps_per_epoch = config, mesh, steps_per_epoch
+        self.config = config
+        self.mesh = mesh
+        self.steps_per_epoch = steps_per_epoch
         scheduled = config.epochs * steps_per_epoch  # the schedule spans every epoch
         self.total_steps = min(scheduled, config.max_steps or scheduled)
-        self.schedule = config.learning_rate
-        if config.schedule == "cosine":
-            self.schedule = optax.cosine_decay_schedule(config.learning_rate, scheduled)
-        self.model = models.create(config.model, config.mlp_widths, config.seed)
-        tx = optax_rmsprop.rmsprop(
-            self.schedule, decay=config.decay, eps=config.eps, momentum=config.momentum or None,
-            centered=config.centered, state_dtype=config.state_dtype,
-        )  # fmt: skip
+        self.schedule = learning_rate_schedule(config, scheduled)
+        self.model = models.create(config)
+        tx = create_optimizer(config, self.schedule)
         self.optimizer = nnx.Optimizer(self.model, tx, wrt=nnx.Param)
-        metrics = lambda: nnx.MultiMetric(
-            accuracy=nnx.metrics.Accuracy(), loss=nnx.metrics.Average("loss"))  # fmt: skip
-        self.metrics, self.eval_metrics = metrics(), metrics()
+        self.metrics = create_metrics()
+        self.eval_metrics = create_metrics()
         self.objects = (self.model, self.optimizer, self.metrics)  # what a checkpoint holds
-        params = nnx.to_pure_dict(nnx.state(self.model, nnx.Param))
-        paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        params = nnx.state(self.model, nnx.Param)
+        paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(params))]
         self.layers = [jax.tree_util.keystr(p, simple=True, separator="/") for p in paths]
-        self.num_params = sum(p.size for p in jax.tree.leaves(nnx.state(self.model, nnx.Param)))
+        self.num_params = sum(p.size for p in jax.tree.leaves(params))
         self._replicate(*self.objects)
-        self.examples, self.seconds = 0, 0.0  # trained so far by this process, compile excluded
-        self._window = (0, 0.0)  # (examples, seconds) at the last evaluation
-        self._order: tuple[int, Any] = (-1, None)  # (epoch, its permutation)
+        self.trained = Throughput()  # by this process
+        self.since_evaluation = Throughput()
+        self._orders: dict[int, jax.Array] = {}  # the current epoch's order of the examples
 
-    def _replicate(self, *objects: Any) -> None:
+    def _replicate(self, *objects: nnx.Module | nnx.Optimizer | nnx.MultiMetric) -> None:
         put = lambda x: input_pipeline.replicate(self.mesh, np.asarray(x))
         nnx.update(objects, jax.tree.map(put, nnx.state(objects)))
 
     def chunk_end(self, step: int) -> int:
         """Where the chunk from ``step`` ends: ``steps_per_dispatch`` from the epoch's start, cut
         at its end and at ``total_steps`` (two lengths compile; a continued run replays them)."""
-        epoch_start, k = step - step % self.steps_per_epoch, self.config.steps_per_dispatch
+        epoch_start = step - step % self.steps_per_epoch
+        k = self.config.steps_per_dispatch
         next_dispatch = epoch_start + ((step - epoch_start) // k + 1) * k
         return min(next_dispatch, epoch_start + self.steps_per_epoch, self.total_steps)
 
-    def train_chunk(self, data: input_pipeline.DeviceData, step: int, num_steps: int = 0) -> Chunk:
-        """Runs the chunk from ``step`` (``num_steps`` steps if given) in one jitted call."""
-        num_steps = num_steps or self.chunk_end(step) - step
+    def epoch_order(self, epoch: int, num_examples: int) -> jax.Array:
+        """The order of the training examples in ``epoch``, computed once per epoch."""
+        if epoch not in self._orders:
+            seed = np.uint32(self.config.seed)
+            order = epoch_order(seed, np.int32(epoch), num_examples=num_examples, mesh=self.mesh)
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
+    def train_chunk(self, data: input_pipeline.DeviceData, step: int) -> Chunk:
+        """Runs the steps from ``step`` to :meth:`chunk_end` in one jitted call."""
+        num_steps = self.chunk_end(step) - step
         epoch, position = divmod(step, self.steps_per_epoch)
-        if self._order[0] != epoch:
-            seed, n = np.uint32(self.config.seed), len(data.train_labels)
-            self._order = epoch, epoch_order(seed, np.int32(epoch), num_examples=n, mesh=self.mesh)
-        t0, compiling = time.perf_counter(), reporting.compile_seconds()
+        order = self.epoch_order(epoch, len(data.train_labels))
+        started = time.perf_counter()
+        compiled = reporting.compile_time.seconds
         losses, finite = train_chunk(
-            *self.objects, data.train_images, data.train_labels, self._order[1],
-            np.int32(position), mesh=self.mesh, batch_size=self.config.batch_size,
+            *self.objects,
+            data.train_images,
+            data.train_labels,
+            order,
+            np.int32(position),
+            mesh=self.mesh,
+            batch_size=self.config.batch_size,
             num_steps=num_steps,
-        )  # fmt: skip
-        losses = np.asarray(losses, np.float64)
-        seconds = time.perf_counter() - t0 - (reporting.compile_seconds() - compiling)
-        self.examples += num_steps * self.config.batch_size
-        self.seconds += seconds
+        )
+        losses = np.asarray(losses, np.float64)  # waits for the devices
+        compiling = reporting.compile_time.seconds - compiled
+        seconds = time.perf_counter() - started - compiling
+        for throughput in (self.trained, self.since_evaluation):
+            throughput.add(num_steps * self.config.batch_size, seconds)
         return Chunk(losses, bool(finite), seconds, num_steps)
 
     def evaluate(self, data: input_pipeline.DeviceData) -> dict[str, float]:
         """Test loss and accuracy of the current model: ``{'test_loss', 'test_accuracy'}``."""
         self.eval_metrics.reset()
         self._replicate(self.eval_metrics)
-        n, size = len(data.test_labels), data.eval_batch
-        for start in range(0, n, size):
+        n = len(data.test_labels)
+        for start in range(0, n, data.eval_batch):
             batch = (data.test_images, data.test_labels, np.int32(start))
-            length = min(size, n - start)
-            eval_step(self.model, self.eval_metrics, *batch, mesh=self.mesh, size=length)
+            size = min(data.eval_batch, n - start)
+            eval_step(self.model, self.eval_metrics, *batch, mesh=self.mesh, size=size)
         return {f"test_{k}": float(v) for k, v in self.eval_metrics.compute().items()}
+
+    def step_sizes(self) -> dict[str, dict[str, float]]:
+        """The quantiles of each layer's effective step size ``lr / (sqrt(nu) + eps)``."""
+        rows = step_size_quantiles(
+            self.model, self.optimizer, learning_rate=self.schedule, eps=self.config.eps
+        )
+        rows = zip(self.layers, jax.device_get(rows), strict=True)
+        return {layer: dict(zip(QUANTILES, map(float, row), strict=True)) for layer, row in rows}
 
     def evaluation_record(self, step: int, data: input_pipeline.DeviceData) -> dict:
         """One line of metrics.jsonl; the train metrics start afresh at the end of an epoch."""
@@ -187,51 +245,40 @@ class Trainer:
         if step % self.steps_per_epoch == 0:
             self.metrics.reset()
             self._replicate(self.metrics)
-        examples, seconds = self.examples - self._window[0], self.seconds - self._window[1]
-        self._window = (self.examples, self.seconds)
+        speed = self.since_evaluation.per_second
+        self.since_evaluation = Throughput()
         lr = self.schedule(step - 1) if callable(self.schedule) else self.schedule
-        rows = step_size_quantiles(
-            self.model, self.optimizer, learning_rate=self.schedule, eps=self.config.eps
-        )
-        rows = zip(self.layers, jax.device_get(rows), strict=True)
-        sizes = {layer: dict(zip(QUANTILES, map(float, row), strict=True)) for layer, row in rows}
         return {
-            "step": step, "epoch": round(step / self.steps_per_epoch, 4), **train,
-            **self.evaluate(data), "learning_rate": float(lr),
-            "examples_per_sec": examples / seconds if seconds else None,
-            "effective_step_size": sizes,
-        }  # fmt: skip
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            **train,
+            **self.evaluate(data),
+            "learning_rate": float(lr),
+            "examples_per_sec": speed,
+            "effective_step_size": self.step_sizes(),
+        }
 
     def non_finite_layers(self) -> list[str]:
         """The parameter leaves holding a nan or an inf (after a divergence)."""
         params = jax.tree.leaves(jax.device_get(nnx.state(self.model, nnx.Param)))
         return [n for n, p in zip(self.layers, params, strict=True) if not np.isfinite(p).all()]
 
-    def checkpoint(self, step: int) -> dict:
-        """What a checkpoint holds: the model, optimizer and train metrics, and the step."""
-        state = nnx.to_pure_dict(nnx.state(self.objects))
-        return {"state": state, "step": np.asarray(step, np.int64)}
-
-    def open_run(self, log: Callable[[str], None]) -> tuple[checkpoints.Checkpoints, int]:
-        """The run's checkpoints, and the step it continues from (restored into this state)."""
-        config = self.config.to_dict()
-        ckpt, step, tree = checkpoints.open_run(config, RUN_DEFINING, self.checkpoint(0), log)
-        if tree is not None:
-            state = nnx.state(self.objects)
-            nnx.replace_by_pure_dict(state, tree["state"])
-            nnx.update(self.objects, state)
-        return ckpt, step
-
     def summary(self, record: dict, step: int, source: str, wall_s: float, compile_s: float):
         """summary.json: the final test metrics, where and how fast the run trained."""
         return {
-            "test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"],
-            "epochs": step / self.steps_per_epoch, "steps": step, "wall_time_s": wall_s,
-            "train_time_s": self.seconds, "compile_time_s": compile_s,
-            "examples_per_sec": self.examples / self.seconds if self.seconds else None,
-            "devices": [str(d) for d in jax.devices()], "dataset": source,
-            "num_params": self.num_params, "config": self.config.to_dict(),
-        }  # fmt: skip
+            "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"],
+            "epochs": step / self.steps_per_epoch,
+            "steps": step,
+            "wall_time_s": wall_s,
+            "train_time_s": self.trained.seconds,
+            "compile_time_s": compile_s,
+            "examples_per_sec": self.trained.per_second,
+            "devices": [str(d) for d in jax.devices()],
+            "dataset": source,
+            "num_params": self.num_params,
+            "config": self.config.to_dict(),
+        }
 
 
 def steps_per_epoch(config: Config, num_train: int, num_devices: int) -> int:
@@ -244,107 +291,53 @@ def steps_per_epoch(config: Config, num_train: int, num_devices: int) -> int:
     return num_train // config.batch_size
 
 
-def checkpoint_due(previous: int, step: int, every: int, total_steps: int) -> bool:
-    """At the last step, and when the steps since ``previous`` crossed a multiple of ``every``."""
-    return step == total_steps or (bool(every) and previous // every != step // every)
-
-
-class RunStopped(RuntimeError):
-    """The run stopped before its last step; ``exit_code`` is what the command line returns."""
-
-    exit_code = 1
-
-
-class Preempted(RunStopped):
-    """SIGTERM or Ctrl-C: the run saved a checkpoint at ``step``; a rerun continues it."""
-
-    def __init__(self, stop: preemption.StopSignal, step: int, total_steps: int, checkpoint: str):
-        name = stop.received or "a preemption notice (SIGTERM to one of the processes)"
-        self.where = f"Stopped by {name} at step {step} of {total_steps}; checkpoint "
-        self.where += f"saved in {checkpoint}."
-        super().__init__(f"{self.where} Run again with the same settings to continue.")
-        self.exit_code = stop.exit_code()
-
-
-class Diverged(RunStopped):
-    """A loss or a parameter became nan or inf; nothing of it was checkpointed."""
-
-
-def divergence(chunk: Chunk, first_step: int, trainer: Trainer) -> str | None:
-    """What went non-finite in ``chunk`` (which started after ``first_step`` steps), or None."""
-    bad = np.flatnonzero(~np.isfinite(chunk.losses))
-    if bad.size:
-        return f"at step {first_step + bad[0] + 1} the train loss is {chunk.losses[bad[0]]}"
-    if not chunk.params_finite:
-        layers = ", ".join(trainer.non_finite_layers())
-        return f"after step {first_step + chunk.num_steps} parameters are not finite ({layers})"
-    return None
-
-
-def stop_if_diverged(problem: str | None, ckpt: checkpoints.Checkpoints) -> None:
-    """Raises :class:`Diverged` naming ``problem`` and the last good checkpoint, if any problem."""
-    if problem is None:
-        return
-    last = ckpt.latest_step()
-    good = f"the last good checkpoint is step {last} ({ckpt.step_path(last)})"
-    raise Diverged(
-        f"Diverged: {problem}. Training stopped and nothing non-finite was checkpointed; "
-        f"{good if last is not None else 'no checkpoint was written before it'}. Metrics so "
-        f"far are in {os.path.join(ckpt.workdir, reporting.METRICS)}. Try a smaller "
-        "--learning-rate or a larger --eps."
-    )
-
-
 def train_and_evaluate(
     config: Config, dataset: input_pipeline.Dataset, log: Callable[[str], None] = print
 ) -> dict:
-    """Trains ``config.model`` on ``dataset``, or continues the run in ``config.workdir``;
-    returns the summary (also in summary.json). Raises :class:`Preempted` (a checkpoint
-    saved), :class:`Diverged`, ``workdir_lock.WorkdirBusy`` and ``checkpoints.CheckpointError``.
+    """Trains ``config.model`` on ``dataset``, or continues the run in ``config.workdir``.
+
+    Returns the summary (also in summary.json). Raises ``preemption.Preempted`` (a
+    checkpoint saved), ``divergence.Diverged``, ``workdir_lock.WorkdirBusy`` and
+    ``checkpoints.CheckpointError``.
     """
-    t_start, compile_start = time.perf_counter(), reporting.compile_seconds()
-    main_process = jax.process_index() == 0
+    started = time.perf_counter()
+    reporting.compile_time.listen()
+    compiled = reporting.compile_time.seconds
     mesh = make_mesh()
     trainer = Trainer(config, mesh, steps_per_epoch(config, dataset.num_train, mesh.size))
+    total_steps = trainer.total_steps
     with contextlib.ExitStack() as stack:
-        stack.enter_context(workdir_lock.hold(config.workdir, enabled=main_process))
+        stack.enter_context(workdir_lock.hold(config.workdir, enabled=jax.process_index() == 0))
         stop = stack.enter_context(preemption.StopSignal())
-        ckpt, step = trainer.open_run(log)
-        stack.callback(ckpt.close)
-        if summary := reporting.finished(config.workdir, step, trainer.total_steps, log):
+        ckpt = stack.enter_context(checkpoints.open_run(config, trainer.objects, total_steps, log))
+        if summary := reporting.finished(config.workdir, ckpt.step, total_steps, log):
             return summary
-        log(f"{config.model}: {trainer.num_params:,} params | data: {dataset.source} | "
-            f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} in all")  # fmt: skip
+        log(
+            f"{config.model}: {trainer.num_params:,} params | data: {dataset.source} | "
+            f"{trainer.steps_per_epoch} steps/epoch, {total_steps} in all"
+        )
         data = input_pipeline.put_on_devices(dataset, mesh, config.eval_batch_size)
-        shown = config.progress and main_process
-        bar = stack.enter_context(tqdm(total=trainer.total_steps, initial=step, disable=not shown))
-        say = bar.write if shown else log  # through the bar, which stays at the bottom
-        reporter = reporting.Reporter(config.workdir, enabled=main_process, step=step, say=say)
-        stack.callback(reporter.close)
-        record, dispatch = {}, 0
-        while step < trainer.total_steps:
+        reporter = reporting.Reporter(config.workdir, ckpt.step, total_steps, config.progress, log)
+        stack.enter_context(reporter)
+        step = ckpt.step
+        dispatches = 0  # on every process alike: preemption's sync point counts them
+        record = {}
+        while step < total_steps:
             chunk = trainer.train_chunk(data, step)
-            stop_if_diverged(divergence(chunk, step, trainer), ckpt)
-            previous, step, dispatch = step, step + chunk.num_steps, dispatch + 1
-            bar.update(chunk.num_steps)
-            bar.set_postfix(loss=f"{chunk.losses[-1]:.4f}")
-            if step % trainer.steps_per_epoch == 0 or step == trainer.total_steps:
+            divergence.check_steps(chunk, step, trainer.non_finite_layers, ckpt)
+            reporter.progress(chunk.num_steps, chunk.losses[-1])
+            previous = step
+            step += chunk.num_steps
+            dispatches += 1
+            if step % trainer.steps_per_epoch == 0 or step == total_steps:
                 record = trainer.evaluation_record(step, data)
                 reporter.record(record)
-                loss = record["test_loss"]
-                stop_if_diverged(
-                    None if np.isfinite(loss) else f"at step {step} the test loss is {loss}", ckpt
-                )
-            stopping = stop.reached(dispatch) and step < trainer.total_steps
-            due = checkpoint_due(previous, step, config.checkpoint_every, trainer.total_steps)
-            if due or stopping:
-                ckpt.save(step, trainer.checkpoint(step))
-            if stopping:
-                raise Preempted(stop, step, trainer.total_steps, ckpt.step_path(step))
+                divergence.check_test_loss(record, ckpt)
+            ckpt.save_if_due(previous, step, trainer.objects)
+            stop.stop_if_asked(dispatches, step, ckpt, trainer.objects)
         record = record or trainer.evaluate(data)  # continued after the last step: evaluate it
-        compile_s = reporting.compile_seconds() - compile_start
-        wall_s = time.perf_counter() - t_start
+        wall_s = time.perf_counter() - started
+        compile_s = reporting.compile_time.seconds - compiled
         summary = trainer.summary(record, step, dataset.source, wall_s, compile_s)
         reporter.finish(summary)
-        log(reporting.done_line(summary, config.workdir))
         return summary

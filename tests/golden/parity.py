@@ -53,12 +53,11 @@ COUNT_FIELD = {
     "tensorflow_v1": "step",
 }
 # One step from the framework's own state: the largest normwise error of a leaf
-# (max |ours - theirs| / max |theirs|), in units of the dtype's epsilon. Seen:
-# at most 7.5 (a centered momentum buffer, where v - m*m cancels).
+# (max |ours - theirs| / max |theirs|), in units of the dtype's epsilon; the most is a
+# centered momentum buffer, where v - m*m cancels (`python -m tests.golden.report`).
 SINGLE_STEP_EPS = 16
 # A free run: the largest error after t steps, relative to max(|theirs|, 1), in
 # epsilons per step (rounding differs, FMA and op fusion, never the formula).
-# Seen: at most 0.5.
 FREE_RUN_EPS_PER_STEP = 4
 
 

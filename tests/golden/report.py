@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 
-from optax_rmsprop import _jax_versions
+from tests import jax_compat
 from tests.golden import parity
 
 
 def main() -> None:
     worst: dict = {}
-    with _jax_versions.enable_x64(True):
+    with jax_compat.enable_x64(True):
         for framework, i, dtype in parity.golden_cases():
             case, record = parity.golden(framework, i, dtype)
             single, free = parity.check(framework, case, record, dtype)

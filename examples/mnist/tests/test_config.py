@@ -8,9 +8,10 @@ import re
 
 import pytest
 
-from examples.mnist import checkpoints, main
-from examples.mnist.checkpoints import CheckpointError
+from examples.mnist import main
 from examples.mnist.config import RUN_DEFINING, Config
+from examples.mnist.robust import checkpoints
+from examples.mnist.robust.checkpoints import CheckpointError
 
 BAD = [  # field, value in Python, the same value on the command line
     ("epochs", 0, "0"),

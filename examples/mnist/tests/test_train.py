@@ -15,9 +15,10 @@ import numpy as np
 import optax
 import pytest
 
-from examples.mnist import input_pipeline, train, workdir_lock
-from examples.mnist.checkpoints import CheckpointError
+from examples.mnist import input_pipeline, train
 from examples.mnist.config import Config
+from examples.mnist.robust import checkpoints, divergence, workdir_lock
+from examples.mnist.robust.checkpoints import CheckpointError
 from examples.mnist.tests import helpers
 
 
@@ -408,8 +409,8 @@ def test_evaluation_counts_every_test_example_once(sample, eval_batch_size):
     ],
 )
 def test_checkpoint_is_due_when_a_multiple_is_crossed(previous, step, every, due):
-    assert train.checkpoint_due(previous, step, every, total_steps=100) is due
-    assert train.checkpoint_due(previous, 100, every, total_steps=100)
+    assert checkpoints.checkpoint_due(previous, step, every, last_step=100) is due
+    assert checkpoints.checkpoint_due(previous, 100, every, last_step=100)
 
 
 def test_batch_that_does_not_fit_is_refused():
@@ -425,15 +426,17 @@ def _chunk(losses, params_finite=True) -> train.Chunk:
 
 
 def test_divergence_names_the_step_and_the_quantity():
-    assert train.divergence(_chunk([0.5, 0.4]), 10, trainer=None) is None
-    assert train.divergence(_chunk([0.5, np.nan, np.inf]), 10, None) == (
+    unused = lambda: pytest.fail("the layers are named only when a parameter is not finite")
+    assert divergence.problem(_chunk([0.5, 0.4]), 10, unused) is None
+    assert divergence.problem(_chunk([0.5, np.nan, np.inf]), 10, unused) == (
         "at step 12 the train loss is nan"
     )
     config = Config(model="mlp", mlp_widths=(4,))
     trainer = train.Trainer(config, train.make_mesh(), steps_per_epoch=10)
     kernel = trainer.model.layers[2].kernel
     kernel[0, 0] = np.inf  # Variable item assignment: flax 0.11 and 0.12 alike
-    assert train.divergence(_chunk([0.5, 0.4], params_finite=False), 10, trainer) == (
+    chunk = _chunk([0.5, 0.4], params_finite=False)
+    assert divergence.problem(chunk, 10, trainer.non_finite_layers) == (
         "after step 12 parameters are not finite (layers/2/kernel)"
     )
 
@@ -463,7 +466,7 @@ def test_divergence_stops_without_checkpointing_it(
         checkpoint_every=1,
         steps_per_dispatch=1,
     )
-    with pytest.raises(train.Diverged, match=re.escape(expected)) as err:
+    with pytest.raises(divergence.Diverged, match=re.escape(expected)) as err:
         train.train_and_evaluate(config, tiny, log=lambda _: None)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
     if checkpoints:

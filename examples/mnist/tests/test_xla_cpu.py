@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from examples.mnist import xla_cpu
+from examples.mnist.robust import xla_cpu
 from examples.mnist.tests import helpers
 
 CONV_HLO = """

@@ -1,8 +1,9 @@
 """XLA:CPU tuning, set in ``XLA_FLAGS`` before JAX creates its backends (docs/mnist.md).
 
-Convolutions back on Eigen from YNNPACK: the CNN trains 1.4x faster on a 2-core CPU.
-A jaxlib that does not know the flag (0.7.2) aborts, so it is decided from package
-metadata alone (no child process, no file): from jaxlib 0.10, on CPU, if not set already.
+Convolutions back on Eigen from YNNPACK: the CNN trains faster on CPU, by the factor that
+``benchmarks/results/trainer_throughput.md`` measures (its first two rows). A jaxlib that
+does not know the flag (0.7.2) aborts, so it is decided from package metadata alone (no
+child process, no file): from jaxlib 0.10, on CPU, if not set already.
 """
 
 from __future__ import annotations
