@@ -1,6 +1,6 @@
 """Parameters in bfloat16: fidelity, memory and speed of ``param_rounding`` against float32 params.
 
-    python -m benchmarks.bf16_params [--small] [--out DIR]
+    python -m benchmarks.bf16_params [--small] [--mnist-dir DIR [--only-mnist]] [--out DIR]
 
 Four parts, each against float32 parameters fed the same data, with round to
 nearest (plain ``optax.apply_updates``, today's behaviour) beside the two
@@ -17,11 +17,16 @@ variants of ``optax_rmsprop.param_rounding``:
 - speed: the donated optimizer step (update and apply) with and without the
   rounding, interleaved, over the same MLP's parameters;
 - the character-level transformer of ``benchmarks.fidelity``, its parameters
-  stored in bfloat16 (computed in float32), 3,000 steps: the final loss.
+  stored in bfloat16 (computed in float32), 3,000 steps: the final loss;
+- with ``--mnist-dir DIR``, the MNIST trainer's CNN, 3 epochs with int8 state,
+  its model in bfloat16 (``--param-dtype bfloat16``): the test accuracy
+  (``--only-mnist``: this part alone, added to the results already written).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import jax
@@ -266,6 +271,23 @@ def transformer_rows(steps: int) -> list[dict]:
     return rows
 
 
+# -- the MNIST trainer ----------------------------------------------------------------
+def mnist_rows(mnist_dir: str) -> list[dict]:
+    """The trainer's CNN, 3 epochs of real MNIST, int8 state, per parameter precision."""
+    from benchmarks import trainer_throughput  # imports the trainer only when asked
+
+    rows = []
+    for variant in VARIANTS:
+        flags = ["--data-dir", mnist_dir, "--epochs", "3", "--state-dtype", "int8"]
+        if variant != "float32":
+            flags += ["--param-dtype", "bfloat16", "--param-rounding", variant]
+        summary = trainer_throughput.run_trainer(flags)
+        keep = ("test_accuracy", "test_loss", "train_time_s", "examples_per_sec", "error")
+        rows.append({"variant": variant} | {k: summary[k] for k in keep if k in summary})
+        print(rows[-1], flush=True)
+    return rows
+
+
 # -- output ------------------------------------------------------------------------------
 def pct(d: dict) -> str:
     return f"{d['p50']:.2f} ({d['p5']:.2f}–{d['p95']:.2f})"
@@ -342,15 +364,47 @@ def to_markdown(payload: dict) -> str:
         for r in payload["transformer"]
     ]
     lines += common.markdown_table(["params", "final loss", "/ float32", "training loss"], rows)
+    if "mnist" in payload:
+        lines += [
+            "",
+            "**MNIST** (`python -m examples.mnist --data-dir DIR --state-dtype int8 "
+            "--param-dtype bfloat16 --param-rounding R`: the CNN, 3 epochs of the full dataset, "
+            "the model stored and computed in bfloat16): test accuracy.",
+            "",
+        ]
+        rows = [
+            [r["variant"], r.get("error") or f"{100 * r['test_accuracy']:.2f}%"]
+            for r in payload["mnist"]
+        ]
+        lines += common.markdown_table(["params", "test accuracy"], rows)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__, "a 64 x 8 regression over 200 steps, 256-wide MLP, 20 LM steps")
+    ap.add_argument("--mnist-dir", default=None, help="also train the MNIST cnn, 3 epochs each")
+    ap.add_argument(
+        "--only-mnist", action="store_true", help="the MNIST part alone, into the results there"
+    )
     args = ap.parse_args(argv)
+    if args.only_mnist and not args.mnist_dir:
+        ap.error("--only-mnist needs --mnist-dir")
     jax.config.update("jax_enable_x64", False)  # float32, as users train
-    mode = SMALL if args.small else FULL
-    payload = {"machine": common.machine(), "small": args.small}
+    if args.only_mnist:  # the other parts as they were measured
+        with open(os.path.join(args.out or common.RESULTS, "bf16_params.json")) as f:
+            payload = json.load(f)
+    else:
+        payload = measure(SMALL if args.small else FULL) | {"small": args.small}
+    if args.mnist_dir:
+        payload["mnist"] = mnist_rows(args.mnist_dir)
+    markdown = to_markdown(payload)
+    print(markdown)
+    common.write("bf16_params", payload, markdown, args.out)
+
+
+def measure(mode: dict) -> dict:
+    """Every part but MNIST, at ``mode``'s sizes."""
+    payload = {"machine": common.machine()}
     payload["settings"] = {k: mode[k] for k in ("regression", "mlp", "rounds", "lm_steps")}
     payload["settings"] |= {"target_spread": TARGET_SPREAD, "noise": NOISE}
     payload["regression"] = regression_rows(mode["regression"])
@@ -358,9 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     mlp = mode["mlp"]
     payload["speed"] = speed_rows(mlp["width"], mlp["layers"], mode["rounds"])
     payload["transformer"] = transformer_rows(mode["lm_steps"])
-    markdown = to_markdown(payload)
-    print(markdown)
-    common.write("bf16_params", payload, markdown, args.out)
+    return payload
 
 
 if __name__ == "__main__":
