@@ -13,7 +13,8 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _jax_versions, _param_rounding
+from optax_rmsprop import _param_rounding
+from tests import jax_compat
 from tests.helpers import update_and_apply
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -338,16 +339,15 @@ def test_nnx_optimizer_steps_a_bfloat16_model_as_the_chain_does(method):
     assert not np.array_equal(np.asarray(got["kernel"]), np.asarray(nearest["kernel"]))
 
 
-@pytest.mark.skipif(
-    jax.device_count() < 8 or not _jax_versions.HAS_EXPLICIT_SHARDING,
-    reason="needs 8 devices and jax's explicit sharding",
-)
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
 @pytest.mark.parametrize("method", METHODS)
 def test_sharded_params_need_no_collective(method):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    mesh = _jax_versions.make_mesh((4, 2), ("data", "model"), explicit=True)
+    mesh = jax.make_mesh(
+        (4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Explicit,) * 2
+    )
     shape = (16, 1024)  # int8 blocks of 256 along the last axis: 4 per row, on 2 devices
     params = {"w": jax.random.normal(jax.random.key(0), shape).astype(jnp.bfloat16)}
     grads = {"w": jax.random.normal(jax.random.key(1), shape).astype(jnp.bfloat16)}
@@ -357,7 +357,7 @@ def test_sharded_params_need_no_collective(method):
     tx = _chain(method)
     apply = jax.jit(update_and_apply(tx))
     single, single_state = apply(params, tx.init(params), grads)
-    with _jax_versions.set_mesh(mesh):
+    with jax.set_mesh(mesh):
         sharded_params, sharded_grads = shard(params), shard(grads)
         state = jax.jit(tx.init)(sharded_params)
         text = apply.lower(sharded_params, state, sharded_grads).compile().as_text()
@@ -384,7 +384,7 @@ def test_the_rounding_adds_no_memory_to_a_donated_training_step():
     """
     shape, leaves = (256, 256), 3
     n = leaves * shape[0] * shape[1]
-    with _jax_versions.enable_x64(False):
+    with jax_compat.enable_x64(False):
         params = [jax.ShapeDtypeStruct(shape, jnp.bfloat16)] * leaves
         x = jax.ShapeDtypeStruct((4, shape[0]), jnp.bfloat16)
         inner = optax_rmsprop.rmsprop(1e-3, momentum=0.9, state_dtype="int8")
@@ -438,7 +438,7 @@ def _regression(variant: str, lr: float = 1e-3, steps: int = 400):
 
 
 def test_regression_round_to_nearest_fails_and_both_roundings_keep_it():
-    with _jax_versions.enable_x64(False):
+    with jax_compat.enable_x64(False):
         ref_loss, ref_move = _regression("float32")
         results = {v: _regression(v) for v in ("nearest", *METHODS)}
     moved = ref_move > 0
