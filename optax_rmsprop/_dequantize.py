@@ -8,12 +8,11 @@ import jax
 import numpy as np
 
 from optax_rmsprop import _storage
-from optax_rmsprop._rmsprop import RMSPropState
-from optax_rmsprop._scale_by_rms import ScaleByRmsState, check_maps
+from optax_rmsprop._state import RMSPropState, ScaleByRmsState, check_maps
 from optax_rmsprop._tree import Tree
 
 
-def dequantize_state(opt_state: Any, params: Tree | None = None) -> Any:
+def dequantize_state(opt_state: Any, params: Tree | None = None, *, template: Any = None) -> Any:
     """Replaces every quantized buffer of every RMSProp state in ``opt_state`` by its values.
 
     The result is the state of the same optimizer built with float32 state
@@ -21,12 +20,20 @@ def dequantize_state(opt_state: Any, params: Tree | None = None) -> Any:
     continue in full precision, or inspect ``nu`` directly. States that hold
     no quantized buffer come back unchanged.
 
+    A quantized state always counts its steps (its stochastic rounding needs
+    the count); the float32 optimizer counts only with a schedule or bias
+    correction. Pass that optimizer's state as ``template`` to get exactly its
+    tree: the count is then dropped where ``template`` has none.
+
     Args:
       opt_state: any optimizer state (inside ``chain``, ``inject_hyperparams``
         and the like) holding :class:`RMSPropState` or :class:`ScaleByRmsState`.
       params: the parameters (or ``jax.ShapeDtypeStruct`` leaves of their
         shapes); needed for 4-bit state only, whose codes go two per byte and
         so do not say whether a last axis is odd.
+      template: the state of the optimizer that will continue, e.g.
+        ``jax.eval_shape(tx32.init, params)``, shaped like ``opt_state`` above
+        its RMSProp states; or None to keep every step count.
 
     Returns:
       ``opt_state`` with codes turned into float32 values (complex64 for
@@ -37,28 +44,38 @@ def dequantize_state(opt_state: Any, params: Tree | None = None) -> Any:
       ValueError: for 4-bit state without ``params``.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> import optax_rmsprop
       >>> params = jnp.ones((4, 1024))
       >>> tx = optax_rmsprop.rmsprop(1e-2, state_dtype="int8")
       >>> state = tx.init(params)
       >>> state.rms.nu.dtype, optax_rmsprop.dequantize_state(state).rms.nu.dtype
       (dtype('uint8'), dtype('float32'))
+      >>> tx32 = optax_rmsprop.rmsprop(1e-2)
+      >>> full = optax_rmsprop.dequantize_state(state, template=tx32.init(params))
+      >>> jax.tree.structure(full) == jax.tree.structure(tx32.init(params))
+      True
     """
 
     def is_state(x: Any) -> bool:
         return isinstance(x, (RMSPropState, ScaleByRmsState))
 
-    def dequantize(state: RMSPropState | ScaleByRmsState) -> RMSPropState | ScaleByRmsState:
+    def dequantize(state: Any, like: Any = None) -> Any:
         if isinstance(state, RMSPropState):
             check_maps(state.rms)
-            like = state.rms.nu if params is None else params
-            momentum = _read(state.momentum, state.momentum_absmax, like, params, real=False)
-            return RMSPropState(dequantize(state.rms), momentum, None)
+            shapes = state.rms.nu if params is None else params
+            momentum = _read(state.momentum, state.momentum_absmax, shapes, params, real=False)
+            rms = dequantize(state.rms, None if like is None else like.rms)
+            return RMSPropState(rms, momentum, None)
+        if not isinstance(state, ScaleByRmsState):
+            return state
         nu, mu = rms_moments(state, params)
-        return ScaleByRmsState(state.count, nu, mu, None, None)
+        count = None if isinstance(like, ScaleByRmsState) and like.count is None else state.count
+        return ScaleByRmsState(count, nu, mu, None, None)
 
-    return jax.tree.map(lambda x: dequantize(x) if is_state(x) else x, opt_state, is_leaf=is_state)
+    if template is None:
+        return jax.tree.map(dequantize, opt_state, is_leaf=is_state)
+    return jax.tree.map(dequantize, opt_state, template, is_leaf=is_state)
 
 
 def rms_moments(state: ScaleByRmsState, params: Tree | None = None) -> tuple[Tree, Tree | None]:
@@ -78,12 +95,12 @@ def _read(
     """A stored buffer's values; ``like`` (the params, or ``nu``) gives each shape."""
     if values is None:
         return values
-    layouts = _storage.stored_layouts(
+    encodings = _storage.stored_encodings(
         values, absmax, like, real=real, length_known=params is not None
     )
 
-    def dtype(layout: _storage.Layout) -> np.dtype:  # float16 nu, stored by its root: float32
-        return np.dtype(np.float32) if layout.root else layout.dtype
+    def dtype(encoding: _storage.Encoding) -> np.dtype:  # float16 nu, stored by its root: f32
+        return np.dtype(np.float32) if encoding.root else encoding.dtype
 
-    dtypes = jax.tree.map(dtype, layouts, is_leaf=_storage.is_layout)
-    return _storage.read_tree(values, absmax, layouts, dtypes)
+    dtypes = jax.tree.map(dtype, encodings, is_leaf=_storage.is_encoding)
+    return _storage.read_tree(values, absmax, encodings, dtypes)

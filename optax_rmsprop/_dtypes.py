@@ -11,6 +11,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from optax_rmsprop._tree import Tree
 
 
 def is_weak_scalar(value: object) -> bool:
@@ -56,6 +59,19 @@ def compute_dtype(grad_dtype: np.dtype, state_moment_dtype: np.dtype) -> np.dtyp
     """dtype the update arithmetic runs in: at least float32 and the state's."""
     dtype = jnp.promote_types(grad_dtype, state_moment_dtype)
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
+    """Casts each gradient to the dtype its update is computed in (``nu``: the state's)."""
+    return jax.tree.map(lambda g, n: cast(g, compute_dtype(g.dtype, n.dtype)), grads, nu)
+
+
+def as_real(value: ArrayLike, like: jax.Array) -> ArrayLike:
+    """A hyperparameter for ``like``'s arithmetic: Python numbers stay weakly typed,
+    anything else is cast to ``like``'s real dtype."""
+    if is_weak_scalar(value):
+        return value
+    return cast(value, real_dtype(like.dtype))
 
 
 def cast(x: jax.Array, dtype: np.dtype) -> jax.Array:

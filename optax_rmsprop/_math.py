@@ -39,28 +39,32 @@ def denominator(
     return jnp.sqrt(var + eps) if eps_in_sqrt else jnp.sqrt(var) + eps
 
 
-def update_moments(
-    g: jax.Array, nu: jax.Array, mu: jax.Array | None, *, decay: ArrayLike
-) -> tuple[jax.Array, jax.Array | None]:
-    r"""The moving averages after one more gradient, in ``g``'s compute dtype.
-
-    .. math::
-
-      \nu' = \rho\,\nu + (1-\rho)\,|g|^2, \qquad
-      m' = \rho\,m + (1-\rho)\,g \quad\text{(centered only)}
+def update_nu(g: jax.Array, nu: jax.Array, decay: ArrayLike) -> jax.Array:
+    r"""The running mean square after one more gradient: :math:`\rho\,\nu + (1-\rho)\,|g|^2`.
 
     Args:
-      g: the gradient (real or complex).
+      g: the gradient (real or complex), in its compute dtype.
       nu: the running mean of ``|g|**2``, real, in ``g``'s real dtype.
-      mu: the running mean of ``g`` (centered), or None.
       decay: :math:`\rho`.
 
     Returns:
-      ``(nu', m')``, with ``m'`` None when ``mu`` is.
+      :math:`\nu'`, in ``nu``'s dtype.
     """
-    nu = decay * nu + (1 - decay) * abs_sq(g)
-    mu = None if mu is None else decay * mu + (1 - decay) * g
-    return nu, mu
+    return decay * nu + (1 - decay) * abs_sq(g)
+
+
+def update_mu(g: jax.Array, mu: jax.Array, decay: ArrayLike) -> jax.Array:
+    r"""The running mean (centered) after one more gradient: :math:`\rho\,m + (1-\rho)\,g`.
+
+    Args:
+      g: the gradient (real or complex), in its compute dtype.
+      mu: the running mean of ``g``, in ``g``'s dtype.
+      decay: :math:`\rho`.
+
+    Returns:
+      :math:`m'`, in ``g``'s dtype.
+    """
+    return decay * mu + (1 - decay) * g
 
 
 def rms_scale(
@@ -81,7 +85,7 @@ def rms_scale(
       \;\text{(eps\_in\_sqrt)}
 
     with :math:`c` the bias-correction factor :math:`1/(1-\rho^{t+1})`, or 1.
-    :meth:`RmsCore.step` passes the new moments as computed, rounded to a
+    :meth:`RmsCore.write` gives the new moments as computed, rounded to a
     bfloat16 or float16 state's dtype (not to 8-bit or 4-bit codes).
 
     Args:

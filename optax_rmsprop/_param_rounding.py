@@ -122,7 +122,7 @@ def join(param: jax.Array, remainder: jax.Array) -> jax.Array:
 
 
 def _compensated_leaf(
-    u: jax.Array, p: jax.Array, remainder: jax.Array
+    u: jax.Array, p: jax.Array, remainder: jax.Array, hints: _xla_hints.Hints
 ) -> tuple[jax.Array, jax.Array]:
     """The update landing ``p`` on its master weight plus ``u``, rounded; the new remainder.
 
@@ -131,7 +131,7 @@ def _compensated_leaf(
     in a training step, not the float32 master (4) of every leaf.
     """
     param, remainder = split(join(p, remainder) + u.astype(jnp.float32))
-    return _xla_hints.after(_landing(param, p), remainder.astype(jnp.float32)), remainder
+    return hints.after(_landing(param, p), remainder.astype(jnp.float32)), remainder
 
 
 def _init_remainder(p: jax.Array, rounded: bool) -> jax.Array:
@@ -200,6 +200,7 @@ def param_rounding(method: str = "stochastic") -> optax.GradientTransformation:
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    hints = _xla_hints.chosen()
 
     def init_fn(params):
         rounds = _check_params(params, method)
@@ -224,7 +225,7 @@ def param_rounding(method: str = "stochastic") -> optax.GradientTransformation:
         for u, p, rem, r in zip(
             leaves, p_leaves, tree.flatten_up_to(state.remainder), rounds, strict=True
         ):
-            u, rem = _compensated_leaf(u, p, rem) if r else (u, rem)
+            u, rem = _compensated_leaf(u, p, rem, hints) if r else (u, rem)
             out.append(u)
             remainders.append(rem)
         remainder = jax.tree.unflatten(tree, remainders)

@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _rounding, _xla_hints
+from optax_rmsprop import _rounding
 
 
 def dynamic_magnitudes(bits: int) -> np.ndarray:
@@ -170,14 +170,6 @@ NU4 = Codebook(
     log_rounding=True,
 )
 SIGNED4 = Codebook("signed4", signed=True, magnitudes=dynamic_magnitudes(3), bits=4)
-
-
-MARK = 2  # the version of the maps, kept in a quantized state's ``maps`` field
-
-
-def maps_marker() -> jax.Array:
-    """What a quantized state stores in its ``maps`` field: :data:`MARK`, int32."""
-    return jnp.asarray(MARK, jnp.int32)
 
 
 def encode(x: jax.Array, codebook: Codebook, random: jax.Array | None = None) -> jax.Array:
@@ -412,13 +404,10 @@ def pack(codes: jax.Array) -> jax.Array:
 
 def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
     """The ``length`` codes (``codebook.code_dtype``) that :func:`pack` stored in ``packed``."""
-    if _xla_hints.unpacks_by_bytes():
-        # a uint16 of the two nibbles read as two bytes: no shift pattern to hoist out of loops
-        wide = packed.astype(jnp.uint16)
-        spread = (wide & np.uint16(0x0F)) | ((wide & np.uint16(0xF0)) << np.uint16(4))
-        pairs = jax.lax.bitcast_convert_type(spread, jnp.uint8)
-    else:  # older XLA writes the pairs above out: shifts against a broadcast pair
-        pairs = (packed[..., None] >> np.array([0, 4], np.uint8)) & np.uint8(0xF)
+    # a uint16 of the two nibbles read as two bytes: no shift pattern to hoist out of loops
+    wide = packed.astype(jnp.uint16)
+    spread = (wide & np.uint16(0x0F)) | ((wide & np.uint16(0xF0)) << np.uint16(4))
+    pairs = jax.lax.bitcast_convert_type(spread, jnp.uint8)
     codes = pairs.reshape(*packed.shape[:-1], -1)[..., :length]
     if codebook.signed:  # the two's complement nibble: 8..15 stand for -8..-1
         return jnp.where(codes >= 8, codes.astype(jnp.int8) - np.int8(16), codes.astype(jnp.int8))

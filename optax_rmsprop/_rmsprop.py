@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -33,26 +32,8 @@ from optax_rmsprop import (
     _validation,
     _weight_decay,
 )
+from optax_rmsprop._state import RMSPropState
 from optax_rmsprop._tree import Tree
-
-
-class RMSPropState(NamedTuple):
-    """State of :func:`rmsprop`.
-
-    Attributes:
-      rms: the :class:`ScaleByRmsState` (``nu``, centered ``mu``, and the step
-        count when a schedule or bias correction needs it).
-      momentum: the momentum buffer, one array per parameter, when
-        ``momentum`` is set (and not the Python number 0), else ``None``.
-      momentum_absmax: with ``state_dtype="int8"`` or ``"int4"`` and momentum,
-        the per-block absmax of the quantized buffer (whose leaves are then
-        ``int8`` codes, or ``uint8`` bytes of two 4-bit codes), a scalar 0 at
-        leaves kept unquantized; else None.
-    """
-
-    rms: _scale_by_rms.ScaleByRmsState
-    momentum: Tree | None
-    momentum_absmax: Tree | None = None
 
 
 def rmsprop(
@@ -131,12 +112,15 @@ def rmsprop(
         keeps each parameter's dtype but never below float32 (bf16/fp16
         params get float32 accumulators); ``jnp.bfloat16`` halves the memory;
         ``"int8"`` stores each buffer block-quantized in 8 bits, a quarter of
-        float32's memory: 8-bit codes on a dynamic map (``nu`` unsigned, the
-        first moments signed) and one float32 absmax per block along the last
+        float32's memory: 8-bit codes (``nu`` on a binary floating-point grid
+        without zero, written with stochastic rounding; the first moments on a
+        signed dynamic map) and one float32 absmax per block along the last
         axis; the step dequantizes, updates in float32 (float64 for float64
         params) and re-quantizes. ``"int4"``: 4-bit codes, two per byte, an
-        eighth of float32's memory (``nu`` on the linear map ``(i + 1) / 16``
-        without zero, the first moments on a signed dynamic map). Below
+        eighth of float32's memory (``nu`` on powers of two, the first moments
+        on a signed dynamic map). A leaf whose last axis is too short for the
+        codes and absmax to take fewer bytes than float32 (length 1) keeps
+        float32 state. Below
         float32, the step moves the params by the new momentum buffer as
         stored (bfloat16, 8-bit codes; as PyTorch's in-place update does) and
         divides by the new ``nu`` and ``mu`` as computed (rounded to a
@@ -269,16 +253,18 @@ class _RMSProp:
         self._check_args(updates, state, params)
         like = updates if params is None else params
         g = self._gradient(updates, state, params)
-        scaled, rms = self.core.step(g, state.rms, like)
+        core = self.core
+        stored, old = core.read(g, state.rms, like)
+        stored, divisors = core.write(stored, core.update(g, old), state.rms.count)
+        scaled = core.scale(g, divisors)
         count = state.rms.count
         lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
-        buffer, buffer_absmax = None, None
+        buffer = None
         if self.momentum is not None:
-            step, rms, buffer, buffer_absmax = self._with_momentum(
-                scaled, rms, g, lr, updates, state, params
-            )
+            step, buffer = self._with_momentum(scaled, g, old, lr, state, like)
+            stored = stored.after(core.hints, buffer.values)
         else:
-            step = _momentum.scale_by_lr(scaled, lr)
+            step = jax.tree.map(lambda s: s * _dtypes.as_real(lr, s), scaled)
         if self.caution:
             step = jax.tree.map(_caution.cautious, step, g)
         if self.decays_weights and self.decoupled_weight_decay:
@@ -286,7 +272,10 @@ class _RMSProp:
                 step, params, lr, self.weight_decay, self.weight_decay_mask
             )
         new_updates = jax.tree.map(lambda s, p: _dtypes.cast(-s, p.dtype), step, like)
-        return new_updates, RMSPropState(rms, buffer, buffer_absmax)
+        rms = core.state(stored, state.rms)
+        if buffer is None:
+            return new_updates, RMSPropState(rms, None, None)
+        return new_updates, RMSPropState(rms, buffer.values, buffer.absmax)
 
     def _check_args(self, updates, state, params) -> None:
         def matches_state(tree, what):
@@ -309,7 +298,7 @@ class _RMSProp:
 
     def _gradient(self, updates, state, params):
         """The gradient in: cast to the compute dtype, maximize, L2 weight decay."""
-        g = _scale_by_rms.to_compute_dtype(updates, state.rms.nu)
+        g = _dtypes.to_compute_dtype(updates, state.rms.nu)
         if self.maximize:
             g = jax.tree.map(lambda x: -x, g)
         if self.decays_weights and not self.decoupled_weight_decay:
@@ -318,28 +307,19 @@ class _RMSProp:
             )
         return g
 
-    def _with_momentum(self, scaled, rms, g, lr, updates, state, params):
-        """The momentum buffer's step, the new buffer, and the moments written after it."""
-        like = updates if params is None else params
-        precision = self.core.precision
+    def _with_momentum(self, scaled, g, old, lr, state, like):
+        """The step by the momentum buffer, and the new buffer (a ``_storage.Buffer``).
 
-        def rescale(fresh):  # g / denom again, from a copy of the raw gradients
-            g = self._gradient(fresh, state, params)
-            return self.core.step(g, state.rms, like, write=False)[0]
-
-        layouts = _storage.layouts(like, precision, real=False)
-        step, buffer, absmax = _momentum.momentum_step(
-            scaled,
-            state.momentum,
-            state.momentum_absmax,
-            layouts,
-            lr,
-            self.momentum,
-            nesterov=self.nesterov,
-            lr_in_momentum=self.lr_in_momentum,
-            rescale=rescale,
-            raw=updates,
+        Where the buffer is stored as codes, each of the passes that write them
+        scales ``g`` again from the moments read (``old``), for a division and
+        a square root per pass rather than a float32 copy of ``g / denom``.
+        """
+        core = self.core
+        buffer = _storage.Buffer.of(
+            state.momentum, state.momentum_absmax, g, like, core.precision, real=False
         )
-        nu_layouts = _storage.layouts(like, precision, real=True)
-        rms = _momentum.moments_written_after(rms, buffer, nu_layouts, layouts, g)
-        return step, rms, buffer, absmax
+        settings = _momentum.Momentum(lr, self.momentum, self.nesterov, self.lr_in_momentum)
+        rescaled = None
+        if buffer.quantized():
+            rescaled = core.hints.per_pass(lambda copy: core.rescale(copy, old), g)
+        return settings.apply(scaled, buffer, core.hints, rescaled)

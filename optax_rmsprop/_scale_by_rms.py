@@ -1,13 +1,16 @@
 """``scale_by_rms``: divide each gradient by the root of its running mean square.
 
 This is RMSProp without a learning rate, the building block of
-:func:`optax_rmsprop.rmsprop`.
+:func:`optax_rmsprop.rmsprop`. Its :class:`RmsCore` reads the moments from the
+state, updates them (:mod:`optax_rmsprop._math`), writes them back
+(:mod:`optax_rmsprop._storage`) and scales the gradient, each a step of its own,
+so that :func:`~optax_rmsprop.rmsprop`'s momentum path can scale the gradient
+again from the moments it read.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
@@ -16,69 +19,32 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from optax_rmsprop import (
-    _dtypes,
-    _math,
-    _quantize,
-    _rounding,
-    _storage,
-    _tree,
-    _validation,
-    _xla_hints,
-)
+from optax_rmsprop import _dtypes, _math, _rounding, _state, _storage, _validation, _xla_hints
+from optax_rmsprop._state import ScaleByRmsState
 from optax_rmsprop._tree import Tree
 
 
-class ScaleByRmsState(NamedTuple):
-    """State of :func:`scale_by_rms`.
+class Moments(NamedTuple):
+    """``nu`` and centered ``mu`` of a whole tree, in the compute dtype, and the
+    bias-correction factor they are divided by (None for none)."""
 
-    Attributes:
-      count: number of updates applied so far (int32 scalar, saturating), kept
-        only when something needs it (bias correction, a learning-rate
-        schedule, the stochastic rounding of a 16-bit, 8-bit or 4-bit state);
-        else None, so a plain step moves no extra buffers.
-      nu: exponential moving average of ``|g|**2``, one real array per
-        parameter, starting at ``initial_scale``.
-      mu: exponential moving average of ``g`` when ``centered=True``
-        (complex for complex parameters), else ``None``.
-      nu_absmax: with ``state_dtype="int8"`` or ``"int4"``, the float32
-        per-block absmax of the quantized ``nu`` (whose leaves are then the
-        ``uint8`` codes, or bytes of two 4-bit codes), a scalar 0 at leaves
-        kept unquantized; else None. For 4-bit codes it has a trailing unit
-        axis, the mark of their packing.
-      mu_absmax: the same for ``mu`` (``int8`` codes, or bytes of two 4-bit codes).
-      maps: with ``state_dtype="int8"`` or ``"int4"``, the version of the maps
-        the codes index (an int32 scalar, 2); else None. A state saved with
-        other maps lacks the field: ``flax.serialization`` refuses it by name,
-        and one that orbax restores (the field None) is refused by the next
-        update and by ``dequantize_state``.
-    """
-
-    count: jax.Array | None
     nu: Tree
     mu: Tree | None
-    nu_absmax: Tree | None
-    mu_absmax: Tree | None
-    maps: jax.Array | None = None
+    correction: jax.Array | None
 
 
-def check_maps(state: ScaleByRmsState) -> None:
-    """Raises if ``state`` holds codes but no ``maps`` mark: codes of earlier maps."""
-    if state.nu_absmax is not None and state.maps is None:
-        raise ValueError(
-            "This quantized optimizer state has no `maps` field (it is None): it was saved "
-            "by optax_rmsprop 0.1 or 0.2, whose 8-bit and 4-bit codes index other maps, and "
-            "read on today's maps its codes would mean other values. Convert it with "
-            "`optax_rmsprop.dequantize_state` of the version that saved it, and save that "
-            "(or start the optimizer state afresh)."
-        )
+class Stored(NamedTuple):
+    """The moments as the state stores them."""
 
+    nu: _storage.Buffer
+    mu: _storage.Buffer | None
 
-def to_compute_dtype(grads: Tree, nu: Tree) -> Tree:
-    """Casts each gradient to the dtype its update is computed in."""
-    return jax.tree.map(
-        lambda g, n: _dtypes.cast(g, _dtypes.compute_dtype(g.dtype, n.dtype)), grads, nu
-    )
+    def after(self, hints: _xla_hints.Hints, buffer: Tree) -> Stored:
+        """Written after the momentum ``buffer`` (and ``mu`` after ``nu``: a centered
+        quantized ``nu`` reads the old ``mu``)."""
+        nu = self.nu.after(hints, buffer)
+        mu = None if self.mu is None else self.mu.after(hints, buffer, nu.values)
+        return Stored(nu, mu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +52,9 @@ class RmsCore:
     """The RMS core, checked once: its settings, the state it starts from, the step it takes.
 
     :func:`scale_by_rms` and :func:`optax_rmsprop.rmsprop` each build one and
-    call :meth:`init` and :meth:`step`; the hyperparameters may be JAX arrays
-    (``optax.inject_hyperparams``), which are not checked.
+    call :meth:`init` and :meth:`step` (or its parts: :meth:`read`,
+    :meth:`update`, :meth:`write`, :meth:`scale`); the hyperparameters may be
+    JAX arrays (``optax.inject_hyperparams``), which are not checked.
     """
 
     decay: ArrayLike
@@ -97,6 +64,7 @@ class RmsCore:
     centered: bool
     bias_correction: bool
     precision: _storage.StatePrecision
+    hints: _xla_hints.Hints = _xla_hints.Hints()
 
     @classmethod
     def checked(
@@ -112,7 +80,10 @@ class RmsCore:
         block_size: int | None,
         min_quantized_size: int | None,
     ) -> RmsCore:
-        """The core for these arguments (as :func:`scale_by_rms` takes them), validated."""
+        """The core for these arguments (as :func:`scale_by_rms` takes them), validated.
+
+        The XLA hints are those chosen now (:func:`optax_rmsprop._xla_hints.chosen`).
+        """
         _validation.check_rms_args(decay, eps, initial_scale)
         return cls(
             decay=decay,
@@ -124,6 +95,7 @@ class RmsCore:
             precision=_storage.StatePrecision.from_args(
                 state_dtype, block_size, min_quantized_size
             ),
+            hints=_xla_hints.chosen(),
         )
 
     def init(self, params: Tree, *, track_count: bool) -> ScaleByRmsState:
@@ -138,95 +110,102 @@ class RmsCore:
             mu=mu,
             nu_absmax=nu_absmax,
             mu_absmax=mu_absmax,
-            maps=_quantize.maps_marker() if self.precision.quantized else None,
+            maps=_state.maps_mark() if self.precision.quantized else None,
         )
 
     def _counts(self, track_count: bool) -> bool:
         return track_count or self.bias_correction or self.precision.stochastic
 
-    def step(
-        self, grads: Tree, state: ScaleByRmsState, like: Tree, *, write: bool = True
-    ) -> tuple[Tree, ScaleByRmsState | None]:
-        """:func:`update_moments`, then :func:`rms_scale`, over gradients in their compute dtype.
+    def step(self, grads: Tree, state: ScaleByRmsState, like: Tree) -> tuple[Tree, ScaleByRmsState]:
+        """:meth:`read`, :meth:`update`, :meth:`write`, then :meth:`scale`.
 
-        ``like`` (the params, or the raw gradients) fixes each buffer's layout.
-        The buffers are read in the compute dtype and written back in their
-        own storage. Returns ``g / denom`` in the compute dtype (the caller
-        casts) and the new state (None with ``write=False``: ``g / denom`` alone).
+        ``grads`` are in their compute dtype; ``like`` (the params, or the raw
+        gradients) fixes each buffer's encoding. Returns ``g / denom`` in the
+        compute dtype (the caller casts) and the new state.
         """
-        check_maps(state)
+        stored, old = self.read(grads, state, like)
+        stored, divisors = self.write(stored, self.update(grads, old), state.count)
+        return self.scale(grads, divisors), self.state(stored, state)
+
+    def read(self, grads: Tree, state: ScaleByRmsState, like: Tree) -> tuple[Stored, Moments]:
+        """The moments as stored, and their values in ``grads``' compute dtypes."""
+        _state.check_maps(state)
+        nu = _storage.Buffer.of(state.nu, state.nu_absmax, grads, like, self.precision, real=True)
+        nu_value, mu, mu_value = nu.read(), None, None
+        if self.centered:
+            mu = _storage.Buffer.of(
+                state.mu, state.mu_absmax, grads, like, self.precision, real=False
+            )
+            mu_value = mu.read()
+            if self.precision.quantized:
+                # Rounded apart, the moments can break nu >= |mu|**2, which the exact ones
+                # keep and which keeps the variance off 0; restored, the update keeps it too.
+                nu_value = jax.tree.map(
+                    lambda n, m: jnp.maximum(n, _math.abs_sq(m)), nu_value, mu_value
+                )
         correction = None
         if self.bias_correction:
             correction = _math.bias_correction_factor(state.count, self.decay)
-        layouts = _storage.layouts(like, self.precision, real=True)
-        nu = _storage.stored_tree(state.nu, state.nu_absmax, layouts)
-        mu = _tree.nones_like(grads)
-        if self.centered:
-            layouts = _storage.layouts(like, self.precision, real=False)
-            mu = _storage.stored_tree(state.mu, state.mu_absmax, layouts)
-        index = jax.tree.unflatten(jax.tree.structure(grads), range(len(jax.tree.leaves(grads))))
-        leaf = functools.partial(self._leaf, count=state.count, correction=correction, write=write)
-        scaled, new_nu, new_mu = _tree.unzip(grads, jax.tree.map(leaf, grads, nu, mu, index), 3)
-        if not write:
-            return scaled, None
-        nu, nu_absmax = _tree.unzip(grads, new_nu, 2)
-        nu_absmax = None if state.nu_absmax is None else nu_absmax
-        mu, mu_absmax = None, None
-        if self.centered:
-            mu, mu_absmax = _tree.unzip(grads, new_mu, 2)
-            mu_absmax = None if state.mu_absmax is None else mu_absmax
+        return Stored(nu, mu), Moments(nu_value, mu_value, correction)
+
+    def update(self, grads: Tree, old: Moments) -> Moments:
+        """The moments after one more gradient (``_math.update_nu``, ``_math.update_mu``)."""
+        nu = jax.tree.map(lambda g, n: _math.update_nu(g, n, self.decay), grads, old.nu)
+        mu = None
+        if old.mu is not None:
+            mu = jax.tree.map(lambda g, m: _math.update_mu(g, m, self.decay), grads, old.mu)
+        return Moments(nu, mu, old.correction)
+
+    def write(
+        self, stored: Stored, new: Moments, count: jax.Array | None
+    ) -> tuple[Stored, Moments]:
+        """``new`` written over ``stored``, and the moments the step divides by.
+
+        A bfloat16 or float16 state divides by the moment as stored, read back:
+        the step then never reads the old one, which XLA overwrites in place.
+        8-bit and 4-bit codes are coarse, so the step uses the moment it just
+        computed, as bitsandbytes' kernels do.
+        """
+        n = len(jax.tree.leaves(new.nu))
+        nu = stored.nu.write(new.nu, seeds=self._seeds(count, n, 0))
+        nu, nu_divisor = nu.read_back(new.nu, self.hints, codes=False)
+        mu, mu_divisor = None, None
+        if stored.mu is not None:
+            mu = stored.mu.write(new.mu, seeds=self._seeds(count, n, 1))
+            mu, mu_divisor = mu.read_back(new.mu, self.hints, codes=False)
+        return Stored(nu, mu), Moments(nu_divisor, mu_divisor, new.correction)
+
+    def _seeds(self, count: jax.Array | None, n: int, buffer: int) -> list | None:
+        """Each leaf's stochastic-rounding seed for ``nu`` (``buffer`` 0) or ``mu`` (1)."""
+        if not self.precision.stochastic:
+            return None
+        return [_rounding.stream_seed(count, 2 * i + buffer) for i in range(n)]
+
+    def scale(self, grads: Tree, moments: Moments) -> Tree:
+        """``g / denom`` (:func:`~optax_rmsprop._math.rms_scale`) in the compute dtype."""
+
+        def leaf(g, nu, mu=None):
+            c = moments.correction
+            c = None if c is None else c.astype(_dtypes.real_dtype(g.dtype))
+            return _math.rms_scale(
+                g, nu, mu, eps=self.eps, eps_in_sqrt=self.eps_in_sqrt, correction=c
+            )
+
+        if moments.mu is None:
+            return jax.tree.map(leaf, grads, moments.nu)
+        return jax.tree.map(leaf, grads, moments.nu, moments.mu)
+
+    def rescale(self, grads: Tree, old: Moments) -> Tree:
+        """``g / denom`` again from the moments read (8-bit and 4-bit codes: as computed)."""
+        return self.scale(grads, self.update(grads, old))
+
+    def state(self, stored: Stored, state: ScaleByRmsState) -> ScaleByRmsState:
+        """The state after the step: ``stored``, and the count one more."""
         count = None if state.count is None else optax.safe_int32_increment(state.count)
-        return scaled, ScaleByRmsState(count, nu, mu, nu_absmax, mu_absmax, state.maps)
-
-    def _leaf(
-        self,
-        g: jax.Array,
-        nu: _storage.Stored,
-        mu: _storage.Stored | None,
-        index: int,
-        *,
-        count: jax.Array | None,
-        correction: jax.Array | None,
-        write: bool,
-    ) -> tuple:
-        """One leaf's step: ``(g / denom, (nu, nu_absmax), (mu, mu_absmax) or None)``."""
-        nu_seed = mu_seed = None
-        if self.precision.stochastic:  # a stream per buffer of each leaf
-            nu_seed, mu_seed = (_rounding.stream_seed(count, 2 * index + i) for i in (0, 1))
-        nu_value = nu.layout.read(nu.values, nu.absmax, _dtypes.real_dtype(g.dtype))
-        mu_value = None if mu is None else mu.layout.read(mu.values, mu.absmax, g.dtype)
-        if mu is not None and self.precision.quantized:
-            # Rounded apart, the moments can break nu >= |mu|**2, which the exact ones
-            # keep and which keeps the variance off 0; restored, the update keeps it too.
-            nu_value = jnp.maximum(nu_value, _math.abs_sq(mu_value))
-        new_nu, new_mu = _math.update_moments(g, nu_value, mu_value, decay=self.decay)
-        nu_divisor, nu_stored = _as_stored(nu.layout, new_nu, nu.absmax, nu_seed)
-        mu_divisor, mu_stored = None, None
-        if mu is not None:
-            mu_divisor, mu_stored = _as_stored(mu.layout, new_mu, mu.absmax, mu_seed)
-        c = None if correction is None else correction.astype(_dtypes.real_dtype(g.dtype))
-        scaled = _math.rms_scale(
-            g, nu_divisor, mu_divisor, eps=self.eps, eps_in_sqrt=self.eps_in_sqrt, correction=c
-        )
-        return (scaled, nu_stored, mu_stored) if write else (scaled, None, None)
-
-
-def _as_stored(
-    layout: _storage.Layout, value: jax.Array, absmax: jax.Array | None, seed: jax.Array | None
-) -> tuple[jax.Array, tuple]:
-    """A new moment as the step divides by it, and as stored: ``(divisor, (values, absmax))``.
-
-    A bfloat16 or float16 state divides by the moment as stored, read back
-    (:func:`~optax_rmsprop._xla_hints.kept`): the step then never reads the old
-    one, which XLA overwrites in place. 8-bit and 4-bit codes are coarse, so
-    the step uses the moment it just computed, as bitsandbytes' kernels do.
-    """
-    values, absmax = layout.write(value, absmax, seed=seed)
-    if layout.quantized or layout.stores_as_computed(value.dtype):
-        return value, (values, absmax)
-    if _xla_hints.keeps_read_back():
-        values = _xla_hints.kept(values)
-    return layout.read(values, None, value.dtype), (values, absmax)
+        mu = mu_absmax = None
+        if stored.mu is not None:
+            mu, mu_absmax = stored.mu.values, stored.mu.absmax
+        return ScaleByRmsState(count, stored.nu.values, mu, stored.nu.absmax, mu_absmax, state.maps)
 
 
 def scale_by_rms(
@@ -318,7 +297,7 @@ def scale_by_rms(
         _validation.check_tree_matches_state(
             updates, state.nu, what="gradient", where="scale_by_rms.update", absmax=state.nu_absmax
         )
-        scaled, state = core.step(to_compute_dtype(updates, state.nu), state, updates)
+        scaled, state = core.step(_dtypes.to_compute_dtype(updates, state.nu), state, updates)
         scaled = jax.tree.map(lambda s, g: _dtypes.cast(s, g.dtype), scaled, updates)
         return scaled, state
 

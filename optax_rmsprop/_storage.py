@@ -2,7 +2,7 @@
 
 ``nu``, ``mu`` and the momentum buffer are read into the dtype the update is
 computed in, updated there, and written back in their storage format. Each
-buffer has one :class:`Layout`, fixed when the state is created from the
+buffer has one :class:`Encoding`, fixed when the state is created from the
 parameter's shape and dtype, the :class:`StatePrecision` and the buffer's role:
 
 * a floating array, of ``state_dtype`` or, by default, the parameter's dtype
@@ -44,13 +44,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_rmsprop import _dtypes, _jax_versions, _quantize, _rounding, _tree
+from optax_rmsprop import _dtypes, _jax_versions, _quantize, _rounding, _validation, _xla_hints
 from optax_rmsprop._quantize import Codebook
 from optax_rmsprop._tree import Tree
 
@@ -58,7 +58,6 @@ from optax_rmsprop._tree import Tree
 QUANTIZED = {"int8": (8, 256), "int4": (4, 128)}
 # The maps by code width: (nu's, the first moments').
 _MAPS = {8: (_quantize.NU, _quantize.SIGNED), 4: (_quantize.NU4, _quantize.SIGNED4)}
-_ALLOWED = "None, a floating dtype (float16, bfloat16, float32, float64), 'int8' or 'int4'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +125,27 @@ class StatePrecision:
             min_size=int(min_quantized_size or cls.min_size),
         )
 
-    def layout(self, param: jax.Array, *, real: bool, path: str = "") -> Layout:
-        """The layout of a buffer for ``param``: ``real`` for ``nu``, else a first moment."""
+    def encoding(self, param: jax.Array, *, real: bool, path: str = "") -> Encoding:
+        """The encoding of a buffer for ``param``: ``real`` for ``nu``, else a first moment."""
         dtype_of = _dtypes.nu_dtype if real else _dtypes.moment_dtype
         dtype = dtype_of(param.dtype, self.dtype, path)  # also rejects integer params
         if not (self.quantized and param.ndim >= 1 and param.size >= self.min_size):
-            return Layout(dtype, root=real and dtype == np.float16)
+            return Encoding(dtype, root=real and dtype == np.float16)
         length = param.shape[-1]
+        if self.code_bytes(length) >= _dtypes.real_dtype(dtype).itemsize:
+            return Encoding(dtype)  # short rows: the codes and absmax would take more bytes
         n_blocks = _quantize.num_blocks(length, self.block_size)
-        return Layout(dtype, codebook_for(self.bits, real=real), n_blocks, length)
+        return Encoding(dtype, codebook_for(self.bits, real=real), n_blocks, length)
+
+    def code_bytes(self, length: int) -> float:
+        """Bytes per element of a quantized buffer whose last axis is ``length``.
+
+        Its codes (``ceil(length * bits / 8)`` bytes a row) and one float32
+        absmax per block: 5 for int8 rows of 1 element, 1.5 for rows of 8,
+        ``1 + 4 / block_size`` from the block size on.
+        """
+        n_blocks = _quantize.num_blocks(length, self.block_size)
+        return (math.ceil(length * self.bits / 8) + 4 * n_blocks) / length
 
 
 def codebook_for(bits: int, *, real: bool) -> Codebook:
@@ -160,23 +171,21 @@ def _floating_dtype(state_dtype: Any) -> np.dtype | None:
     try:
         dtype = jnp.dtype(state_dtype)
     except TypeError as err:
-        raise ValueError(f"state_dtype must be {_ALLOWED}, got {state_dtype!r}.") from err
+        raise ValueError(
+            f"state_dtype must be {_validation.ALLOWED_STATE_DTYPES}, got {state_dtype!r}."
+        ) from err
     if dtype.name in QUANTIZED:
         raise ValueError(
             f"state_dtype={dtype.name} as a dtype is ambiguous: pass the string "
             f"state_dtype='{dtype.name}' for {dtype.name[3:]}-bit block-quantized state "
             "(its codes are stored as uint8)."
         )
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"state_dtype must be {_ALLOWED}, got {dtype.name}. Complex parameters get "
-            f"complex momentum buffers of the matching precision automatically."
-        )
+    _validation.check_floating_state_dtype(dtype)
     return dtype
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
+class Encoding:
     """How one buffer is stored.
 
     Attributes:
@@ -214,8 +223,8 @@ class Layout:
         real: bool,
         param_shape: tuple[int, ...],
         length_known: bool,
-    ) -> Layout:
-        """The layout of stored arrays, for readers that hold a state but no optimizer.
+    ) -> Encoding:
+        """The encoding of stored arrays, for readers that hold a state but no optimizer.
 
         ``param_shape`` is the parameter's shape, or that of ``nu`` when the
         parameters are not at hand (``length_known=False``): enough for 8-bit
@@ -283,30 +292,35 @@ class Layout:
         self,
         value: jax.Array,
         absmax: jax.Array | None,
-        again: jax.Array | None = None,
         seed: jax.Array | None = None,
+        codes_pass: jax.Array | None = None,
     ) -> tuple:
-        """``value`` in this layout: ``(values, absmax)``; the absmax is recomputed.
+        """``value`` in this encoding: ``(values, absmax)``; the absmax is recomputed.
 
-        ``again`` is the same value computed a second time, apart (see
-        :func:`write_tree`): the codes are taken from it and the absmax from
-        ``value``, so that no float copy of the value is kept between the two.
         ``seed`` (:func:`~optax_rmsprop._rounding.stream_seed`) rounds a real
         value stochastically where it is stored more coarsely than computed:
-        on a ``nu`` grid, or cast to a narrower float.
+        on a ``nu`` grid, or cast to a narrower float. ``codes_pass`` is the
+        same value computed apart for the pass that writes the codes
+        (:meth:`~optax_rmsprop._xla_hints.Hints.per_pass`); the absmax pass
+        reads ``value``.
         """
-        again = value if again is None else again
         if not self.quantized:
-            again = jnp.sqrt(again) if self.root else again
-            if seed is None or self.complex or self.dtype.itemsize >= again.dtype.itemsize:
-                return _dtypes.cast(again, self.dtype), absmax
-            random = _rounding.random_bits(again.shape, seed)
-            return _rounding.stochastic_cast(again, self.dtype, random), absmax
+            value = jnp.sqrt(value) if self.root else value
+            if seed is None or self.complex or self.dtype.itemsize >= value.dtype.itemsize:
+                return _dtypes.cast(value, self.dtype), absmax
+            random = _rounding.random_bits(value.shape, seed)
+            return _rounding.stochastic_cast(value, self.dtype, random), absmax
+        again = value if codes_pass is None else codes_pass
         if self.complex:
             pairs = ((value.real, again.real), (value.imag, again.imag))
             parts = [self._encode(x, y) for x, y in pairs]
             return tuple(jnp.stack(arrays, -1) for arrays in zip(*parts, strict=True))
         return self._encode(value, again, seed)
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """The dtype of the stored values: the codes', or the float array's."""
+        return self.codebook.storage_dtype if self.quantized else jnp.dtype(self.dtype)
 
     def stores_as_computed(self, dtype: np.dtype) -> bool:
         """The buffer is stored as it is computed in ``dtype``: a float array of that dtype."""
@@ -330,25 +344,11 @@ class Layout:
         return codes, self._marked(absmax)
 
 
-class Stored(NamedTuple):
-    """One buffer of one leaf as stored: codes (or floats) and absmax, with its layout."""
-
-    values: jax.Array
-    absmax: jax.Array | None
-    layout: Layout
-
-
-def stored_tree(values: Tree, absmax: Tree | None, layout_tree: Tree) -> Tree:
-    """Each leaf's stored buffer as one :class:`Stored`."""
-    absmax = _tree.nones_like(values) if absmax is None else absmax
-    return jax.tree.map(Stored, values, absmax, layout_tree)
-
-
 # -- whole trees ----------------------------------------------------------------------
-def layouts(params: Tree, precision: StatePrecision, *, real: bool) -> Tree:
-    """The :class:`Layout` of each parameter's buffer (a tree of static leaves)."""
+def encodings(params: Tree, precision: StatePrecision, *, real: bool) -> Tree:
+    """The :class:`Encoding` of each parameter's buffer (a tree of static leaves)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, p: precision.layout(p, real=real, path=jax.tree_util.keystr(path)), params
+        lambda path, p: precision.encoding(p, real=real, path=jax.tree_util.keystr(path)), params
     )
 
 
@@ -356,49 +356,170 @@ def init_tree(
     params: Tree, fill: Any, precision: StatePrecision, *, real: bool
 ) -> tuple[Tree, Tree | None]:
     """The values and absmax trees (absmax None unless quantized) of a buffer of ``fill``."""
-    pairs = jax.tree.map(
-        lambda p, layout: layout.init(p, fill, precision.quantized),
-        params,
-        layouts(params, precision, real=real),
-    )
-    values, absmax = _tree.unzip(params, pairs, 2)
+    leaves, treedef = jax.tree.flatten(params)
+    codings = treedef.flatten_up_to(encodings(params, precision, real=real))
+    pairs = [e.init(p, fill, precision.quantized) for p, e in zip(leaves, codings, strict=True)]
+    values, absmax = _unzip(treedef, pairs)
     return values, absmax if precision.quantized else None
 
 
-def read_tree(values: Tree, absmax: Tree | None, layout_tree: Tree, dtypes: Tree) -> Tree:
-    """Every buffer of a tree read in its compute dtype (``dtypes``: one dtype per leaf)."""
-    absmax = _tree.nones_like(values) if absmax is None else absmax
-    return jax.tree.map(Layout.read, layout_tree, values, absmax, dtypes, is_leaf=is_layout)
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+    """One state buffer (``nu``, ``mu`` or the momentum buffer) of a whole tree, as stored.
 
-
-def write_tree(
-    new: Tree, absmax: Tree | None, layout_tree: Tree, again: Tree | None = None
-) -> tuple[Tree, Tree | None]:
-    """``new`` (compute-dtype values) written in each leaf's layout: ``(values, absmax)``.
-
-    ``again``, if given, is ``new`` computed a second time, apart from it (from
-    its own copy of the inputs, :mod:`optax_rmsprop._xla_hints`): the codes come
-    from ``again`` and the absmax from ``new``, each pass computing its own
-    value. Without it, where the value is costly (it holds a division or a
-    square root), XLA computes it once and writes it out in float32 for both
-    passes.
+    Attributes:
+      values: the float arrays or codes, one per parameter.
+      absmax: the per-block absmax tree of a quantized state (a float32 scalar
+        0 at leaves kept unquantized), or None.
+      encodings: each leaf's :class:`Encoding`.
+      dtypes: each leaf's compute dtype (real for ``nu``): what it is read in.
     """
-    old = _tree.nones_like(new) if absmax is None else absmax
-    again = new if again is None else again
-    pairs = jax.tree.map(Layout.write, layout_tree, new, old, again, is_leaf=is_layout)
-    values, new_absmax = _tree.unzip(new, pairs, 2)
-    return values, None if absmax is None else new_absmax
+
+    values: Tree
+    absmax: Tree | None
+    encodings: Tree
+    dtypes: Tree
+
+    @classmethod
+    def of(
+        cls,
+        values: Tree,
+        absmax: Tree | None,
+        grads: Tree,
+        like: Tree,
+        precision: StatePrecision,
+        *,
+        real: bool,
+    ) -> Buffer:
+        """The buffer stored in ``values`` and ``absmax``, read with ``grads``' compute dtypes.
+
+        ``like`` (the params, or the raw gradients) fixes each leaf's encoding.
+        """
+        of_real = _dtypes.real_dtype if real else (lambda d: d)
+        dtypes = jax.tree.map(lambda g: of_real(g.dtype), grads)
+        buffer = cls(values, absmax, encodings(like, precision, real=real), dtypes)
+        buffer.check_stored()
+        return buffer
+
+    def check_stored(self) -> None:
+        """Raises if a leaf holds another dtype than its encoding stores (codes for floats).
+
+        Raises:
+          ValueError: naming the leaf, for a state saved by an optimizer that
+            stored that leaf otherwise (0.3.0 quantized rows shorter than the
+            codes' break-even, which are now kept in float32).
+        """
+        paths, treedef = jax.tree_util.tree_flatten_with_path(self.values)
+        for (path, v), e in zip(paths, treedef.flatten_up_to(self.encodings), strict=True):
+            if jnp.dtype(v.dtype) != e.storage_dtype:
+                raise ValueError(
+                    f"The optimizer state's leaf {jax.tree_util.keystr(path) or '<root>'} "
+                    f"holds {jnp.dtype(v.dtype).name} values where this optimizer stores "
+                    f"{e.storage_dtype.name}: it was saved by another version or with other "
+                    "options (optax_rmsprop 0.3.0 stored rows shorter than the codes' "
+                    "break-even as codes). Convert it with `optax_rmsprop.dequantize_state` "
+                    "of the version that saved it, or start the state afresh."
+                )
+
+    def _leaves(self, *trees: Tree) -> tuple[Any, list[tuple]]:
+        """The treedef, and per leaf ``(values, absmax or None, encoding, dtype, *trees)``."""
+        values, treedef = jax.tree.flatten(self.values)
+        absmax = [None] * len(values) if self.absmax is None else treedef.flatten_up_to(self.absmax)
+        rest = [treedef.flatten_up_to(t) for t in (self.encodings, self.dtypes, *trees)]
+        return treedef, list(zip(values, absmax, *rest, strict=True))
+
+    def _with(self, treedef: Any, pairs: list[tuple]) -> Buffer:
+        values, absmax = _unzip(treedef, pairs)
+        return dataclasses.replace(
+            self, values=values, absmax=None if self.absmax is None else absmax
+        )
+
+    def read(self) -> Tree:
+        """Every leaf's values in its compute dtype."""
+        treedef, leaves = self._leaves()
+        return treedef.unflatten([e.read(v, a, d) for v, a, e, d in leaves])
+
+    def write(
+        self, new: Tree, *, seeds: list | None = None, passes: tuple[Tree, Tree] | None = None
+    ) -> Buffer:
+        """``new`` (compute-dtype values) written in each leaf's encoding.
+
+        ``seeds``: one stochastic-rounding seed per leaf, in leaf order, or
+        None (round to nearest). ``passes``: ``new`` computed apart for each
+        pass that writes codes, the absmax's and the codes'
+        (:meth:`~optax_rmsprop._xla_hints.Hints.per_pass`); leaves not stored
+        as codes are written from ``new``.
+        """
+        passes = (new, new) if passes is None else passes
+        treedef, leaves = self._leaves(new, *passes)
+        seeds = [None] * len(leaves) if seeds is None else seeds
+        pairs = [
+            e.write(first, a, seed, second) if e.quantized else e.write(x, a, seed)
+            for (_, a, e, _, x, first, second), seed in zip(leaves, seeds, strict=True)
+        ]
+        return self._with(treedef, pairs)
+
+    def quantized(self) -> bool:
+        """Whether any leaf is stored as codes."""
+        return any(e.quantized for e in jax.tree.leaves(self.encodings, is_leaf=is_encoding))
+
+    def stored_as_computed(self) -> bool:
+        """Whether every leaf is stored as it is computed (float32 state of float32 params)."""
+        _, leaves = self._leaves()
+        return all(e.stores_as_computed(d) for _, _, e, d in leaves)
+
+    def read_back(self, new: Tree, hints: _xla_hints.Hints, *, codes: bool) -> tuple[Buffer, Tree]:
+        """``(stored, used)``: the buffer's values as a step that uses them reads them.
+
+        Where the buffer is stored more coarsely than computed, the step reads
+        the values back as stored (loaded, :meth:`~optax_rmsprop._xla_hints.Hints.loaded`):
+        rounded floats, and with ``codes`` the 8-bit codes too. Elsewhere (a
+        buffer stored as computed, 4-bit codes, or codes without ``codes``) it
+        uses ``new``, the values as computed.
+        """
+        treedef, leaves = self._leaves(new)
+        pairs, used = [], []
+        for v, a, e, d, x in leaves:
+            back = not e.stores_as_computed(d) and (
+                not e.quantized or (codes and not e.codebook.packed)
+            )
+            v = hints.loaded(v, codes=e.quantized) if back else v
+            pairs.append((v, a))
+            used.append(e.read(v, a, d) if back else x)
+        return self._with(treedef, pairs), treedef.unflatten(used)
+
+    def after(self, hints: _xla_hints.Hints, first: Tree, also: Tree | None = None) -> Buffer:
+        """The buffer written after the passes that write ``first`` (and ``also``).
+
+        Those passes read this buffer's old values (through ``g / denom``), and
+        the new values overwrite the old ones in place: where XLA cannot order
+        the two, it keeps a copy of the old ones (1 byte per parameter for
+        8-bit codes). ``also``: a second tree of arrays to write after, at the
+        leaves where its shape matches (quantized only). A leaf stored as
+        computed is updated in the same fusion as ``first``, and is left alone.
+        """
+        treedef, leaves = self._leaves(first, self.values if also is None else also)
+        pairs = []
+        for v, a, e, d, b, c in leaves:
+            if e.stores_as_computed(d):
+                pairs.append((v, a))
+                continue
+            ordered = hints.after(v, b)
+            if c is not v and e.quantized and jnp.shape(c) == jnp.shape(v):
+                ordered = hints.after(ordered, c)
+            pairs.append((ordered, a))
+        return self._with(treedef, pairs)
 
 
-def stored_layouts(
+def stored_encodings(
     values: Tree, absmax: Tree | None, like: Tree, *, real: bool, length_known: bool
 ) -> Tree:
-    """:meth:`Layout.of_stored` over a state's trees.
+    """:meth:`Encoding.of_stored` over a state's trees.
 
     ``like`` gives each parameter's shape, leaf by leaf in order (its
     containers may differ, as ``nnx.Param`` and ``nnx.OptVariable`` do): the
     parameters (``length_known``) or the state's ``nu`` (enough for every
-    layout but 4-bit codes).
+    encoding but 4-bit codes).
 
     Raises:
       ValueError: if ``like`` has not one leaf per state leaf.
@@ -410,13 +531,27 @@ def stored_layouts(
             f"params has {len(shapes)} leaves but the optimizer state has {len(leaves)}: "
             "pass the parameters the optimizer was initialised with."
         )
-    absmax = _tree.nones_like(values) if absmax is None else absmax
-    layouts = [
-        Layout.of_stored(v, a, real=real, param_shape=shape, length_known=length_known)
-        for v, a, shape in zip(leaves, treedef.flatten_up_to(absmax), shapes, strict=True)
+    absmax = [None] * len(leaves) if absmax is None else treedef.flatten_up_to(absmax)
+    found = [
+        Encoding.of_stored(v, a, real=real, param_shape=shape, length_known=length_known)
+        for v, a, shape in zip(leaves, absmax, shapes, strict=True)
     ]
-    return treedef.unflatten(layouts)
+    return treedef.unflatten(found)
 
 
-def is_layout(x: Any) -> bool:
-    return isinstance(x, Layout)
+def read_tree(values: Tree, absmax: Tree | None, encoding_tree: Tree, dtypes: Tree) -> Tree:
+    """Every buffer of a tree read in ``dtypes`` (one per leaf), for the offline readers."""
+    leaves, treedef = jax.tree.flatten(values)
+    absmax = [None] * len(leaves) if absmax is None else treedef.flatten_up_to(absmax)
+    rest = zip(treedef.flatten_up_to(encoding_tree), treedef.flatten_up_to(dtypes), strict=True)
+    read = [e.read(v, a, d) for v, a, (e, d) in zip(leaves, absmax, rest, strict=True)]
+    return treedef.unflatten(read)
+
+
+def _unzip(treedef: Any, pairs: list[tuple]) -> tuple[Tree, Tree]:
+    """Per-leaf ``(values, absmax)`` pairs as two trees of ``treedef``."""
+    return tuple(treedef.unflatten([pair[i] for pair in pairs]) for i in (0, 1))
+
+
+def is_encoding(x: Any) -> bool:
+    return isinstance(x, Encoding)

@@ -15,11 +15,6 @@ def nones_like(tree: Tree) -> Tree:
     return jax.tree.map(lambda _: None, tree)
 
 
-def unzip(like: Tree, tree_of_tuples: Tree, n: int) -> tuple[Tree, ...]:
-    """Splits a tree whose leaves are n-tuples into n trees shaped like ``like``."""
-    return tuple(jax.tree.map(lambda _, t, i=i: t[i], like, tree_of_tuples) for i in range(n))
-
-
 def resolve_mask(mask: Tree | Callable[[Tree], Tree] | None, params: Tree) -> Tree:
     """The boolean mask tree (or prefix tree) for ``params``; all True if None."""
     if mask is None:

@@ -1,23 +1,25 @@
 """Hints that shape what XLA keeps in memory: the same bits, another graph.
 
-Every XLA-specific workaround of the library is here, behind one switch
-(:func:`disabled`, for debugging and for measuring what the hints buy;
-``tests/test_xla_hints.py`` measures it). Each is an identity on the values:
-with the hints off, every step computes the same numbers and only its memory
-and speed change.
+Every XLA-specific workaround of the library is here. A transformation takes
+its :class:`Hints` when it is built (:func:`chosen`): on, or off inside
+:func:`disabled` (for debugging and for measuring what the hints buy;
+``tests/test_xla_hints.py`` measures it). The choice is a field of the
+transformation, never a global read while tracing, so no cached trace can carry
+it into a step built with the other choice. Each hint is an identity on the
+values: with the hints off, every step computes the same numbers and only its
+memory and speed change.
 
-* :func:`identity`: XLA computes a value holding a division or a square root
-  once and writes it out in full for every pass that needs it; a pass that
-  starts from its own copy of the inputs computes it for itself.
-* :func:`kept`: XLA recomputes a stored value inside each reader from float32
-  intermediates it then writes out; its readers load it back instead.
-* :func:`after`: XLA keeps a copy of a buffer overwritten in place while a pass
-  it cannot order still reads the old one; this orders the passes.
-* :func:`keeps_read_back`: before jaxlib 0.9.1, XLA writes ``g / denom`` out in
-  float32 unless a rounded buffer that the step reads back is :func:`kept`.
-* :data:`FUSES_NARROWING_BITCAST`: from jaxlib 0.7.2 XLA fuses a uint16 read
-  as two bytes; older XLA writes the bytes out (4-bit codes are unpacked by
-  shifts there).
+* :meth:`Hints.per_pass`: XLA computes a value holding a division or a square
+  root once and writes it out in full for every pass that needs it; a pass that
+  starts from its own copy of the inputs (:func:`identity`) computes it for
+  itself.
+* :meth:`Hints.loaded` (:func:`kept`): XLA recomputes a stored value inside
+  each reader from float32 intermediates it then writes out; its readers load
+  it back instead. Rounded floats need it before jaxlib 0.9.1 only
+  (:data:`FUSES_ROUNDED_READ_BACK`).
+* :meth:`Hints.after` (:func:`after`): XLA keeps a copy of a buffer
+  overwritten in place while a pass it cannot order still reads the old one;
+  this orders the passes.
 
 Each combines an element's bits with a 0 (or divides them by a 1) that XLA
 cannot see is 0 (or 1), made from an element itself: elementwise, so it fuses
@@ -27,7 +29,9 @@ and shards like its input, and LLVM folds it away.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,39 +39,68 @@ import jaxlib
 
 from optax_rmsprop import _jax_versions
 
-_enabled = True
-
-# jaxlib >= 0.9.1 fuses a rounded buffer read back into the update (measured: 0.4.35, 0.7.2,
-# 0.8.3, 0.9.0 need kept; 0.9.1 to 0.10.2 do not).
+# jaxlib >= 0.9.1 fuses a rounded buffer read back into the update (measured: 0.7.2,
+# 0.8.3, 0.9.0 need kept; 0.9.1 to 0.12.1 do not).
 FUSES_ROUNDED_READ_BACK = _jax_versions.release(jaxlib.__version__) >= (0, 9, 1)
-# jaxlib >= 0.7.2 fuses a uint16 read as two bytes (measured: 0.7.2, 0.10.2; not 0.4.35).
-FUSES_NARROWING_BITCAST = _jax_versions.release(jaxlib.__version__) >= (0, 7, 2)
+
+_choice = True  # what chosen() gives: False inside disabled()
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Every hint off for the steps traced inside the block (each is then ``x``)."""
-    global _enabled
-    previous, _enabled = _enabled, False
+    """Every hint off for the transformations built inside the block."""
+    global _choice
+    previous, _choice = _choice, False
     try:
         yield
     finally:
-        _enabled = previous
+        _choice = previous
 
 
 def enabled() -> bool:
-    """Whether the hints apply to the step being traced."""
-    return _enabled
+    """Whether a transformation built now takes the hints."""
+    return _choice
 
 
-def keeps_read_back() -> bool:
-    """A rounded buffer that the step reads back must be :func:`kept` (older XLA)."""
-    return _enabled and not FUSES_ROUNDED_READ_BACK
+@dataclasses.dataclass(frozen=True)
+class Hints:
+    """The hints a transformation applies, fixed when it is built.
+
+    Attributes:
+      enabled: False makes every hint the identity, traced as nothing.
+    """
+
+    enabled: bool = True
+
+    def per_pass(self, fn: Callable[[Any], Any], x: Any, passes: int = 2) -> list[Any]:
+        """``fn(x)`` once per pass over a buffer, each from its own copy of ``x``.
+
+        XLA then computes ``fn(x)`` inside each pass, rather than once and
+        written out in float32 for all. With the hints off, ``fn`` is traced
+        once and the same value serves every pass.
+        """
+        if not self.enabled:
+            return [fn(x)] * passes
+        return [fn(jax.tree.map(lambda y, c=c: identity(y, c), x)) for c in range(1, passes + 1)]
+
+    def loaded(self, x: jax.Array, *, codes: bool) -> jax.Array:
+        """``x``, a stored buffer the step reads back, loaded by its readers (:func:`kept`).
+
+        Codes always (else XLA recomputes them inside each reader, from float32
+        values it writes out); rounded floats only before jaxlib 0.9.1.
+        """
+        if self.enabled and (codes or not FUSES_ROUNDED_READ_BACK):
+            return kept(x)
+        return x
+
+    def after(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        """``x`` computed after ``y`` (:func:`after`); ``x`` itself with the hints off."""
+        return after(x, y) if self.enabled else x
 
 
-def unpacks_by_bytes() -> bool:
-    """4-bit codes are unpacked by whole-byte operations (XLA fuses a narrowing bitcast)."""
-    return _enabled and FUSES_NARROWING_BITCAST
+def chosen() -> Hints:
+    """The hints for a transformation built now: on, or off inside :func:`disabled`."""
+    return Hints(enabled=_choice)
 
 
 _COMBINE = {1: jnp.bitwise_or, 2: jnp.bitwise_xor}  # x op 0 == x, one operation per copy
@@ -77,8 +110,6 @@ _UNSIGNED = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 def identity(x: jax.Array, copy: int) -> jax.Array:
     """``x``, bit for bit, as copy ``copy`` (1 or 2): a computation apart from ``x``'s
     and from the other copy's."""
-    if not _enabled:
-        return x
     if jnp.iscomplexobj(x):
         return jax.lax.complex(identity(x.real, copy), identity(x.imag, copy))
     bits = _bits(x)
@@ -94,8 +125,6 @@ def kept(x: jax.Array) -> jax.Array:
     rather than recompute it from the float32 values it came from, which XLA
     would then write out or copy.
     """
-    if not _enabled:
-        return x
     if jnp.iscomplexobj(x):
         return jax.lax.complex(kept(x.real), kept(x.imag))
     if jnp.issubdtype(x.dtype, jnp.integer):
@@ -111,8 +140,6 @@ def after(x: jax.Array, y: jax.Array) -> jax.Array:
     ``y`` has ``x``'s shape, or one trailing axis more (complex codes: its
     real part is read); complex ``y`` is read by its real part.
     """
-    if not _enabled:
-        return x
     if jnp.iscomplexobj(x):
         return jax.lax.complex(after(x.real, y), after(x.imag, y))
     if jnp.iscomplexobj(y):

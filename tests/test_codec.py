@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optax_rmsprop import _quantize, _rounding, _xla_hints
+from optax_rmsprop import _quantize, _rounding
 from tests.reference_codec import table_encode
 
 F32 = jnp.float32
@@ -70,9 +70,6 @@ def test_4bit_codes_pack_two_per_byte_and_unpack_exactly(name):
 
 
 @pytest.mark.xla_contract
-@pytest.mark.skipif(
-    not _xla_hints.FUSES_NARROWING_BITCAST, reason="older XLA unpacks by shifts (see _quantize)"
-)
 def test_unpacking_inside_a_loop_leaves_nothing_for_xla_to_hoist():
     # Shifts by a [0, 4] pattern are hoisted out of jax.lax loops as an argument (u8[2]),
     # and shifts by amounts read from memory are not vectorized.

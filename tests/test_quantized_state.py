@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _quantize, _storage
+from optax_rmsprop import _quantize, _state, _storage
 from tests.helpers import jitted_step, update_and_apply
 
 F32 = jnp.float32
@@ -101,15 +101,59 @@ def test_the_layout_read_back_from_a_state_is_the_one_it_was_created_with(state_
         (state.momentum, state.momentum_absmax, False),
     ]
     for values, absmax, real in buffers:
-        created = _storage.layouts(params, precision, real=real)
-        read_back = _storage.stored_layouts(values, absmax, params, real=real, length_known=True)
+        created = _storage.encodings(params, precision, real=real)
+        read_back = _storage.stored_encodings(values, absmax, params, real=real, length_known=True)
         assert created == read_back
         if state_dtype == "int8":  # 8-bit codes say it all: nu gives each rank
-            read_back = _storage.stored_layouts(
+            read_back = _storage.stored_encodings(
                 values, absmax, state.rms.nu, real=real, length_known=False
             )
             assert created == read_back
     assert created["c"].complex and created["w"].quantized and not created["b"].quantized
+
+
+# Bytes per parameter of a quantized buffer by last-axis length (codes and one float32
+# absmax per block), where it saves memory; None: kept in float32 (4 bytes).
+SHORT_ROWS = {"int8": {1: None, 2: 3.0, 8: 1.5}, "int4": {1: None, 2: 2.5, 8: 1.0}}
+
+
+@pytest.mark.parametrize("state_dtype", STATES)
+def test_no_leaf_takes_more_bytes_quantized_than_in_float32(state_dtype):
+    # Blocks run along the last axis: each row pays a float32 absmax, which short
+    # rows cannot repay. Such leaves keep float32 state and step exactly as float32.
+    lengths = [1, 2, 3, 5, 8, 9, 100, 127, 128, 129, 255, 256, 257]
+    params = {f"l{n}": jnp.ones((-(-8192 // n), n), F32) for n in lengths}
+    tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
+    state = tx.init(params)
+    for n in lengths:
+        key, size = f"l{n}", params[f"l{n}"].size
+        for values, absmax in (
+            (state.rms.nu, state.rms.nu_absmax),
+            (state.momentum, state.momentum_absmax),
+        ):
+            stored = values[key].nbytes + absmax[key].nbytes
+            assert stored <= 4 * size + 4, (n, stored / size)  # 4: a float leaf's placeholder
+            want = SHORT_ROWS[state_dtype].get(n, "any")
+            if want is None:
+                assert values[key].dtype == F32 and absmax[key].shape == ()
+            elif want != "any":
+                assert stored / size == pytest.approx(want, abs=1e-3), (n, stored / size)
+    grads = jax.tree.map(lambda p: 0.01 * p, params)
+    updates, _ = tx.update(grads, state, params)
+    full = optax_rmsprop.rmsprop(1e-2, momentum=0.9)
+    want, _ = full.update(grads, full.init(params), params)
+    np.testing.assert_array_equal(updates["l1"], want["l1"])
+
+
+def test_a_state_storing_codes_where_this_optimizer_stores_floats_is_refused():
+    # 0.3.0 stored (N, 1) leaves as codes; read as float32 they would mean other values.
+    params = {"col": jnp.ones((8192, 1), F32)}
+    tx = optax_rmsprop.rmsprop(1e-2, state_dtype="int8")
+    state = tx.init(params)
+    old_nu = {"col": jnp.full((8192, 1), 255, jnp.uint8)}
+    old = state._replace(rms=state.rms._replace(nu=old_nu))
+    with pytest.raises(ValueError, match=r"leaf \['col'\] holds uint8 values .* float32"):
+        tx.update(params, old, params)
 
 
 NU_BYTES = {"int8": 1.02, "int4": 0.54}  # per parameter, absmax included
@@ -164,6 +208,28 @@ def test_dequantize_state_is_a_float32_state_of_the_same_optimizer(state_dtype):
             chex.assert_trees_all_equal(optax_rmsprop.dequantize_state(s), plain)
     untouched = optax_rmsprop.rmsprop(1e-2).init(PARAMS)
     chex.assert_trees_all_equal(optax_rmsprop.dequantize_state(untouched), untouched)
+
+
+@pytest.mark.parametrize("state_dtype", STATES)
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
+def test_dequantize_state_with_a_template_is_the_float32_optimizers_own_tree(schedule, state_dtype):
+    # Quantized state always counts steps (stochastic rounding); the float32
+    # optimizer only with a schedule: with its state as template, the tree is its own.
+    lr = optax.linear_schedule(1e-2, 1e-3, 10) if schedule else 1e-2
+    options = dict(momentum=0.9, centered=True)
+    quantized = optax_rmsprop.rmsprop(lr, state_dtype=state_dtype, **options)
+    full = optax_rmsprop.rmsprop(lr, **options)
+    chained, chained_full = (optax.chain(optax.clip(1.0), t) for t in (quantized, full))
+    grads = jax.tree.map(lambda p: 0.3 * p, PARAMS)
+    _, state = chained.update(grads, chained.init(PARAMS), PARAMS)
+    template = jax.eval_shape(chained_full.init, PARAMS)
+    plain = optax_rmsprop.dequantize_state(state, PARAMS, template=template)
+    chex.assert_trees_all_equal_shapes_and_dtypes(plain, template)
+    assert (plain[1].rms.count is not None) == schedule
+    kept = optax_rmsprop.dequantize_state(state, PARAMS)
+    chex.assert_trees_all_equal(plain[1].rms.nu, kept[1].rms.nu)
+    _, after = jax.jit(chained_full.update)(grads, plain, PARAMS)
+    chex.assert_trees_all_equal_structs(after, template)
 
 
 # Per-step error bounds (mean |error|, mean relative error): bitsandbytes' for 8 bits.
@@ -410,7 +476,7 @@ def test_a_state_restored_without_its_maps_mark_is_refused_before_a_step(state_d
     ocp = pytest.importorskip("orbax.checkpoint")
     tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
     state = tx.init(PARAMS)
-    assert state.rms.maps.dtype == jnp.int32 and int(state.rms.maps) == _quantize.MARK
+    assert state.rms.maps.dtype == jnp.int32 and int(state.rms.maps) == _state.MAPS
     old = state._replace(rms=state.rms._replace(maps=None))
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(tmp_path / "old", old)

@@ -113,16 +113,12 @@ def test_state_dtype_check_accepts_the_floats_the_step_computes_in(dtype):
     assert bool(jnp.all(jnp.isfinite(updates)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs _storage._floating_dtype to call _validation.check_floating_state_dtype "
-    "(issue #37; owned by the core's files): remove this mark once wired",
-)
 @pytest.mark.parametrize("dtype", ["float8_e4m3fn", "int2"])
 def test_rmsprop_refuses_unsupported_state_dtypes_at_construction(dtype):
     allowed = r"None, a floating dtype \(float16, bfloat16, float32, float64\), 'int8' or 'int4'"
-    with pytest.raises(ValueError, match=rf"^state_dtype must be {allowed}, got {dtype}\.$"):
-        optax_rmsprop.rmsprop(0.1, state_dtype=jnp.dtype(dtype))
+    for given in (dtype, jnp.dtype(dtype)):  # as users write it, and as a dtype
+        with pytest.raises(ValueError, match=rf"^state_dtype must be {allowed}, got {dtype}\.$"):
+            optax_rmsprop.rmsprop(0.1, state_dtype=given)
 
 
 def test_boundaries_are_accepted_and_behave():

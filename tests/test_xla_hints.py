@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,3 +81,25 @@ def test_the_hints_keep_float32_copies_off_the_quantized_momentum_step(state_dty
         unhinted = temporaries()
     assert _xla_hints.enabled()
     assert hinted <= 1.2 and unhinted >= 4, (hinted, unhinted)
+
+
+@pytest.mark.xla_contract
+def test_a_step_lowers_with_the_hints_of_its_own_choice_whatever_was_traced_before():
+    # JAX caches traces by argument shapes, not by Python globals: a hint read while
+    # tracing a cached function (as 4-bit unpacking once was) leaks from one step
+    # into the next. Each step must lower as it does with every cache empty.
+    params = {"w": jax.ShapeDtypeStruct((64, 1024), jnp.float32)}
+
+    def lowered(off: bool) -> str:
+        with _xla_hints.disabled() if off else contextlib.nullcontext():
+            tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, centered=True, state_dtype="int4")
+            state = jax.eval_shape(tx.init, params)
+            return jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).as_text()
+
+    def from_empty_caches(off: bool) -> str:
+        jax.clear_caches()
+        return lowered(off)
+
+    hinted, unhinted = from_empty_caches(False), from_empty_caches(True)
+    assert hinted != unhinted
+    assert [lowered(False), lowered(True), lowered(False)] == [hinted, unhinted, hinted]
