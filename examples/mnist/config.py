@@ -12,8 +12,11 @@ from typing import Any
 # the run there only if these match (the others only change how it runs).
 RUN_DEFINING = tuple(
     "model mlp_widths learning_rate schedule decay eps momentum centered state_dtype "
-    "epochs batch_size seed".split()
+    "param_dtype param_rounding epochs batch_size seed".split()
 )
+
+# How bfloat16 parameters take an update (optax_rmsprop.param_rounding; nearest: without it).
+ROUNDINGS = ("nearest", "stochastic", "compensated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Config:
     momentum: float = 0.0
     centered: bool = False
     state_dtype: str = "float32"
+    param_dtype: str = "float32"
+    param_rounding: str = "compensated"
     epochs: int = 3
     batch_size: int = 128
     max_steps: int | None = None
@@ -58,6 +63,8 @@ class Config:
         yield "eps", number(self.eps, 0.0, low_open=True)
         yield "momentum", number(self.momentum, 0.0, 1.0, high_open=True)
         yield "state_dtype", one_of(self.state_dtype, ("float32", "bfloat16", "int8", "int4"))
+        yield "param_dtype", one_of(self.param_dtype, ("float32", "bfloat16"))
+        yield "param_rounding", one_of(self.param_rounding, ROUNDINGS)
         for name in ("epochs", "batch_size", "steps_per_dispatch", "eval_batch_size"):
             yield name, number(getattr(self, name), 1, integer=True)
         if self.max_steps is not None:

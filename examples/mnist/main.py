@@ -14,7 +14,7 @@ from typing import Any
 import jax  # XLA reads XLA_FLAGS when JAX creates its first backend, after xla_cpu.configure
 
 from examples.mnist import input_pipeline, train
-from examples.mnist.config import Config, number, problem
+from examples.mnist.config import ROUNDINGS, Config, number, problem
 from examples.mnist.robust import divergence, preemption, xla_cpu
 from examples.mnist.robust.checkpoints import CheckpointError
 from examples.mnist.robust.workdir_lock import WorkdirBusy
@@ -67,6 +67,12 @@ def _optimisation_flags(parser: argparse.ArgumentParser) -> None:
     state = "optimizer state: bfloat16 half of float32's memory, int8 and int4 (block-quantized) "
     state += "about a quarter and an eighth on large layers"
     _add(group, "state_dtype", state, metavar=dtypes)
+    params = "parameters, stored and computed in: bfloat16 halves float32's memory"
+    _add(group, "param_dtype", params, metavar="{float32,bfloat16}")
+    rounding = "how bfloat16 parameters take each update: compensated (a float32 master weight, "
+    rounding += "+2 bytes/param), stochastic (no memory), nearest (updates under half a unit "
+    rounding += "in the last place are lost); see docs/bfloat16.md"
+    _add(group, "param_rounding", rounding, metavar="{" + ",".join(ROUNDINGS) + "}")
     group = parser.add_argument_group("training (a rerun must repeat epochs, batch size, seed)")
     _add(group, "epochs", "epochs, >= 1", int)
     _add(group, "batch_size", "global batch, a multiple of the device count", int)

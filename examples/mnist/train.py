@@ -46,8 +46,9 @@ def learning_rate_schedule(config: Config, num_steps: int) -> optax.ScalarOrSche
 
 
 def create_optimizer(config: Config, learning_rate: optax.ScalarOrSchedule):
-    """RMSProp from ``optax_rmsprop`` with the run's settings."""
-    return optax_rmsprop.rmsprop(
+    """RMSProp from ``optax_rmsprop`` with the run's settings; with bfloat16 parameters,
+    followed by ``param_rounding`` (unless ``param_rounding="nearest"``), last in the chain."""
+    tx = optax_rmsprop.rmsprop(
         learning_rate,
         decay=config.decay,
         eps=config.eps,
@@ -55,6 +56,14 @@ def create_optimizer(config: Config, learning_rate: optax.ScalarOrSchedule):
         centered=config.centered,
         state_dtype=config.state_dtype,
     )
+    if config.param_dtype == "float32" or config.param_rounding == "nearest":
+        return tx
+    return optax.chain(tx, optax_rmsprop.param_rounding(config.param_rounding))
+
+
+def rmsprop_state(opt_state):
+    """The ``RMSPropState`` in the optimizer's state (the first of a chain's)."""
+    return opt_state if hasattr(opt_state, "rms") else opt_state[0]
 
 
 def create_metrics() -> nnx.MultiMetric:
@@ -63,7 +72,7 @@ def create_metrics() -> nnx.MultiMetric:
 
 def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array):
     """The batch's mean cross-entropy, and (logits, each example's loss) for the metrics."""
-    logits = model(images.astype(jnp.float32) / 255.0)
+    logits = model(images.astype(jnp.float32) / 255.0).astype(jnp.float32)  # bfloat16 models
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return losses.mean(), (logits, losses)
 
@@ -113,7 +122,7 @@ def eval_step(model, metrics, images, labels, start, *, mesh, size):
 def step_size_quantiles(model, optimizer, *, learning_rate, eps) -> jax.Array:
     """Quantiles (``QUANTILES``) of each parameter's effective step size, one row per leaf."""
     params = nnx.state(model, nnx.Param)  # their shapes, which 4-bit state needs
-    opt_state = optimizer.opt_state
+    opt_state = rmsprop_state(optimizer.opt_state)
     sizes = optax_rmsprop.effective_step_size(opt_state, learning_rate, eps=eps, params=params)
     qs = jnp.asarray(list(QUANTILES.values()))
     return jnp.stack([jnp.quantile(leaf.ravel(), qs) for leaf in jax.tree.leaves(sizes)])

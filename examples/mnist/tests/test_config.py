@@ -32,6 +32,8 @@ BAD = [  # field, value in Python, the same value on the command line
     ("mlp_widths", (10, 0), "10,0"),
     ("model", "resnet", "resnet"),
     ("state_dtype", "int2", "int2"),
+    ("param_dtype", "float16", "float16"),
+    ("param_rounding", "up", "up"),
     ("schedule", "linear", "linear"),
 ]
 
@@ -90,6 +92,8 @@ OPTIMISATION_CHANGES = [
     ("epochs", 5),
     ("batch_size", 64),
     ("state_dtype", "int8"),
+    ("param_dtype", "bfloat16"),
+    ("param_rounding", "stochastic"),
     ("eps", 1e-6),
 ]
 RUN_CHANGES = [

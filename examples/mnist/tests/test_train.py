@@ -244,6 +244,31 @@ def test_int8_state_trains_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rounding", ["stochastic", "compensated"])
+def test_bfloat16_params_train_and_resume_exactly(tmp_path, rounding):
+    # bfloat16 parameters and param_rounding's state (the step count that seeds the
+    # stochastic rounding, or the remainders) go through the checkpoint.
+    flags = ("--model", "mlp", "--data-dir", helpers.SAMPLE, "--epochs", "1")
+    flags += ("--param-dtype", "bfloat16", "--param-rounding", rounding, "--state-dtype", "int8")
+    flags += ("--checkpoint-every", "8", "--steps-per-dispatch", "8")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for workdir, runs in (
+        (straight, [("--max-steps", "16")]),
+        (split, [("--max-steps", "8"), ("--max-steps", "16", "--resume")]),
+    ):
+        for extra in runs:
+            result = helpers.run_trainer(*flags, *extra, "--workdir", str(workdir))
+            assert result.returncode == 0, result.stderr[-3000:]
+    assert helpers.metrics(str(split))[-1] == helpers.metrics(str(straight))[-1]
+    assert helpers.metrics(str(straight))[-1]["test_accuracy"] > 0.2  # chance: 0.1
+    final = [jax.tree.leaves(helpers.restore(d / "checkpoints" / "16")) for d in (straight, split)]
+    dtypes = {str(leaf.dtype) for leaf in final[0]}
+    assert "bfloat16" in dtypes and ("int16" in dtypes) == (rounding == "compensated")
+    for a, b in zip(*final, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path, sample):
     config = _config(tmp_path, epochs=1, max_steps=8)
     train.train_and_evaluate(config, sample, log=lambda _: None)
