@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _param_rounding
+from optax_rmsprop import _param_rounding, _xla_hints
 from tests import jax_compat
 from tests.helpers import update_and_apply
 
@@ -309,6 +309,13 @@ def test_multi_steps_rounds_once_per_emitted_step(method):
         assert int(sb.inner_opt_state[1].count) == 3
 
 
+def _plain_arrays(nnx, state):
+    """A State of Variables as the tree of arrays `nnx.Optimizer` hands to optax."""
+    if hasattr(nnx, "as_pure"):  # flax >= 0.12
+        return nnx.as_pure(state)
+    return nnx.to_arrays(nnx.pure(state))  # flax 0.11
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_nnx_optimizer_steps_a_bfloat16_model_as_the_chain_does(method):
     nnx = pytest.importorskip("flax.nnx")
@@ -323,7 +330,7 @@ def test_nnx_optimizer_steps_a_bfloat16_model_as_the_chain_does(method):
         optimizer.update(model, nnx.grad(loss)(model))
 
     graph, params = nnx.split(model, nnx.Param)
-    params = nnx.as_pure(params) if hasattr(nnx, "as_pure") else params  # flax 0.11: State
+    params = _plain_arrays(nnx, params)
     pure_loss = lambda p: loss(nnx.merge(graph, p))
     state, apply = tx.init(params), jax.jit(update_and_apply(tx))
     nearest = params
@@ -333,7 +340,7 @@ def test_nnx_optimizer_steps_a_bfloat16_model_as_the_chain_does(method):
         step_down = jax.tree.map(lambda g: -1e-3 * g, jax.grad(pure_loss)(nearest))
         nearest = optax.apply_updates(nearest, step_down)  # round to nearest: sgd alone
     got = nnx.state(model, nnx.Param)
-    got = nnx.as_pure(got) if hasattr(nnx, "as_pure") else got
+    got = _plain_arrays(nnx, got)
     chex.assert_trees_all_equal(got, params)
     assert got["kernel"].dtype == jnp.bfloat16
     assert not np.array_equal(np.asarray(got["kernel"]), np.asarray(nearest["kernel"]))
@@ -406,7 +413,8 @@ def test_the_rounding_adds_no_memory_to_a_donated_training_step():
     assert stochastic[0] == nearest[0] + 4  # the int32 count
     assert 0 <= stochastic[1] - nearest[1] <= 128  # scalars, 64-byte aligned
     assert compensated[0] == nearest[0] + 2 * n
-    assert 2 * n <= compensated[1] - nearest[1] <= 2 * n + 2 * n // leaves + 128
+    copies = 1 if _xla_hints.FUSES_ROUNDED_READ_BACK else 2  # jaxlib 0.7.2 keeps two (measured)
+    assert 2 * n <= compensated[1] - nearest[1] <= 2 * n + copies * 2 * n // leaves + 128
 
 
 # -- the regression of issue #35, small ---------------------------------------------------------
