@@ -81,10 +81,13 @@ def rmsprop(
     decay adds :math:`\eta_t \cdot \text{wd} \cdot p` to the step.
 
     Args:
-      learning_rate: a float ``>= 0`` or an optax schedule of the step count.
+      learning_rate: a float ``>= 0``, a JAX array, or an optax schedule of
+        the step count; anything else is refused at construction.
       decay: decay ``rho`` of the moving averages, in ``[0, 1)``.
       eps: ``epsilon`` in the denominator, ``>= 0``. Not negligible: DQN
-        used 0.01, Inception 1.0.
+        used 0.01, Inception 1.0. With ``eps=0``, a coordinate whose gradient
+        and ``nu`` are both 0 (the first step with ``initial_scale=0``, any
+        step with ``decay=0``) becomes NaN, as in PyTorch and optax.
       initial_scale: initial value of ``nu``, ``>= 0``. PyTorch and Keras use
         0, TF1 and timm 1.
       eps_in_sqrt: ``sqrt(nu + eps)`` (TF, Keras, optax's default) instead of
@@ -120,7 +123,8 @@ def rmsprop(
         eighth of float32's memory (``nu`` on powers of two, the first moments
         on a signed dynamic map). A leaf whose last axis is too short for the
         codes and absmax to take fewer bytes than float32 (length 1) keeps
-        float32 state. Below
+        float32 state. A non-finite gradient makes its whole block non-finite
+        from the next step (``optax.apply_if_finite`` skips such steps). Below
         float32, the step moves the params by the new momentum buffer as
         stored (bfloat16, 8-bit codes; as PyTorch's in-place update does) and
         divides by the new ``nu`` and ``mu`` as computed (rounded to a
