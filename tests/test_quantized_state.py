@@ -338,9 +338,7 @@ def _option_and_dtype_params() -> list:
 
 
 # mean |error| over mean |distance travelled| after 5 steps, per state and param precision;
-# the worst over every option set, 2026-11-29, base-8 maps: int8 0.009 (0.010 for bf16/fp16
-# params; base 10: 0.010 and 0.011), int4 0.136 (0.123): its 4-bit first moments are
-# coarse (a step of 0.22 of the block's absmax at the top)
+# int4's 4-bit first moments are coarse (a step of 0.22 of the block's absmax at the top).
 OPTION_TOLERANCE = {("int8", "full"): 0.03, ("int8", "half"): 0.1}
 OPTION_TOLERANCE.update({("int4", "full"): 0.2, ("int4", "half"): 0.2})
 
@@ -445,7 +443,7 @@ def _rounding_bound(state_dtype, tiny):
 @pytest.mark.parametrize("tiny", [1e-4, 1e-5, 3e-6, 1e-6])
 def test_a_small_nu_beside_a_large_one_is_not_rounded_to_zero(tiny, decay, state_dtype):
     # A map with 0 stored these nu as 0, and the next step divided by
-    # sqrt((1 - decay) * g**2) alone: 9x to 31x lr. Neither nu grid has a zero, so
+    # sqrt((1 - decay) * g**2) alone. Neither nu grid has a zero, so
     # a late step exceeds float32's by no more than rounding nu down allows.
     float32 = _largest_late_step(tiny, decay, None)
     quantized = _largest_late_step(tiny, decay, state_dtype)

@@ -85,7 +85,7 @@ def test_bfloat16_step_holds_no_copy_of_its_buffers(options):
 @pytest.mark.parametrize("state_dtype", STATES)
 def test_init_writes_constant_codes_without_quantizing(state_dtype):
     # A constant fill's codes and absmax are known: init is a fill, which XLA
-    # does not constant-fold (quantizing a 4096 x 4096 fill at compile time took 56 s).
+    # does not constant-fold (quantizing a large fill at compile time is slow).
     params = jnp.ones((4096, 4096), F32)
     eqns = {
         name: jax.make_jaxpr(optax_rmsprop.rmsprop(1e-2, state_dtype=name).init)(params).eqns
@@ -98,8 +98,8 @@ def test_init_writes_constant_codes_without_quantizing(state_dtype):
 
 @pytest.mark.parametrize("state_dtype", STATES)
 def test_the_quantized_step_stays_a_small_graph(state_dtype):
-    # Compile time follows the graph's size (29x float32's for int8 with momentum, 18x for
-    # int4; docs/design_notes.md has the codecs' history): the bound catches a blow-up.
+    # Compile time follows the graph's size (docs/design_notes.md): the bound catches a
+    # blow-up.
     def size(state_dtype):
         params = {"w": jax.ShapeDtypeStruct((64, 1024), F32)}
         tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
