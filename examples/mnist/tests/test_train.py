@@ -171,7 +171,8 @@ def test_sigterm_saves_where_it_stopped_and_resumes_bitwise(tmp_path, straight_r
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     (line,) = [ln for ln in stderr.splitlines() if ln.startswith("Stopped by SIGTERM")]
     stopped = int(line.split(" at step ")[1].split()[0])
-    assert 16 < stopped < 64 and stopped % 4 == 0, line
+    # The run is paused once checkpoint 16 exists, so it may stop there or a dispatch later.
+    assert 16 <= stopped < 64 and stopped % 4 == 0, line
     assert f"checkpoint saved in {workdir / 'checkpoints' / str(stopped)}" in line
     assert "Resume with the same command: python -m examples.mnist --no-progress" in line
     assert (workdir / "checkpoints" / str(stopped)).is_dir()
