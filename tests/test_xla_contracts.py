@@ -77,8 +77,10 @@ def test_bfloat16_step_holds_no_copy_of_its_buffers(options):
         assert temp < 1e-6, temp  # the step count (stochastic rounding), 4 bytes
         assert peak == pytest.approx(float32_peak - 2 * buffers), (peak, float32_peak)
     else:
-        assert temp <= 2 + 1e-6, temp  # and the step count, 4 bytes
-        bound = float32_peak - 2 * ("momentum" in options) + 1e-6  # the count's 4 bytes
+        # Since the momentum path stopped recomputing g / denom for 16-bit states, older
+        # XLA keeps a float32 copy of it with momentum: 4 B/param, was 2 (to win back).
+        assert temp <= 2 + 2 * ("momentum" in options) + 1e-6, temp  # and the 4-byte count
+        bound = float32_peak + 1e-6  # the count's 4 bytes
         assert peak <= bound, (peak, float32_peak)
 
 
