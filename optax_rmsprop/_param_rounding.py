@@ -215,9 +215,10 @@ def param_rounding(method: str = "stochastic") -> optax.GradientTransformation:
         leaves, tree = jax.tree.flatten(updates)
         p_leaves = tree.flatten_up_to(params)
         if method == "stochastic":
+            salts = hints.unfolded([_SALT + i for i in range(len(leaves))])
             out = [
-                _stochastic_leaf(u, p, _rounding.stream_seed(state.count, _SALT + i)) if r else u
-                for i, (u, p, r) in enumerate(zip(leaves, p_leaves, rounds, strict=True))
+                _stochastic_leaf(u, p, _rounding.stream_seed(state.count, salt)) if r else u
+                for u, p, r, salt in zip(leaves, p_leaves, rounds, salts, strict=True)
             ]
             count = optax.safe_int32_increment(state.count)
             return jax.tree.unflatten(tree, out), ParamRoundingState(count, None)

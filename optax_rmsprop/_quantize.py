@@ -404,14 +404,23 @@ def pack(codes: jax.Array) -> jax.Array:
 
 def unpack(packed: jax.Array, length: int, codebook: Codebook) -> jax.Array:
     """The ``length`` codes (``codebook.code_dtype``) that :func:`pack` stored in ``packed``."""
+    return _unpairs(unpack_pairs(packed, codebook), length)
+
+
+def unpack_pairs(packed: jax.Array, codebook: Codebook) -> jax.Array:
+    """:func:`unpack`'s codes as pairs, ``(..., ceil(L / 2), 2)``: the low nibble first."""
     # a uint16 of the two nibbles read as two bytes: no shift pattern to hoist out of loops
     wide = packed.astype(jnp.uint16)
     spread = (wide & np.uint16(0x0F)) | ((wide & np.uint16(0xF0)) << np.uint16(4))
     pairs = jax.lax.bitcast_convert_type(spread, jnp.uint8)
-    codes = pairs.reshape(*packed.shape[:-1], -1)[..., :length]
     if codebook.signed:  # the two's complement nibble: 8..15 stand for -8..-1
-        return jnp.where(codes >= 8, codes.astype(jnp.int8) - np.int8(16), codes.astype(jnp.int8))
-    return codes
+        return jnp.where(pairs >= 8, pairs.astype(jnp.int8) - np.int8(16), pairs.astype(jnp.int8))
+    return pairs
+
+
+def _unpairs(pairs: jax.Array, length: int) -> jax.Array:
+    """Pairs ``(..., ceil(L / 2), 2)`` as the ``length`` elements they hold along the last axis."""
+    return pairs.reshape(*pairs.shape[:-2], -1)[..., :length]
 
 
 # Small jitted functions: traced once per shape and map, not once per leaf.
@@ -439,7 +448,9 @@ def decode_blocks(
     ``length`` is the last axis of the values: that of ``codes`` unless they
     are packed (then ``2 * codes.shape[-1]`` or one less).
     """
-    length = codes.shape[-1] if length is None else length
-    if codebook.packed:
-        codes = unpack(codes, length, codebook)
-    return decode(codes, codebook) * per_element(absmax, length)
+    if not codebook.packed:
+        return decode(codes, codebook) * per_element(absmax, codes.shape[-1])
+    # decoded as pairs, then laid out: XLA's reshape mover would otherwise sink the
+    # layout's reshape through the decoder one operation per simplification round
+    values = _unpairs(decode(unpack_pairs(codes, codebook), codebook), length)
+    return values * per_element(absmax, length)

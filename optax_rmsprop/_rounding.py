@@ -35,9 +35,13 @@ def _mix(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def stream_seed(count: jax.Array, salt: int) -> jax.Array:
-    """The scalar seed of one buffer's random bits at step ``count`` (uint32)."""
-    return _mix(jnp.asarray(count).astype(jnp.uint32) * _GOLDEN + np.uint32(salt % 2**32))
+def stream_seed(count: jax.Array, salt: int | jax.Array) -> jax.Array:
+    """The scalar seed of one buffer's random bits at step ``count`` (uint32).
+
+    ``salt`` tells the buffers apart: an int, or a uint32 scalar holding one.
+    """
+    salt = np.uint32(salt % 2**32) if isinstance(salt, int) else salt
+    return _mix(jnp.asarray(count).astype(jnp.uint32) * _GOLDEN + salt)
 
 
 def random_bits(shape: tuple[int, ...], seed: jax.Array) -> jax.Array:

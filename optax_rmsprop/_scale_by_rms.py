@@ -179,7 +179,8 @@ class RmsCore:
         """Each leaf's stochastic-rounding seed for ``nu`` (``buffer`` 0) or ``mu`` (1)."""
         if not self.precision.stochastic:
             return None
-        return [_rounding.stream_seed(count, 2 * i + buffer) for i in range(n)]
+        salts = self.hints.unfolded([2 * i + buffer for i in range(n)])
+        return [_rounding.stream_seed(count, salt) for salt in salts]
 
     def scale(self, grads: Tree, moments: Moments) -> Tree:
         """``g / denom`` (:func:`~optax_rmsprop._math.rms_scale`) in the compute dtype."""

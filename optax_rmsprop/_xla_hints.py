@@ -20,6 +20,10 @@ memory and speed change.
 * :meth:`Hints.after` (:func:`after`): XLA keeps a copy of a buffer
   overwritten in place while a pass it cannot order still reads the old one;
   this orders the passes.
+* :meth:`Hints.unfolded`: XLA:CPU compiles one kernel for fused computations
+  that are identical, so same-shaped leaves share their kernels, unless each
+  folds a constant of its own (a stochastic-rounding salt) into its code;
+  read at run time instead, the salts leave the kernels identical.
 
 Each combines an element's bits with a 0 (or divides them by a 1) that XLA
 cannot see is 0 (or 1), made from an element itself: elementwise, so it fuses
@@ -96,6 +100,16 @@ class Hints:
     def after(self, x: jax.Array, y: jax.Array) -> jax.Array:
         """``x`` computed after ``y`` (:func:`after`); ``x`` itself with the hints off."""
         return after(x, y) if self.enabled else x
+
+    def unfolded(self, constants: list[int]) -> list[jax.Array]:
+        """``constants`` as uint32 scalars that the compiled step reads at run time.
+
+        Behind an optimization barrier, XLA cannot fold them into the kernels
+        that use them, so leaves that differ only in such a constant share one
+        compiled kernel. With the hints off, they are plain constants.
+        """
+        values = [jnp.asarray(c % 2**32, jnp.uint32) for c in constants]
+        return list(jax.lax.optimization_barrier(values)) if self.enabled and values else values
 
 
 def chosen() -> Hints:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -103,3 +104,25 @@ def test_a_step_lowers_with_the_hints_of_its_own_choice_whatever_was_traced_befo
     hinted, unhinted = from_empty_caches(False), from_empty_caches(True)
     assert hinted != unhinted
     assert [lowered(False), lowered(True), lowered(False)] == [hinted, unhinted, hinted]
+
+
+def _distinct_kernels(leaves: int, state_dtype, *, off: bool) -> int:
+    """How many different fused computations the compiled step of ``leaves`` same-shaped
+    leaves holds, names and metadata aside."""
+    params = {f"w{i}": jax.ShapeDtypeStruct((64, 1024), jnp.float32) for i in range(leaves)}
+    with _xla_hints.disabled() if off else contextlib.nullcontext():
+        tx = optax_rmsprop.rmsprop(1e-2, momentum=0.9, state_dtype=state_dtype)
+    state = jax.eval_shape(tx.init, params)
+    text = jax.jit(jitted_step(tx).__wrapped__).lower(params, state, params).compile().as_text()
+    bodies = re.findall(r"^%?fused_computation\S* \(.*? \{\n(.*?)^}", text, flags=re.M | re.S)
+    return len({re.sub(r"%[\w.-]+|, metadata=\{[^}]*\}", "", body) for body in bodies})
+
+
+@pytest.mark.xla_contract
+@pytest.mark.parametrize("state_dtype", [jnp.bfloat16, "int8", "int4"], ids=str)
+def test_same_shaped_leaves_share_their_kernels(state_dtype):
+    # Each leaf's stochastic-rounding salt, folded into its kernel, would make every
+    # leaf's kernel its own for XLA:CPU to compile; read at run time, one serves all.
+    hinted = [_distinct_kernels(n, state_dtype, off=False) for n in (2, 4)]
+    unhinted = [_distinct_kernels(n, state_dtype, off=True) for n in (2, 4)]
+    assert hinted[0] == hinted[1] and unhinted[0] < unhinted[1], (hinted, unhinted)
