@@ -218,9 +218,11 @@ def _grid_value(code: jax.Array, codebook: Codebook) -> jax.Array:
     """Grid point ``n = code + 1`` as float32: its exponent and mantissa bits, exactly."""
     m_bits = codebook.mantissa_bits
     n = code + 1
-    exponent = (n >> m_bits) - _binades(codebook) + 127
-    mantissa = (n & (2**m_bits - 1)) << (23 - m_bits)
-    return jax.lax.bitcast_convert_type((exponent << 23) | mantissa, jnp.float32)
+    exponent = (n >> m_bits) + (127 - _binades(codebook))
+    bits = exponent << 23
+    if m_bits:  # else no mantissa: an OR with a 0 XLA would have to fold
+        bits = bits | ((n & (2**m_bits - 1)) << (23 - m_bits))
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _grid_codes(magnitude: jax.Array, codebook: Codebook, random: jax.Array | None) -> jax.Array:
@@ -239,13 +241,13 @@ def _grid_codes(magnitude: jax.Array, codebook: Codebook, random: jax.Array | No
         fraction = jax.lax.bitcast_convert_type((bits & 0x7FFFFF) | 0x3F800000, jnp.float32)
         p = jnp.log2(fraction)
         up = _uniform(random) < p
-        n = (bits >> 23) + up.astype(jnp.int32) - 127 + _binades(codebook)
+        code = (bits >> 23) + up.astype(jnp.int32) + (_binades(codebook) - 128)
     else:  # nearest: half of the dropped bits' range; ties up, as the boundaries say
         carry = 1 << (22 - m_bits) if random is None else random >> (9 + m_bits)
         bits = bits + jnp.asarray(carry).astype(jnp.int32)
-        n = (bits >> (23 - m_bits)) - ((127 - _binades(codebook)) << m_bits)
+        code = (bits >> (23 - m_bits)) - (((127 - _binades(codebook)) << m_bits) + 1)
     top = 2**codebook.bits - 1
-    return jnp.clip(n - 1, 0, top).astype(codebook.code_dtype)
+    return jnp.clip(code, 0, top).astype(codebook.code_dtype)
 
 
 def _uniform(random: jax.Array) -> jax.Array:
@@ -268,9 +270,13 @@ def _code_bits(codebook: Codebook) -> int:
     return int(np.log2(len(codebook.magnitudes)))
 
 
-def _power_of_two(exponent: jax.Array) -> jax.Array:
-    """``2.0**exponent`` in float32, exactly (``exponent`` int32, in the normal range)."""
-    return jax.lax.bitcast_convert_type((exponent + 127) << 23, jnp.float32)
+def _power_of_two(exponent: jax.Array, offset: int = 0) -> jax.Array:
+    """``2.0**(exponent + offset)`` in float32, exactly (int32, in the normal range).
+
+    The constants are summed here, in Python: each constant XLA has to fold costs
+    every leaf a round of its simplification passes.
+    """
+    return jax.lax.bitcast_convert_type((exponent + (offset + 127)) << 23, jnp.float32)
 
 
 def _decade(c: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -283,7 +289,7 @@ def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
     """Magnitude ``index`` of a dynamic map, ``(7c - 6n + 7) * 2**(2k - 3 bits)`` (0 at 0)."""
     bits = _code_bits(codebook)
     k, n = _decade(jnp.maximum(index, 1))
-    magnitude = (7 * index - 6 * n + 7).astype(jnp.float32) * _power_of_two(2 * k - 3 * bits)
+    magnitude = (7 * index - 6 * n + 7).astype(jnp.float32) * _power_of_two(2 * k, -3 * bits)
     return jnp.where(index == 0, 0, magnitude)
 
 
@@ -298,7 +304,7 @@ def boundary(c: jax.Array, codebook: Codebook) -> jax.Array:
     bits = _code_bits(codebook)
     k, n = _decade(c + 1)
     i = jnp.where(c == 0, 8, 14 * c - 12 * n + 21)
-    return i.astype(jnp.float32) * _power_of_two(2 * k - 3 * bits - 1)
+    return i.astype(jnp.float32) * _power_of_two(2 * k, -3 * bits - 1)
 
 
 # The midpoint formula's estimate is biased down by 0.01 code, more than its float32
@@ -318,23 +324,23 @@ def _nearest(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
     y = magnitude
     # floor(x / 3) for x in [0, 3 bits) as (11 x) >> 5, no integer division (which
     # XLA deems expensive: it then splits the encoder and writes a float32 value out)
-    k = (jnp.clip(_exponent(y) + 3 * bits, 0, 3 * bits - 1) * 11) >> 5
+    k = (jnp.clip(_exponent(y, 3 * bits), 0, 3 * bits - 1) * 11) >> 5
     n = jnp.left_shift(1, k)
     # y = (7c - 6n + 7) * 2**(2k - 3 bits), inverted; the nearest c rounds at c + 1/2
-    t = y * _power_of_two(3 * bits - 2 * k) + (6 * n).astype(jnp.float32) - (3.5 + _BIAS)
+    t = y * _power_of_two(-2 * k, 3 * bits) + (6 * n).astype(jnp.float32) - (3.5 + _BIAS)
     c = jnp.clip(jnp.floor(t * np.float32(1 / 7)).astype(jnp.int32), 0, top)
     above = _ordered(magnitude) >= _ordered(boundary(jnp.minimum(c, top - 1), codebook))
     return jnp.where((c < top) & above, c + 1, c)
 
 
-def _exponent(x: jax.Array) -> jax.Array:
-    """``floor(log2(x))`` of a positive normal float32, from its exponent bits.
+def _exponent(x: jax.Array, offset: int = 0) -> jax.Array:
+    """``floor(log2(x)) + offset`` of a positive normal float32, from its exponent bits.
 
     Not ``31 - clz(i)`` for an integer ``i``: CPUs without AVX-512 have no
     vector count-leading-zeros, and LLVM emulates it element by element.
-    (Zero and subnormals give -127.)
+    (Zero and subnormals give ``offset - 127``.)
     """
-    return (_ordered(x) >> 23) - 127
+    return (_ordered(x) >> 23) + (offset - 127)
 
 
 def _ordered(x: jax.Array) -> jax.Array:
@@ -397,7 +403,8 @@ def pack(codes: jax.Array) -> jax.Array:
     paired with 0.
     """
     nibbles = _pad_last(codes.astype(jnp.uint8) & np.uint8(0xF), 2 * math.ceil(codes.shape[-1] / 2))
-    pairs = nibbles.reshape(*codes.shape[:-1], -1, 2) << np.array([0, 4], np.uint8)
+    # the shifts 0, 4 as XLA itself rewrites that constant: an iota times 4
+    pairs = nibbles.reshape(*codes.shape[:-1], -1, 2) << jax.lax.iota(jnp.uint8, 2) * np.uint8(4)
     # the pair's OR as a sum: slices would make XLA compute each pair's inputs twice
     return jnp.sum(pairs, axis=-1, dtype=jnp.uint8)
 
