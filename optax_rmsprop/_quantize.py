@@ -186,7 +186,7 @@ def encode(x: jax.Array, codebook: Codebook, random: jax.Array | None = None) ->
     magnitude = _where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
     if codebook.grid:
         return _grid_codes(magnitude, codebook, random)
-    code = _nearest(magnitude, codebook)
+    code = _counted(magnitude, codebook) if codebook.packed else _nearest(magnitude, codebook)
     if codebook.signed:
         code = _where(bits >> 31 == 1, -code, code)
     return code.astype(codebook.code_dtype)
@@ -331,6 +331,16 @@ def _nearest(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
     c = _clip(jnp.floor(t * np.float32(1 / 7)).astype(jnp.int32), 0, top)
     above = _ordered(magnitude) >= _ordered(boundary(jnp.minimum(c, top - 1), codebook))
     return _where((c < top) & above, c + 1, c)
+
+
+def _counted(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
+    """The code of the 4-bit map's magnitude nearest ``magnitude``, as int32: how many
+    of its 7 boundaries lie at or below it (fewer operations than :func:`_nearest`)."""
+    ordered = _ordered(magnitude)
+    code = jnp.zeros(magnitude.shape, jnp.int32)
+    for bound in codebook.boundaries().view(np.int32):
+        code = code + (ordered >= bound).astype(jnp.int32)
+    return code
 
 
 def _exponent(x: jax.Array, offset: int = 0) -> jax.Array:
