@@ -40,11 +40,13 @@ a moving average whose move is under half a grid step never moves, and
 ``nu`` ratchets up. The signed maps round to nearest.
 
 The codec has no table, so it fuses into XLA's loops and shards like its
-input. The dynamic maps decode by integer arithmetic and one multiplication
-by a power of two, and encode by taking the decade from the binary exponent,
+input. ``SIGNED`` decodes by integer arithmetic and one multiplication by a
+power of two, and encodes by taking the decade from the binary exponent,
 inverting the decade's midpoint formula and settling the code with one exact
-comparison against the boundary above it. The ``nu`` grids are the float32
-bit pattern, plus the rounding bits, shifted.
+comparison against the boundary above it; ``SIGNED4``'s 8 magnitudes decode
+by a chain of selects and encode by counting the 7 boundaries at or below the
+value. The ``nu`` grids are the float32 bit pattern, plus the rounding bits,
+shifted.
 
 Layout: the codes have the array's own shape (so they shard like it) and the
 absmax has shape ``(..., n_blocks)``. With ``L`` the last axis and ``B`` the
