@@ -258,14 +258,14 @@ class _RMSProp:
         like = updates if params is None else params
         g = self._gradient(updates, state, params)
         core = self.core
-        stored, old = core.read(g, state.rms, like)
-        stored, divisors = core.write(stored, core.update(g, old), state.rms.count)
-        scaled = core.scale(g, divisors)
         count = state.rms.count
+        read, old = core.read(g, state.rms, like)
+        stored, divisors = core.write(read, core.update(g, old), count)
+        scaled = core.scale(g, divisors)
         lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
         buffer = None
         if self.momentum is not None:
-            step, buffer = self._with_momentum(scaled, g, old, lr, state, like)
+            step, buffer = self._with_momentum(scaled, g, read, old, lr, state, like)
             stored = stored.after(core.hints, buffer.values)
         else:
             step = jax.tree.map(lambda s: s * _dtypes.as_real(lr, s), scaled)
@@ -311,19 +311,26 @@ class _RMSProp:
             )
         return g
 
-    def _with_momentum(self, scaled, g, old, lr, state, like):
+    def _with_momentum(self, scaled, g, read, old, lr, state, like):
         """The step by the momentum buffer, and the new buffer (a ``_storage.Buffer``).
 
         Where the buffer is stored as codes, each of the passes that write them
-        scales ``g`` again from the moments read (``old``), for a division and
-        a square root per pass rather than a float32 copy of ``g / denom``.
+        scales ``g`` again from the moments read (``read``, ``old``), for a
+        division and a square root per pass rather than a float32 copy of
+        ``g / denom``; so does the pass that writes rounded floats before
+        jaxlib 0.9.1 (:meth:`~optax_rmsprop._xla_hints.Hints.per_rounded_pass`).
         """
-        core = self.core
+        core, hints = self.core, self.core.hints
         buffer = _storage.Buffer.of(
             state.momentum, state.momentum_absmax, g, like, core.precision, real=False
         )
         settings = _momentum.Momentum(lr, self.momentum, self.nesterov, self.lr_in_momentum)
         rescaled = None
         if buffer.quantized():
-            rescaled = core.hints.per_pass(lambda copy: core.rescale(copy, old), g)
-        return settings.apply(scaled, buffer, core.hints, rescaled)
+            rescaled = hints.per_pass(lambda copy: core.rescale(copy, old), g)
+        elif not buffer.stored_as_computed():
+            count = state.rms.count
+            rescaled = hints.per_rounded_pass(
+                lambda copy: core.rescale_stored(copy, read, old, count), g
+            )
+        return settings.apply(scaled, buffer, hints, rescaled)

@@ -200,6 +200,13 @@ class RmsCore:
         """``g / denom`` again from the moments read (8-bit and 4-bit codes: as computed)."""
         return self.scale(grads, self.update(grads, old))
 
+    def rescale_stored(
+        self, grads: Tree, read: Stored, old: Moments, count: jax.Array | None
+    ) -> Tree:
+        """``g / denom`` again from the moments read (``read``, ``old``), divided by the
+        new moments as :meth:`write` gives them (bfloat16, float16: rounded, read back)."""
+        return self.scale(grads, self.write(read, self.update(grads, old), count)[1])
+
     def state(self, stored: Stored, state: ScaleByRmsState) -> ScaleByRmsState:
         """The state after the step: ``stored``, and the count one more."""
         count = None if state.count is None else optax.safe_int32_increment(state.count)

@@ -440,22 +440,26 @@ class Buffer:
         return treedef.unflatten([e.read(v, a, d) for v, a, e, d in leaves])
 
     def write(
-        self, new: Tree, *, seeds: list | None = None, passes: tuple[Tree, Tree] | None = None
+        self, new: Tree, *, seeds: list | None = None, passes: tuple[Tree, ...] | None = None
     ) -> Buffer:
         """``new`` (compute-dtype values) written in each leaf's encoding.
 
         ``seeds``: one stochastic-rounding seed per leaf, in leaf order, or
         None (round to nearest). ``passes``: ``new`` computed apart for each
         pass that writes codes, the absmax's and the codes'
-        (:meth:`~optax_rmsprop._xla_hints.Hints.per_pass`); leaves not stored
-        as codes are written from ``new``.
+        (:meth:`~optax_rmsprop._xla_hints.Hints.per_pass`), or for the one
+        pass that writes a rounded float (its first;
+        :meth:`~optax_rmsprop._xla_hints.Hints.per_rounded_pass`); leaves
+        stored as computed are written from ``new``.
         """
         passes = (new, new) if passes is None else passes
-        treedef, leaves = self._leaves(new, *passes)
+        treedef, leaves = self._leaves(new, passes[0], passes[-1])
         seeds = [None] * len(leaves) if seeds is None else seeds
         pairs = [
-            e.write(first, a, seed, second) if e.quantized else e.write(x, a, seed)
-            for (_, a, e, _, x, first, second), seed in zip(leaves, seeds, strict=True)
+            e.write(first, a, seed, second)
+            if e.quantized
+            else e.write(x if e.stores_as_computed(d) else first, a, seed)
+            for (_, a, e, d, x, first, second), seed in zip(leaves, seeds, strict=True)
         ]
         return self._with(treedef, pairs)
 

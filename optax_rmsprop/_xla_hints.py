@@ -12,7 +12,8 @@ memory and speed change.
 * :meth:`Hints.per_pass`: XLA computes a value holding a division or a square
   root once and writes it out in full for every pass that needs it; a pass that
   starts from its own copy of the inputs (:func:`identity`) computes it for
-  itself.
+  itself. :meth:`Hints.per_rounded_pass` does so for a rounded float buffer's one
+  pass, before jaxlib 0.9.1 only.
 * :meth:`Hints.loaded` (:func:`kept`): XLA recomputes a stored value inside
   each reader from float32 intermediates it then writes out; its readers load
   it back instead. Rounded floats need it before jaxlib 0.9.1 only
@@ -86,6 +87,21 @@ class Hints:
         if not self.enabled:
             return [fn(x)] * passes
         return [fn(jax.tree.map(lambda y, c=c: identity(y, c), x)) for c in range(1, passes + 1)]
+
+    def per_rounded_pass(self, fn: Callable[[Any], Any], x: Any) -> list[Any] | None:
+        """:meth:`per_pass` for the one pass that writes a rounded float buffer, before
+        jaxlib 0.9.1 only (:data:`FUSES_ROUNDED_READ_BACK`); else None.
+
+        Older XLA keeps in memory a value that this pass and a later one both
+        read (the rounded ``nu`` that ``fn`` divides by); newer XLA, and the
+        hints off, share it at no cost, so None traces nothing more. ``fn`` is
+        traced as a call of its own, which XLA inlines: jax 0.7.2 lowers a
+        jaxpr's literals in time quadratic in their number, and ``fn`` nearly
+        doubles the step's.
+        """
+        if not self.enabled or FUSES_ROUNDED_READ_BACK:
+            return None
+        return [jax.jit(fn)(jax.tree.map(lambda y: identity(y, 1), x))]
 
     def loaded(self, x: jax.Array, *, codes: bool) -> jax.Array:
         """``x``, a stored buffer the step reads back, loaded by its readers (:func:`kept`).

@@ -68,8 +68,9 @@ def test_bfloat16_step_holds_no_copy_of_its_buffers(options):
     # The step reads the new moments and momentum buffer as stored (rounded to
     # bfloat16), never the old ones, so every buffer is overwritten in place and
     # the peak is float32 state's less 2 bytes per buffer. Before jaxlib 0.9.1, XLA
-    # needs the read-back momentum buffer kept in memory, which costs one bfloat16
-    # buffer (and the plain step keeps a copy of the old nu).
+    # needs the buffer the step reads back (the momentum buffer, else nu) kept in
+    # memory, which costs one bfloat16 buffer; the momentum buffer's pass rounds
+    # its own nu (Hints.per_rounded_pass), so nu is not kept as well.
     temp, peak = _step_memory(jnp.bfloat16, options)
     _, float32_peak = _step_memory(None, options)
     buffers = 1 + ("momentum" in options) + ("centered" in options)
@@ -77,11 +78,8 @@ def test_bfloat16_step_holds_no_copy_of_its_buffers(options):
         assert temp < 1e-6, temp  # the step count (stochastic rounding), 4 bytes
         assert peak == pytest.approx(float32_peak - 2 * buffers), (peak, float32_peak)
     else:
-        # Since the momentum path stopped recomputing g / denom for 16-bit states, older
-        # XLA keeps a float32 copy of it with momentum: 4 B/param, was 2 (to win back).
-        assert temp <= 2 + 2 * ("momentum" in options) + 1e-6, temp  # and the 4-byte count
-        bound = float32_peak + 1e-6  # the count's 4 bytes
-        assert peak <= bound, (peak, float32_peak)
+        assert temp <= 2 + 1e-6, temp  # and the step count's 4 bytes
+        assert peak == pytest.approx(float32_peak - 2 * buffers + 2), (peak, float32_peak)
 
 
 @pytest.mark.parametrize("state_dtype", STATES)
