@@ -24,7 +24,8 @@ memory and speed change.
 * :meth:`Hints.unfolded`: XLA:CPU compiles one kernel for fused computations
   that are identical, so same-shaped leaves share their kernels, unless each
   folds a constant of its own (a stochastic-rounding salt) into its code;
-  read at run time instead, the salts leave the kernels identical.
+  read at run time instead, the salts leave the kernels identical (from jaxlib
+  0.9.1: 0.7.2 drops the barrier before fusion, and compiles a kernel per leaf).
 
 Each combines an element's bits with a 0 (or divides them by a 1) that XLA
 cannot see is 0 (or 1), made from an element itself: elementwise, so it fuses

@@ -7,11 +7,12 @@ import re
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import pytest
 
 import optax_rmsprop
-from optax_rmsprop import _xla_hints
+from optax_rmsprop import _jax_versions, _xla_hints
 from tests.helpers import jitted_step
 
 SPECIALS = [0.0, -0.0, 1.0, -1.5, 1e-30, 3e38, np.inf, -np.inf, np.nan]
@@ -130,6 +131,11 @@ def _distinct_kernels(leaves: int, state_dtype, *, off: bool) -> int:
 
 
 @pytest.mark.xla_contract
+@pytest.mark.skipif(
+    _jax_versions.release(jaxlib.__version__) < (0, 9, 1),
+    reason="XLA:CPU drops the optimization barrier before fusion (measured: jaxlib 0.7.2 "
+    "drops it, 0.9.1 and 0.12.1 keep it)",
+)
 @pytest.mark.parametrize("state_dtype", [jnp.bfloat16, "int8", "int4"], ids=str)
 def test_same_shaped_leaves_share_their_kernels(state_dtype):
     # Each leaf's stochastic-rounding salt, folded into its kernel, would make every
