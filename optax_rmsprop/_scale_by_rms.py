@@ -40,11 +40,21 @@ class Stored(NamedTuple):
     mu: _storage.Buffer | None
 
     def after(self, hints: _xla_hints.Hints, buffer: Tree) -> Stored:
-        """Written after the momentum ``buffer`` (and ``mu`` after ``nu``: a centered
-        quantized ``nu`` reads the old ``mu``)."""
+        """Written after the momentum ``buffer``, and one moment after the other.
+
+        A centered quantized ``nu`` reads the old ``mu``: where the new codes
+        overwrite the old ones in place (8-bit codes), ``mu`` goes last. 4-bit
+        codes never are (they come out of a reduction, and the step reads the
+        old ones): XLA copies the old buffers, and with ``nu`` last it reuses
+        more of the copies' memory (int4 centered momentum: 0.91 B/param of
+        temporaries, 1.13 with ``mu`` last).
+        """
         nu = self.nu.after(hints, buffer)
-        mu = None if self.mu is None else self.mu.after(hints, buffer, nu.values)
-        return Stored(nu, mu)
+        if self.mu is None:
+            return Stored(nu, None)
+        mu = self.mu.after(hints, buffer)
+        nu = nu.codes_after(hints, mu.values, packed=True)
+        return Stored(nu, mu.codes_after(hints, nu.values, packed=False))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -492,26 +492,30 @@ class Buffer:
             used.append(e.read(v, a, d) if back else x)
         return self._with(treedef, pairs), treedef.unflatten(used)
 
-    def after(self, hints: _xla_hints.Hints, first: Tree, also: Tree | None = None) -> Buffer:
-        """The buffer written after the passes that write ``first`` (and ``also``).
+    def after(self, hints: _xla_hints.Hints, first: Tree) -> Buffer:
+        """The buffer written after the passes that write ``first``.
 
         Those passes read this buffer's old values (through ``g / denom``), and
         the new values overwrite the old ones in place: where XLA cannot order
         the two, it keeps a copy of the old ones (1 byte per parameter for
-        8-bit codes). ``also``: a second tree of arrays to write after, at the
-        leaves where its shape matches (quantized only). A leaf stored as
-        computed is updated in the same fusion as ``first``, and is left alone.
+        8-bit codes). A leaf stored as computed is updated in the same fusion
+        as ``first``, and is left alone.
         """
-        treedef, leaves = self._leaves(first, self.values if also is None else also)
+        treedef, leaves = self._leaves(first)
         pairs = []
-        for v, a, e, d, b, c in leaves:
-            if e.stores_as_computed(d):
-                pairs.append((v, a))
-                continue
-            ordered = hints.after(v, b)
-            if c is not v and e.quantized and jnp.shape(c) == jnp.shape(v):
-                ordered = hints.after(ordered, c)
-            pairs.append((ordered, a))
+        for v, a, e, d, b in leaves:
+            pairs.append((v if e.stores_as_computed(d) else hints.after(v, b), a))
+        return self._with(treedef, pairs)
+
+    def codes_after(self, hints: _xla_hints.Hints, other: Tree, *, packed: bool) -> Buffer:
+        """The buffer written after ``other`` (another buffer's new codes), at the leaves
+        stored as 4-bit codes (``packed``) or as 8-bit codes, where the shapes match."""
+        treedef, leaves = self._leaves(other)
+        pairs = []
+        for v, a, e, _, c in leaves:
+            if e.quantized and e.codebook.packed == packed and jnp.shape(c) == jnp.shape(v):
+                v = hints.after(v, c)
+            pairs.append((v, a))
         return self._with(treedef, pairs)
 
 
