@@ -185,12 +185,12 @@ def encode(x: jax.Array, codebook: Codebook, random: jax.Array | None = None) ->
     """
     bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
     magnitude = jax.lax.bitcast_convert_type(bits & np.uint32(0x7FFFFFFF), jnp.float32)
-    magnitude = _where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
+    magnitude = jnp.where(magnitude <= 1, magnitude, np.float32(1))  # > 1 and NaN: the top
     if codebook.grid:
         return _grid_codes(magnitude, codebook, random)
     code = _counted(magnitude, codebook) if codebook.packed else _nearest(magnitude, codebook)
     if codebook.signed:
-        code = _where(bits >> 31 == 1, -code, code)
+        code = jnp.where(bits >> 31 == 1, -code, code)
     return code.astype(codebook.code_dtype)
 
 
@@ -208,7 +208,7 @@ def decode(codes: jax.Array, codebook: Codebook) -> jax.Array:
         magnitude = _selected_magnitude(jnp.abs(index), codebook)
     else:
         magnitude = _dynamic_magnitude(jnp.abs(index), codebook)
-    return _where(index < 0, -magnitude, magnitude) if codebook.signed else magnitude
+    return jnp.where(index < 0, -magnitude, magnitude) if codebook.signed else magnitude
 
 
 # -- the nu grids' codec: the float32 bit pattern, shifted -----------------------------
@@ -249,7 +249,7 @@ def _grid_codes(magnitude: jax.Array, codebook: Codebook, random: jax.Array | No
         bits = bits + jnp.asarray(carry).astype(jnp.int32)
         code = (bits >> (23 - m_bits)) - (((127 - _binades(codebook)) << m_bits) + 1)
     top = 2**codebook.bits - 1
-    return _clip(code, 0, top).astype(codebook.code_dtype)
+    return jnp.clip(code, 0, top).astype(codebook.code_dtype)
 
 
 def _uniform(random: jax.Array) -> jax.Array:
@@ -261,7 +261,7 @@ def _selected_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
     """The magnitude at ``index`` by a chain of selects over the map's float32 magnitudes."""
     magnitude = jnp.zeros(index.shape, jnp.float32)
     for i, m in enumerate(codebook.magnitudes.astype(np.float32)):
-        magnitude = _where(index == i, m, magnitude) if m else magnitude
+        magnitude = jnp.where(index == i, m, magnitude) if m else magnitude
     return magnitude
 
 
@@ -292,7 +292,7 @@ def _dynamic_magnitude(index: jax.Array, codebook: Codebook) -> jax.Array:
     bits = _code_bits(codebook)
     k, n = _decade(jnp.maximum(index, 1))
     magnitude = (7 * index - 6 * n + 7).astype(jnp.float32) * _power_of_two(2 * k, -3 * bits)
-    return _where(index == 0, 0, magnitude)
+    return jnp.where(index == 0, 0, magnitude)
 
 
 def boundary(c: jax.Array, codebook: Codebook) -> jax.Array:
@@ -305,7 +305,7 @@ def boundary(c: jax.Array, codebook: Codebook) -> jax.Array:
     """
     bits = _code_bits(codebook)
     k, n = _decade(c + 1)
-    i = _where(c == 0, 8, 14 * c - 12 * n + 21)
+    i = jnp.where(c == 0, 8, 14 * c - 12 * n + 21)
     return i.astype(jnp.float32) * _power_of_two(2 * k, -3 * bits - 1)
 
 
@@ -326,13 +326,13 @@ def _nearest(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
     y = magnitude
     # floor(x / 3) for x in [0, 3 bits) as (11 x) >> 5, no integer division (which
     # XLA deems expensive: it then splits the encoder and writes a float32 value out)
-    k = (_clip(_exponent(y, 3 * bits), 0, 3 * bits - 1) * 11) >> 5
+    k = (jnp.clip(_exponent(y, 3 * bits), 0, 3 * bits - 1) * 11) >> 5
     n = jnp.left_shift(1, k)
     # y = (7c - 6n + 7) * 2**(2k - 3 bits), inverted; the nearest c rounds at c + 1/2
     t = y * _power_of_two(-2 * k, 3 * bits) + (6 * n).astype(jnp.float32) - (3.5 + _BIAS)
-    c = _clip(jnp.floor(t * np.float32(1 / 7)).astype(jnp.int32), 0, top)
+    c = jnp.clip(jnp.floor(t * np.float32(1 / 7)).astype(jnp.int32), 0, top)
     above = _ordered(magnitude) >= _ordered(boundary(jnp.minimum(c, top - 1), codebook))
-    return _where((c < top) & above, c + 1, c)
+    return jnp.where((c < top) & above, c + 1, c)
 
 
 def _counted(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
@@ -363,19 +363,6 @@ def _ordered(x: jax.Array) -> jax.Array:
     the parts.
     """
     return jax.lax.bitcast_convert_type(x, jnp.int32)
-
-
-# -- jnp.where and jnp.clip without their jit: each call XLA inlines costs every leaf --
-def _where(condition: jax.Array, x: jax.Array | float, y: jax.Array | float) -> jax.Array:
-    """``jnp.where(condition, x, y)`` as one select."""
-    dtype = jnp.result_type(x, y)
-    x, y = (jnp.broadcast_to(jnp.asarray(v, dtype), condition.shape) for v in (x, y))
-    return jax.lax.select(condition, x, y)
-
-
-def _clip(x: jax.Array, lo: int, hi: int) -> jax.Array:
-    """``jnp.clip(x, lo, hi)`` as a max and a min."""
-    return jnp.minimum(jnp.maximum(x, lo), hi)
 
 
 # -- blocks -----------------------------------------------------------------------
@@ -446,7 +433,7 @@ def unpack_pairs(packed: jax.Array, codebook: Codebook) -> jax.Array:
     spread = (wide & np.uint16(0x0F)) | ((wide & np.uint16(0xF0)) << np.uint16(4))
     pairs = jax.lax.bitcast_convert_type(spread, jnp.uint8)
     if codebook.signed:  # the two's complement nibble: 8..15 stand for -8..-1
-        return _where(pairs >= 8, pairs.astype(jnp.int8) - np.int8(16), pairs.astype(jnp.int8))
+        return jnp.where(pairs >= 8, pairs.astype(jnp.int8) - np.int8(16), pairs.astype(jnp.int8))
     return pairs
 
 
@@ -467,7 +454,7 @@ def encode_blocks(
     """
     scale = per_element(absmax, x.shape[-1])
     random = None if seed is None else _rounding.random_bits(x.shape, seed)
-    codes = encode(x.astype(jnp.float32) / _where(scale > 0, scale, 1.0), codebook, random)
+    codes = encode(x.astype(jnp.float32) / jnp.where(scale > 0, scale, 1.0), codebook, random)
     return pack(codes) if codebook.packed else codes
 
 
