@@ -339,10 +339,8 @@ def _counted(magnitude: jax.Array, codebook: Codebook) -> jax.Array:
     """The code of the 4-bit map's magnitude nearest ``magnitude``, as int32: how many
     of its 7 boundaries lie at or below it (fewer operations than :func:`_nearest`)."""
     ordered = _ordered(magnitude)
-    code = jnp.zeros(magnitude.shape, jnp.int32)
-    for bound in codebook.boundaries().view(np.int32):
-        code = code + (ordered >= bound).astype(jnp.int32)
-    return code
+    first, *rest = (ordered >= bound for bound in codebook.boundaries().view(np.int32))
+    return sum((above.astype(jnp.int32) for above in rest), first.astype(jnp.int32))
 
 
 def _exponent(x: jax.Array, offset: int = 0) -> jax.Array:
