@@ -123,10 +123,12 @@ class Hints:
 
         Behind an optimization barrier, XLA cannot fold them into the kernels
         that use them, so leaves that differ only in such a constant share one
-        compiled kernel. With the hints off, they are plain constants.
+        compiled kernel. One barrier each: a barrier over all of them makes XLA
+        schedule the leaves so that it keeps a copy of one more block-maximum
+        buffer per leaf. With the hints off, they are plain constants.
         """
         values = [jnp.asarray(c % 2**32, jnp.uint32) for c in constants]
-        return list(jax.lax.optimization_barrier(values)) if self.enabled and values else values
+        return [jax.lax.optimization_barrier(v) for v in values] if self.enabled else values
 
 
 def chosen() -> Hints:
