@@ -11,7 +11,7 @@ from optax_rmsprop._scale_by_rms import scale_by_rms as scale_by_rms
 from optax_rmsprop._state import RMSPropState as RMSPropState
 from optax_rmsprop._state import ScaleByRmsState as ScaleByRmsState
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = [
     "compat",
